@@ -1,0 +1,273 @@
+"""RunPod serverless entrypoint: PhotonicFusion SDXL from a network volume, offline.
+
+Start: volume check -> load once -> warm-up generation -> runpod.serverless.start. A volume that
+cannot be served does not crash-loop the worker: it stays up and answers every job with an error
+naming the problem, so the operator sees it in the endpoint's results. Each job reads as
+validate -> generate -> encode.
+
+    python handler_volume_optimized.py                       # serverless worker (RunPod)
+    python handler_volume_optimized.py --test [--out FILE]   # self-test: check, load, one image
+    python handler_volume_optimized.py --rp_serve_api --rp_api_host 127.0.0.1 --rp_api_port 8000
+    python handler_volume_optimized.py --test_input '{"input": {"prompt": "..."}}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import gc
+import io
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from model_loader import LoadRecord, load_pipeline
+from sdxl_worker.generation import generate
+from sdxl_worker.image_encoding import encode_image
+from sdxl_worker.job_schema import JobInput, JobInputError, max_pixels_from_env, parse_job_input
+from sdxl_worker.schedulers import build_schedulers
+from volume_check import check_volume
+
+log = logging.getLogger("worker")
+
+ProgressSink = Callable[[dict[str, Any], dict[str, Any]], None]
+PROMPT_LOG_CHARS = 40
+
+
+def runpod_progress(job: dict[str, Any], update: dict[str, Any]) -> None:
+    """Send a progress update when running on RunPod; locally there is no one to send it to."""
+    if os.environ.get("RUNPOD_WEBHOOK_POST_OUTPUT"):
+        from runpod.serverless import progress_update
+
+        progress_update(job, update)
+
+
+class Worker:
+    """The loaded pipeline and everything a job needs; `handle` is the RunPod handler."""
+
+    def __init__(
+        self,
+        pipe: Any | None,
+        record: LoadRecord | None,
+        *,
+        max_pixels: int,
+        startup_error: str | None = None,
+        refresh_on_error: bool = False,
+        progress: ProgressSink = runpod_progress,
+    ) -> None:
+        self.pipe = pipe
+        self.record = record
+        self.max_pixels = max_pixels
+        self.startup_error = startup_error
+        self.refresh_on_error = refresh_on_error
+        self.progress = progress
+        self.schedulers = build_schedulers(pipe.scheduler) if pipe is not None else {}
+        self.largest_fit: tuple[int, int, int] | None = None  # (images, width, height) of the largest job done
+
+    @classmethod
+    def start(cls, model_path: str | None = None, device: str | None = None, warmup: bool = True) -> Worker:
+        """Check, load and warm up; on failure return a worker that explains it to every job."""
+        max_pixels = max_pixels_from_env()
+        report = check_volume(model_path)
+        for line in report.render().splitlines():
+            log.info("%s", line)
+        if not report.loadable:
+            log.error("cannot serve: %s", report.summary())
+            return cls(None, None, max_pixels=max_pixels, startup_error=report.summary())
+        # The start is the one place a load error is caught: the worker must stay up to report it
+        # to callers instead of crash-looping; the traceback goes to the log in full.
+        try:
+            pipe, record = load_pipeline(model_path, device, report=report)
+            worker = cls(pipe, record, max_pixels=max_pixels)
+            if warmup:
+                worker.warm_up()
+        except Exception as exc:
+            log.exception("loading the pipeline failed")
+            return cls(None, None, max_pixels=max_pixels, startup_error=f"loading failed: {_describe(exc)}",
+                       refresh_on_error=_cuda_unusable(exc))
+        return worker
+
+    def warm_up(self) -> float:
+        """One short generation at the size jobs use, so the first real job is not the slow one."""
+        size, steps = (1024, 2) if self.record.device.startswith("cuda") else (256, 1)
+        started = time.perf_counter()
+        job = {"prompt": "warm-up", "width": size, "height": size, "num_inference_steps": steps, "seed": 0}
+        result = self.handle({"id": "warm-up", "input": job})
+        if "error" in result:
+            raise RuntimeError(f"warm-up generation failed: {result['error']}")
+        seconds = time.perf_counter() - started
+        log.info("warm-up %dx%d, %d steps: %.2f s", size, size, steps, seconds)
+        return seconds
+
+    def handle(self, job: dict[str, Any]) -> dict[str, Any]:
+        """validate -> generate -> encode; every failure becomes {"error": "<one sentence>"}."""
+        started = time.perf_counter()
+        job_id = str(job.get("id", "local")) if isinstance(job, dict) else "local"
+        if self.pipe is None:
+            reply: dict[str, Any] = {"error": f"This worker cannot serve jobs: {self.startup_error}"}
+            if self.refresh_on_error:
+                reply["refresh_worker"] = True
+            return reply
+        try:
+            params = parse_job_input(job.get("input") if isinstance(job, dict) else job, self.max_pixels)
+        except JobInputError as exc:
+            log.info("job %s refused: %s", job_id, exc)
+            return {"error": str(exc)}
+
+        import torch
+
+        try:
+            return self._run(job, job_id, params, started)
+        except torch.cuda.OutOfMemoryError:
+            pass  # answered below, once the exception no longer pins the job's tensors
+        # The job boundary: nothing may escape to runpod, which would answer a traceback.
+        except Exception as exc:
+            log.exception("job %s failed", job_id)
+            reply = {"error": f"Generation failed: {_describe(exc)}. The worker logged the details."}
+            if _cuda_unusable(exc):
+                reply["refresh_worker"] = True
+            return reply
+        return self._out_of_memory(job_id, params)
+
+    def _run(self, job: dict[str, Any], job_id: str, params: JobInput, started: float) -> dict[str, Any]:
+        def on_progress(step: int, steps: int) -> None:
+            self.progress(job, {"step": step, "steps": steps, "percent": round(100 * step / steps)})
+
+        generated = generate(self.pipe, params, self.schedulers[params.scheduler], on_progress)
+        encode_started = time.perf_counter()
+        images = [encode_image(image, params.output_format, params.encode_quality) for image in generated.images]
+        encode_s = time.perf_counter() - encode_started
+        total_s = time.perf_counter() - started
+        pixels = params.num_images * params.width * params.height
+        if self.largest_fit is None or pixels > self.largest_fit[0] * self.largest_fit[1] * self.largest_fit[2]:
+            self.largest_fit = (params.num_images, params.width, params.height)
+        timings = {"inference_s": round(generated.inference_s, 3), "encode_s": round(encode_s, 3),
+                   "total_s": round(total_s, 3)}
+        log.info(
+            "job %s: %dx%d x%d, %d steps, %s, seed %d, inference %.2f s, encode %.2f s, total %.2f s, prompt %r",
+            job_id, params.width, params.height, params.num_images, params.num_inference_steps, params.scheduler,
+            generated.seeds[0], generated.inference_s, encode_s, total_s, params.prompt[:PROMPT_LOG_CHARS],
+        )
+        return {
+            "images": images,
+            "seed": generated.seeds[0],
+            "seeds": generated.seeds,
+            "width": params.width,
+            "height": params.height,
+            "format": params.output_format,
+            "timings": timings,
+            "model": {"variant": self.record.variant, "dtype": self.record.dtype, "device": self.record.device},
+        }
+
+    def _out_of_memory(self, job_id: str, params: JobInput) -> dict[str, Any]:
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        asked = f"{params.num_images} image(s) of {params.width}x{params.height}"
+        if self.largest_fit:
+            n, w, h = self.largest_fit
+            fits = f"the largest job that has fit on this worker is {n} image(s) of {w}x{h}"
+        else:
+            fits = "no job has completed on this worker yet"
+        log.warning("job %s: CUDA out of memory for %s; memory freed, still serving", job_id, asked)
+        return {"error": f"CUDA out of memory generating {asked}; {fits}: retry with fewer images or a smaller size."}
+
+
+def _describe(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+def _cuda_unusable(exc: BaseException) -> bool:
+    """True for errors after which this process's CUDA context cannot be trusted: ask for a new worker."""
+    text = str(exc)
+    if any(mark in text for mark in ("CUDA error", "CUBLAS_STATUS", "cuDNN error", "device-side assert")):
+        return True
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    try:
+        torch.cuda.synchronize()
+    except RuntimeError:
+        return True
+    return False
+
+
+def self_test(model_path: str | None, out: Path | None) -> int:
+    """--test: volume check, load, one generation through the handler; ✅/❌ lines, exit 0 or 1."""
+    report = check_volume(model_path)
+    if not report.loadable:
+        print(report.render())
+        print(f"❌ volume check: {report.summary()}")
+        return 1
+    print(f"✅ volume check: {report.summary()} ({report.seconds:.2f} s)")
+    started = time.perf_counter()
+    worker = Worker.start(model_path, warmup=False)
+    if worker.pipe is None:
+        print(f"❌ load: {worker.startup_error}")
+        return 1
+    record = worker.record
+    print(f"✅ load: {record.variant} weights as {record.dtype} on {record.device}, attention {record.attention}, "
+          f"{record.bytes_read / 1e9:.2f} GB in {time.perf_counter() - started:.2f} s")
+    size, steps = (1024, 30) if record.device.startswith("cuda") else (256, 4)
+    job = {"prompt": "a photonic lighthouse on a cliff at dusk, volumetric light", "width": size, "height": size,
+           "num_inference_steps": steps, "seed": 0}
+    result = worker.handle({"id": "self-test", "input": job})
+    if "error" in result:
+        print(f"❌ generation: {result['error']}")
+        return 1
+    timings = result["timings"]
+    print(f"✅ generation: {size}x{size}, {steps} steps, seed {result['seed']}: "
+          f"inference {timings['inference_s']:.2f} s, encode {timings['encode_s']:.2f} s, total {timings['total_s']:.2f} s")
+    from PIL import Image
+
+    data = base64.b64decode(result["images"][0])
+    image = Image.open(io.BytesIO(data))
+    if image.size != (size, size):
+        print(f"❌ output: decoded image is {image.size}, expected {(size, size)}")
+        return 1
+    saved = ""
+    if out is not None:
+        out.write_bytes(data)
+        saved = f", saved to {out}"
+    print(f"✅ output: {result['format']} decodes to {image.size[0]}x{image.size[1]} ({len(data):,} bytes){saved}")
+    return 0
+
+
+def configure_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stdout,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="PhotonicFusion SDXL RunPod worker", add_help=True)
+    parser.add_argument("--test", action="store_true", help="self-test: check, load, generate one image, exit")
+    parser.add_argument("--out", type=Path, help="with --test: save the image here")
+    args, runpod_args = parser.parse_known_args(argv)
+    configure_logging()
+    if args.out and not args.test:
+        parser.error("--out goes with --test")
+    if args.test:
+        return self_test(None, args.out)
+    # runpod logs whole job results (base64 images) at INFO and DEBUG; keep its own logger at WARN.
+    os.environ.setdefault("RUNPOD_LOG_LEVEL", "WARN")
+    sys.argv = [sys.argv[0], *runpod_args]
+    worker = Worker.start()
+    import runpod
+
+    runpod.serverless.start({"handler": worker.handle})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Load the SDXL pipeline from the volume, offline, in the precision the volume and device allow.
+
+The plan is decided from the volume check, before any weight is read, by a pure function
+(`plan_load`): on CUDA the fp16 variant when every component has it complete, else the standard
+files cast to float16 (the fallback, logged with the reason); a component-by-component mix only
+when neither set is complete, and then said so; on CPU float32, from the standard files if they are
+complete, else from fp16. Because the plan asks only for files the check found intact, no exception
+is ever needed to discover a missing variant: any error raised while loading (CUDA, a file that
+changed since the check, a bug) propagates with its cause.
+
+Each component is loaded explicitly (local files only, safetensors only, dtype passed explicitly
+because transformers 5 writes its own "dtype" into configs) and straight onto the target device
+(`device_map`, so no CPU copy is materialised first),
+while a background reader streams the planned files into the page cache (see prefetch.py), then
+assembled into the pipeline class model_index.json names.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sdxl_worker.attention import configure_attention
+from sdxl_worker.offline import enforce_offline, require_local_path
+from sdxl_worker.prefetch import Prefetcher
+from sdxl_worker.weights_layout import Variant, variant_suffix
+from volume_check import VolumeReport, check_volume, resolve_model_path
+
+log = logging.getLogger(__name__)
+
+
+class VolumeNotLoadable(RuntimeError):
+    """The volume check found no way to load the pipeline; the message is the check's summary."""
+
+    def __init__(self, report: VolumeReport) -> None:
+        super().__init__(report.summary())
+        self.report = report
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """Which weight set each model component is read from, in which dtype, on which device."""
+
+    device: str
+    dtype: str
+    variants: dict[str, Variant]
+    label: str
+    bytes_to_read: int
+    reasons: tuple[str, ...] = ()
+
+
+@dataclass
+class LoadRecord:
+    """How the pipeline was loaded; returned with it, logged, and reported with every job."""
+
+    model_path: str
+    device: str
+    dtype: str
+    variant: str
+    variants: dict[str, str]
+    attention: str
+    seconds: float
+    bytes_read: int
+    reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_load(report: VolumeReport, device: str) -> LoadPlan:
+    """Decide the load from the check alone; raise VolumeNotLoadable if the volume cannot be served."""
+    if not report.loadable:
+        raise VolumeNotLoadable(report)
+    models = {n: c for n, c in report.components.items() if c.kind == "model"}
+    on_cuda = device.startswith("cuda")
+    preferred: Variant = "fp16" if on_cuda else "standard"
+    other: Variant = "standard" if on_cuda else "fp16"
+    reasons: list[str] = []
+    if report.plans[preferred].possible:
+        variants = dict.fromkeys(models, preferred)
+    elif report.plans[other].possible:
+        variants = dict.fromkeys(models, other)
+        missing = ", ".join(report.plans[preferred].missing_in)
+        if on_cuda:
+            reasons.append(f"fp16 variant incomplete in {missing}: loading the standard files cast to float16")
+        else:
+            reasons.append(f"standard weights incomplete in {missing}: loading the fp16 files as float32 on CPU")
+    else:
+        variants = {n: (preferred if preferred in c.complete_variants() else other) for n, c in models.items()}
+        reasons.append(
+            "no weight set is complete for every component; mixing deliberately: "
+            + ", ".join(f"{n}={v}" for n, v in sorted(variants.items()))
+        )
+    label = next(iter(set(variants.values()))) if len(set(variants.values())) == 1 else "mixed"
+    total = sum(models[n].weight_sets[v].bytes for n, v in variants.items())
+    dtype = "float16" if on_cuda else "float32"
+    return LoadPlan(device, dtype, variants, label, total, tuple(reasons))
+
+
+def default_device() -> str:
+    """CUDA when torch sees a GPU, else CPU; DEVICE overrides (e.g. DEVICE=cpu on a GPU host)."""
+    import torch
+
+    return os.environ.get("DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_pipeline(
+    path: str | os.PathLike[str] | None = None,
+    device: str | None = None,
+    *,
+    attention: str | None = None,
+    prefetch: bool = True,
+    report: VolumeReport | None = None,
+) -> tuple[Any, LoadRecord]:
+    """Check the volume (unless the caller just did: `report`), plan, and load."""
+    model_path = require_local_path(resolve_model_path(path))
+    enforce_offline()
+    import diffusers
+    import torch
+    import transformers
+
+    # Per-file progress bars would flood the worker's log on every cold start.
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+    started = time.perf_counter()
+    report = report if report is not None else check_volume(model_path)
+    device = device or default_device()
+    plan = plan_load(report, device)
+    for reason in plan.reasons:
+        log.warning("load plan: %s", reason)
+    log.info("loading %s (%s, %s on %s, %.2f GB)", model_path, plan.label, plan.dtype, device, plan.bytes_to_read / 1e9)
+
+    dtype = getattr(torch, plan.dtype)
+    files = [
+        model_path / name / filename
+        for name, variant in plan.variants.items()
+        for filename in report.components[name].weight_sets[variant].files
+    ]
+    components: dict[str, Any] = {}
+    with Prefetcher(files) if prefetch else nullcontext():
+        for name, component in report.components.items():
+            cls = _component_class(component.library, component.class_name)
+            if component.kind == "model":
+                components[name] = cls.from_pretrained(
+                    model_path,
+                    subfolder=name,
+                    variant=variant_suffix(plan.variants[name]),
+                    dtype=dtype,
+                    device_map=device,
+                    local_files_only=True,
+                    use_safetensors=True,
+                )
+            else:
+                components[name] = cls.from_pretrained(model_path, subfolder=name, local_files_only=True)
+
+    pipeline_cls = getattr(diffusers, report.pipeline_class)
+    accepted = inspect.signature(pipeline_cls.__init__).parameters
+    extra = {k: v for k, v in report.pipeline_config.items() if k in accepted}
+    pipe = pipeline_cls(**components, **extra)
+    pipe.set_progress_bar_config(disable=True)
+    backend = configure_attention(pipe, attention)
+    seconds = time.perf_counter() - started
+    record = LoadRecord(
+        model_path=str(model_path),
+        device=device,
+        dtype=plan.dtype,
+        variant=plan.label,
+        variants=dict(plan.variants),
+        attention=backend,
+        seconds=round(seconds, 3),
+        bytes_read=plan.bytes_to_read,
+        reasons=list(plan.reasons),
+    )
+    log.info("loaded in %.2f s: %s", seconds, record.to_dict())
+    return pipe, record
+
+
+def _component_class(library: str, class_name: str) -> type:
+    if library not in ("diffusers", "transformers"):
+        raise ValueError(f"component library {library!r} is not one this worker loads")
+    return getattr(importlib.import_module(library), class_name)
+

@@ -1,0 +1,111 @@
+"""The job contract: every input field, its type, default, bounds and choices, in one schema.
+
+runpod's own validator skips `constraints` on keys that have a default, so bounds would go
+unchecked; pydantic checks them all. Strict types: "30" is not a step count and `true` is not a
+width, because silently coercing a client's mistake hides it. A bad job gets one readable sentence
+naming the field and the rule (`JobInputError`), never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+SchedulerName = Literal[
+    "default", "euler", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_sde_karras", "ddim", "unipc"
+]
+SCHEDULERS: tuple[str, ...] = get_args(SchedulerName)
+OutputFormat = Literal["png", "jpeg", "webp"]
+
+# 1536 x 1536: SDXL's quality falls off past ~1.5 MP and memory grows with it; raise with MAX_PIXELS.
+DEFAULT_MAX_PIXELS = 1536 * 1536
+MAX_PROMPT_CHARS = 2000
+DEFAULT_QUALITY = 90
+
+
+class JobInputError(ValueError):
+    """A job's input broke the contract; str() is the sentence to return to the caller."""
+
+
+class JobInput(BaseModel):
+    """What a caller may put in a job's `input`; anything else is refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    width: int = Field(default=1024, ge=256, le=2048, multiple_of=8)
+    height: int = Field(default=1024, ge=256, le=2048, multiple_of=8)
+    num_inference_steps: int = Field(default=30, ge=1, le=100)
+    guidance_scale: float = Field(default=7.0, ge=0.0, le=30.0, allow_inf_nan=False)
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    num_images: int = Field(default=1, ge=1, le=4)
+    scheduler: SchedulerName = "default"
+    output_format: OutputFormat = "png"
+    quality: int | None = Field(default=None, ge=1, le=100)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_has_text(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must contain text, not only whitespace")
+        return value
+
+    @model_validator(mode="after")
+    def _limits(self, info: ValidationInfo) -> JobInput:
+        max_pixels = (info.context or {}).get("max_pixels", DEFAULT_MAX_PIXELS)
+        if self.width * self.height > max_pixels:
+            raise ValueError(
+                f"width x height is {self.width}x{self.height} = {self.width * self.height:,} pixels, "
+                f"over this endpoint's limit of {max_pixels:,} (MAX_PIXELS)"
+            )
+        if self.quality is not None and self.output_format == "png":
+            raise ValueError("quality applies to jpeg and webp only, not png")
+        return self
+
+    @property
+    def encode_quality(self) -> int:
+        return DEFAULT_QUALITY if self.quality is None else self.quality
+
+
+def max_pixels_from_env() -> int:
+    """MAX_PIXELS from the environment (an operator's setting), else the default."""
+    raw = os.environ.get("MAX_PIXELS")
+    if raw is None:
+        return DEFAULT_MAX_PIXELS
+    value = int(raw)
+    if value < 256 * 256:
+        raise ValueError(f"MAX_PIXELS={raw} is below the smallest image the contract allows (256x256)")
+    return value
+
+
+def parse_job_input(raw: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> JobInput:
+    """Validate a job's `input`, raising JobInputError with one sentence on any breach."""
+    if not isinstance(raw, dict):
+        raise JobInputError(
+            f"input must be a JSON object with at least a prompt, got {type(raw).__name__}"
+        )
+    try:
+        return JobInput.model_validate(raw, context={"max_pixels": max_pixels})
+    except ValidationError as exc:
+        raise JobInputError(_sentence(exc)) from None
+
+
+def _sentence(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False):
+        field = ".".join(str(p) for p in error["loc"]) or "input"
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            allowed = ", ".join(JobInput.model_fields)
+            parts.append(f"unknown field {field!r} (allowed: {allowed})")
+        elif kind == "missing":
+            parts.append(f"{field} is required")
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            got = repr(error.get("input"))
+            got = got if len(got) <= 40 else got[:37] + "..."
+            parts.append(f"{field}: {message}" + ("" if field == "input" else f" (got {got})"))
+    return "Invalid input: " + "; ".join(parts) + "."

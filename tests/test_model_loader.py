@@ -1,0 +1,106 @@
+"""The load plan for CUDA and CPU (pure, no GPU needed), and real offline loads on CPU."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model_loader import VolumeNotLoadable, load_pipeline, plan_load
+from sdxl_worker.offline import HubIdRefused
+from tests.conftest import MODELS, drop_variant
+from volume_check import check_volume
+
+
+def generate(pipe, seed: int) -> np.ndarray:
+    import torch
+
+    image = pipe("a lighthouse at dusk", width=64, height=64, num_inference_steps=2,
+                 generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+    return np.asarray(image)
+
+
+def test_plan_cuda_prefers_complete_fp16(volume: Path) -> None:
+    report = check_volume(volume)
+    plan = plan_load(report, "cuda")
+    assert (plan.label, plan.dtype, plan.reasons) == ("fp16", "float16", ())
+    assert plan.variants == dict.fromkeys(MODELS, "fp16")
+    assert plan.bytes_to_read == report.plans["fp16"].bytes
+
+
+def test_plan_cuda_falls_back_to_standard_when_fp16_missing(volume: Path) -> None:
+    drop_variant(volume, "fp16")
+    plan = plan_load(check_volume(volume), "cuda:0")
+    assert (plan.label, plan.dtype) == ("standard", "float16")
+    assert plan.reasons == ("fp16 variant incomplete in text_encoder, text_encoder_2, unet, vae: "
+                            "loading the standard files cast to float16",)
+
+
+def test_plan_cuda_partial_fp16_is_not_mixed_silently(volume: Path) -> None:
+    drop_variant(volume, "fp16", ("unet",))
+    plan = plan_load(check_volume(volume), "cuda")
+    assert plan.label == "standard" and set(plan.variants.values()) == {"standard"}
+    assert "fp16 variant incomplete in unet" in plan.reasons[0]
+
+
+def test_plan_cuda_mixes_only_when_no_set_is_complete(volume: Path) -> None:
+    drop_variant(volume, "fp16", ("unet",))
+    drop_variant(volume, "standard", ("vae",))
+    plan = plan_load(check_volume(volume), "cuda")
+    assert plan.label == "mixed"
+    assert plan.variants == {"text_encoder": "fp16", "text_encoder_2": "fp16", "unet": "standard", "vae": "fp16"}
+    assert "mixing deliberately" in plan.reasons[0]
+
+
+def test_plan_cpu_is_float32_from_whichever_set_exists(volume: Path) -> None:
+    assert plan_load(check_volume(volume), "cpu").label == "standard"
+    drop_variant(volume, "standard")
+    plan = plan_load(check_volume(volume), "cpu")
+    assert (plan.label, plan.dtype) == ("fp16", "float32")
+
+
+def test_plan_refuses_unloadable_volume_with_report_words(volume: Path) -> None:
+    (volume / "tokenizer_2" / "vocab.json").unlink()
+    with pytest.raises(VolumeNotLoadable, match=r"tokenizer_2: neither tokenizer\.json nor vocab\.json"):
+        plan_load(check_volume(volume), "cuda")
+
+
+@pytest.mark.parametrize("keep", ["standard", "fp16"])
+def test_load_on_cpu_and_generate_offline(volume: Path, keep: str, no_network: list[str]) -> None:
+    drop_variant(volume, "fp16" if keep == "standard" else "standard")
+    pipe, record = load_pipeline(volume, "cpu")
+    assert (record.device, record.dtype, record.variant, record.attention) == ("cpu", "float32", keep, "sdpa")
+    assert record.bytes_read == check_volume(volume).plans[keep].bytes
+    assert str(pipe.unet.dtype) == "torch.float32" and str(pipe.text_encoder_2.dtype) == "torch.float32"
+    first, again, other = generate(pipe, 7), generate(pipe, 7), generate(pipe, 8)
+    assert first.shape == (64, 64, 3)
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+    assert no_network == []
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_refuses_hub_id(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(HubIdRefused, match="never downloads"):
+        load_pipeline("stabilityai/stable-diffusion-xl-base-1.0", "cpu")
+
+
+def test_refuses_unloadable_volume(volume: Path) -> None:
+    with pytest.raises(VolumeNotLoadable, match=r"model folder .* does not exist"):
+        load_pipeline(volume.parent / "missing", "cpu")
+
+
+def test_file_corrupted_after_check_propagates(volume: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A corrupt file is an error to surface, never a reason to quietly try another weight set."""
+    import model_loader
+
+    report = check_volume(volume)
+    monkeypatch.setattr(model_loader, "check_volume", lambda path: report)
+    os.truncate(volume / "unet" / "diffusion_pytorch_model.safetensors", 1000)
+    with pytest.raises(Exception) as caught:
+        load_pipeline(volume, "cpu")
+    assert not isinstance(caught.value, VolumeNotLoadable)
+    assert "diffusion_pytorch_model.safetensors" in str(caught.value) or "Safetensor" in type(caught.value).__name__

@@ -1,0 +1,199 @@
+"""volume_check on every way a volume goes wrong in the field, each named with the path at fault."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MODELS, drop_variant
+from volume_check import check_volume, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fails(report) -> str:
+    return "\n".join(report.problems)
+
+
+def test_both_variants_loadable_with_sizes(volume: Path) -> None:
+    report = check_volume(volume)
+    assert report.exit_code == 0 and report.loadable
+    for variant, suffix in (("fp16", ".fp16.safetensors"), ("standard", ".safetensors")):
+        files = [p for c in MODELS for p in (volume / c).glob("*.safetensors")]
+        files = [p for p in files if (".fp16." in p.name) == (variant == "fp16")]
+        assert len(files) == 4 and all(p.name.endswith(suffix) for p in files)
+        assert report.plans[variant].possible
+        assert report.plans[variant].bytes == sum(p.stat().st_size for p in files)
+    assert report.plans["standard"].bytes > 1.9 * report.plans["fp16"].bytes
+
+
+def test_standard_only(volume: Path) -> None:
+    drop_variant(volume, "fp16")
+    report = check_volume(volume)
+    assert report.exit_code == 0
+    assert report.plans["standard"].possible and not report.plans["fp16"].possible
+    assert report.plans["fp16"].missing_in == ["text_encoder", "text_encoder_2", "unet", "vae"]
+    assert "⚠️ unet: no fp16 variant" in report.render()
+
+
+def test_fp16_only(volume: Path) -> None:
+    drop_variant(volume, "standard")
+    report = check_volume(volume)
+    assert report.exit_code == 0
+    assert report.plans["fp16"].possible and not report.plans["standard"].possible
+
+
+def test_partial_fp16_is_loadable_but_fp16_plan_is_not(volume: Path) -> None:
+    drop_variant(volume, "fp16", ("unet",))
+    report = check_volume(volume)
+    assert report.exit_code == 0 and report.loadable
+    assert not report.plans["fp16"].possible
+    assert report.plans["fp16"].missing_in == ["unet"]
+
+
+def test_vae_folder_missing(volume: Path) -> None:
+    import shutil
+
+    shutil.rmtree(volume / "vae")
+    report = check_volume(volume)
+    assert report.exit_code == 1 and not report.loadable
+    assert f"vae: folder {volume / 'vae'} is missing" in fails(report)
+
+
+def test_tokenizer_2_missing(volume: Path) -> None:
+    import shutil
+
+    shutil.rmtree(volume / "tokenizer_2")
+    report = check_volume(volume)
+    assert report.exit_code == 1
+    assert "tokenizer_2: folder" in fails(report)
+
+
+def test_tokenizer_config_without_max_length(volume: Path) -> None:
+    (volume / "tokenizer" / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True}))
+    report = check_volume(volume)
+    assert report.exit_code == 1
+    assert "tokenizer: tokenizer_config.json has no usable model_max_length" in fails(report)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("", "model_index.json is empty"),
+        ("{not json", "model_index.json is not valid JSON"),
+        (json.dumps({"unet": ["diffusers", "UNet2DConditionModel"]}), "model_index.json has no _class_name"),
+    ],
+)
+def test_model_index_broken(volume: Path, content: str, expected: str) -> None:
+    (volume / "model_index.json").write_text(content)
+    report = check_volume(volume)
+    assert report.exit_code == 1
+    assert expected in fails(report)
+    assert str(volume / "model_index.json") in report.render()
+
+
+def test_model_index_missing(volume: Path) -> None:
+    (volume / "model_index.json").unlink()
+    report = check_volume(volume)
+    assert report.exit_code == 1
+    assert "model_index.json is missing" in fails(report)
+
+
+def test_truncated_safetensors(volume: Path) -> None:
+    path = volume / "unet" / "diffusion_pytorch_model.fp16.safetensors"
+    size = path.stat().st_size
+    os.truncate(path, size - 1000)
+    report = check_volume(volume)
+    assert report.exit_code == 1
+    assert f"{path}: truncated" in fails(report)
+    # The standard set still serves, so the volume stays loadable, but the fp16 plan is gone.
+    assert report.loadable and not report.plans["fp16"].possible
+
+
+def test_truncated_only_set_makes_volume_unloadable(volume: Path) -> None:
+    drop_variant(volume, "standard")
+    path = volume / "vae" / "diffusion_pytorch_model.fp16.safetensors"
+    os.truncate(path, 100)
+    report = check_volume(volume)
+    assert report.exit_code == 1 and not report.loadable
+    assert str(path) in report.summary()
+
+
+def test_header_corrupt_safetensors(volume: Path) -> None:
+    path = volume / "text_encoder" / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[8:20] = b"not json!!!!"
+    path.write_bytes(bytes(data))
+    report = check_volume(volume)
+    assert report.exit_code == 1
+    assert f"{path}: header is not valid JSON" in fails(report)
+
+
+def test_sharded_complete(sharded_volume: Path) -> None:
+    report = check_volume(sharded_volume)
+    assert report.exit_code == 0
+    unet = report.components["unet"].weight_sets["standard"]
+    assert unet.files[0] == "diffusion_pytorch_model.safetensors.index.json" and len(unet.files) >= 3
+
+
+def test_sharded_missing_shard(sharded_volume: Path) -> None:
+    shard = sorted((sharded_volume / "unet").glob("diffusion_pytorch_model-00002-of-*.safetensors"))[0]
+    shard.unlink()
+    report = check_volume(sharded_volume)
+    assert report.exit_code == 1 and not report.loadable
+    assert f"shard {shard} listed in diffusion_pytorch_model.safetensors.index.json is missing" in fails(report)
+
+
+def test_model_folder_missing_lists_volume(volume: Path) -> None:
+    (volume.parent / "other-model").mkdir()
+    report = check_volume(volume.parent / "photonicfusion-sdx")
+    assert report.exit_code == 2
+    message = fails(report)
+    assert "does not exist; the volume holds: other-model, photonicfusion-sdxl" in message
+    assert f"Did you mean {volume}" in message
+
+
+def test_volume_root_missing(tmp_path: Path) -> None:
+    report = check_volume(tmp_path / "runpod-volume" / "photonicfusion-sdxl")
+    assert report.exit_code == 2
+    assert "is the network volume attached" in fails(report)
+
+
+def test_decoys_are_listed_not_read(volume: Path) -> None:
+    report = check_volume(volume)
+    assert report.exit_code == 0
+    text = report.render()
+    assert "ignoring 3 other file(s), not read: diffusion_flax_model.msgpack, model.onnx, model.onnx_data" in text
+    assert "sd_xl_base_1.0.safetensors" in text
+
+
+def test_only_bin_weights_named(volume: Path) -> None:
+    for path in (volume / "vae").glob("*.safetensors"):
+        path.unlink()
+    (volume / "vae" / "diffusion_pytorch_model.bin").write_bytes(b"x")
+    report = check_volume(volume)
+    assert "vae: only .bin weights (diffusion_pytorch_model.bin)" in fails(report)
+
+
+def test_cli_json_and_exit_codes(volume: Path, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    assert main([str(volume), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["loadable"] is True and data["plans"]["fp16"]["possible"] is True
+    monkeypatch.setenv("MODEL_PATH", str(volume.parent / "nope"))
+    assert main([]) == 2
+    assert "model folder" in capsys.readouterr().out
+
+
+def test_cli_does_not_import_torch(volume: Path) -> None:
+    code = (
+        "import sys, volume_check; rc = volume_check.main([sys.argv[1]]);"
+        "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(volume)], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "✅ model at" in result.stdout

@@ -1,0 +1,476 @@
+"""Say whether a network volume holds a servable PhotonicFusion SDXL pipeline, and if not, exactly why.
+
+A worker that finds out at load time (or worse, at the first job) that a file is missing or cut
+short costs a cold start and a failed request; the operator then has to guess. This check reads
+only directory listings, JSON configs and safetensors headers, so it takes well under a second even
+on a full-size volume, and names the path at fault. It never imports torch, so the container's
+HEALTHCHECK and the operator's shell can run it cheaply.
+
+    python volume_check.py [PATH] [--json]
+
+PATH defaults to $MODEL_PATH, else /runpod-volume/photonicfusion-sdxl. Exit 0: loadable; 1:
+incomplete or corrupt; 2: the volume or the model folder is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from sdxl_worker.safetensors_header import SafetensorsHeaderError, read_safetensors_header
+from sdxl_worker.weights_layout import (
+    VARIANTS,
+    WEIGHT_PREFIX,
+    Variant,
+    index_file_names,
+    single_file_name,
+)
+
+DEFAULT_MODEL_PATH = "/runpod-volume/photonicfusion-sdxl"
+
+Status = Literal["ok", "warn", "fail"]
+ICONS: dict[str, str] = {"ok": "✅", "warn": "⚠️", "fail": "❌"}
+ComponentKind = Literal["model", "tokenizer", "scheduler", "processor"]
+
+# Components a StableDiffusionXLPipeline cannot generate without.
+SDXL_REQUIRED = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+SUPPORTED_PIPELINES = ("StableDiffusionXLPipeline",)
+
+
+def resolve_model_path(path: str | os.PathLike[str] | None = None) -> Path:
+    """The folder to check: the argument, else $MODEL_PATH, else the RunPod default."""
+    return Path(path or os.environ.get("MODEL_PATH") or DEFAULT_MODEL_PATH)
+
+
+@dataclass
+class Finding:
+    """One line of the report: a check's outcome and the path it is about."""
+
+    status: Status
+    message: str
+    path: str | None = None
+
+    def render(self) -> str:
+        where = f" [{self.path}]" if self.path and self.status != "ok" else ""
+        return f"{ICONS[self.status]} {self.message}{where}"
+
+
+@dataclass
+class WeightSet:
+    """One component's files for one variant, and whether they are all there and intact."""
+
+    variant: Variant
+    present: bool = False
+    complete: bool = False
+    files: list[str] = field(default_factory=list)
+    bytes: int = 0
+    parameters: int = 0
+    problem: str | None = None
+
+
+@dataclass
+class ComponentReport:
+    """What model_index.json says a component is, and what the folder holds for it."""
+
+    name: str
+    library: str
+    class_name: str
+    kind: ComponentKind
+    ok: bool = True
+    weight_sets: dict[str, WeightSet] = field(default_factory=dict)
+
+    def complete_variants(self) -> list[Variant]:
+        return [v for v in VARIANTS if v in self.weight_sets and self.weight_sets[v].complete]
+
+
+@dataclass
+class PlanOption:
+    """Whether the whole pipeline can load from one weight set, and how many bytes that reads."""
+
+    possible: bool
+    bytes: int
+    missing_in: list[str]
+
+
+@dataclass
+class VolumeReport:
+    """Everything the check found; the loader plans from it and the CLI prints it."""
+
+    model_path: str
+    volume_root: str
+    findings: list[Finding] = field(default_factory=list)
+    components: dict[str, ComponentReport] = field(default_factory=dict)
+    pipeline_class: str | None = None
+    pipeline_config: dict[str, object] = field(default_factory=dict)
+    plans: dict[str, PlanOption] = field(default_factory=dict)
+    free_bytes: dict[str, int | None] = field(default_factory=dict)
+    path_missing: bool = False
+    seconds: float = 0.0
+
+    def add(self, status: Status, message: str, path: Path | str | None = None) -> None:
+        self.findings.append(Finding(status, message, str(path) if path is not None else None))
+
+    @property
+    def problems(self) -> list[str]:
+        return [
+            f.message if f.path is None or f.path in f.message else f"{f.message} ({f.path})"
+            for f in self.findings
+            if f.status == "fail"
+        ]
+
+    @property
+    def loadable(self) -> bool:
+        """True when every component can be loaded from at least one complete weight set."""
+        if self.path_missing or self.pipeline_class is None or not self.components:
+            return False
+        if not all(c.ok for c in self.components.values()):
+            return False
+        return all(c.complete_variants() for c in self.components.values() if c.kind == "model")
+
+    @property
+    def exit_code(self) -> int:
+        if self.path_missing:
+            return 2
+        return 0 if self.loadable and not self.problems else 1
+
+    def summary(self) -> str:
+        """One sentence for a log line or a job's error: the verdict and the first problem."""
+        if self.loadable:
+            possible = [name for name, plan in self.plans.items() if plan.possible] or ["per-component mix"]
+            return f"model at {self.model_path} is loadable ({', '.join(possible)})"
+        first = self.problems[0] if self.problems else "no complete weight set for some component"
+        more = f" (+{len(self.problems) - 1} more problems)" if len(self.problems) > 1 else ""
+        return f"model at {self.model_path} is not loadable: {first}{more}"
+
+    def to_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data.update(loadable=self.loadable, exit_code=self.exit_code, summary=self.summary())
+        return data
+
+    def render(self) -> str:
+        lines = [f"Volume check of {self.model_path}"]
+        lines += [f.render() for f in self.findings]
+        if self.plans:
+            parts = []
+            for name, plan in self.plans.items():
+                if plan.possible:
+                    parts.append(f"{name}: possible, reads {_gb(plan.bytes)}")
+                else:
+                    parts.append(f"{name}: not possible (incomplete in {', '.join(plan.missing_in)})")
+            lines.append("Load plans: " + "; ".join(parts))
+        free = ", ".join(f"{where} {_gb(n) if n is not None else 'n/a'}" for where, n in self.free_bytes.items())
+        lines.append(f"Free space: {free}")
+        icon = ICONS["ok"] if self.exit_code == 0 else ICONS["fail"]
+        lines.append(f"{icon} {self.summary()} (checked in {self.seconds:.2f} s)")
+        return "\n".join(lines)
+
+
+def check_volume(path: str | os.PathLike[str] | None = None) -> VolumeReport:
+    """Check the diffusers layout at `path` (see module docstring) without reading any tensor."""
+    started = time.perf_counter()
+    model_path = resolve_model_path(path)
+    volume_root = model_path.parent
+    report = VolumeReport(model_path=str(model_path), volume_root=str(volume_root))
+    report.free_bytes = {"volume": _free_bytes(volume_root), "container root /": _free_bytes(Path("/"))}
+    if _check_location(report, model_path, volume_root):
+        index = _read_model_index(report, model_path)
+        if index is not None:
+            _check_components(report, model_path, index)
+            _check_stray_root_files(report, model_path)
+            report.plans = _plans(report)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _check_location(report: VolumeReport, model_path: Path, volume_root: Path) -> bool:
+    if not volume_root.is_dir():
+        report.path_missing = True
+        report.add(
+            "fail",
+            f"volume root {volume_root} does not exist: is the network volume attached to this endpoint "
+            "(it mounts at /runpod-volume on serverless workers)?",
+            volume_root,
+        )
+        return False
+    report.add("ok", f"volume root {volume_root} is present")
+    if not model_path.is_dir():
+        report.path_missing = True
+        held = sorted(p.name for p in volume_root.iterdir())
+        hint = difflib.get_close_matches(model_path.name, held, n=1, cutoff=0.5)
+        listing = ", ".join(held[:20]) + (f", ... ({len(held)} entries)" if len(held) > 20 else "")
+        message = f"model folder {model_path} does not exist; the volume holds: {listing or 'nothing'}"
+        if hint:
+            message += f". Did you mean {volume_root / hint[0]} (set MODEL_PATH)?"
+        report.add("fail", message, model_path)
+        return False
+    report.add("ok", f"model folder {model_path} exists")
+    return True
+
+
+def _read_model_index(report: VolumeReport, model_path: Path) -> dict[str, object] | None:
+    index_path = model_path / "model_index.json"
+    if not index_path.is_file():
+        report.add("fail", "model_index.json is missing: this is not a diffusers pipeline folder", index_path)
+        return None
+    text = index_path.read_text(encoding="utf-8", errors="replace")
+    if not text.strip():
+        report.add("fail", "model_index.json is empty", index_path)
+        return None
+    try:
+        index = json.loads(text)
+    except json.JSONDecodeError as exc:
+        report.add("fail", f"model_index.json is not valid JSON: {exc}", index_path)
+        return None
+    if not isinstance(index, dict) or not isinstance(index.get("_class_name"), str):
+        report.add("fail", "model_index.json has no _class_name naming the pipeline class", index_path)
+        return None
+    pipeline = index["_class_name"]
+    if pipeline not in SUPPORTED_PIPELINES:
+        served = SUPPORTED_PIPELINES[0]
+        report.add("fail", f"model_index.json names {pipeline}; this worker serves {served}", index_path)
+        return None
+    named = {k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[:1] != [None]}
+    missing = [c for c in SDXL_REQUIRED if c not in named]
+    if missing:
+        report.add("fail", f"model_index.json names no {', '.join(missing)}: an SDXL pipeline needs them", index_path)
+        return None
+    report.pipeline_class = pipeline
+    report.pipeline_config = {k: v for k, v in index.items() if not k.startswith("_") and not isinstance(v, list)}
+    report.add("ok", f"model_index.json: {pipeline} with {len(named)} components")
+    return index
+
+
+def _component_kind(class_name: str) -> ComponentKind:
+    if "Tokenizer" in class_name:
+        return "tokenizer"
+    if class_name.endswith("Scheduler"):
+        return "scheduler"
+    if class_name.endswith(("FeatureExtractor", "ImageProcessor", "Processor")):
+        return "processor"
+    return "model"
+
+
+def _check_components(report: VolumeReport, model_path: Path, index: dict[str, object]) -> None:
+    for name, entry in index.items():
+        if name.startswith("_") or not isinstance(entry, list):
+            continue
+        if len(entry) != 2 or entry == [None, None]:
+            continue
+        library, class_name = str(entry[0]), str(entry[1])
+        component = ComponentReport(name, library, class_name, _component_kind(class_name))
+        report.components[name] = component
+        folder = model_path / name
+        if not folder.is_dir():
+            component.ok = False
+            report.add("fail", f"{name}: folder {folder} is missing ({class_name})", folder)
+            continue
+        check = {
+            "model": _check_model,
+            "tokenizer": _check_tokenizer,
+            "scheduler": _check_scheduler,
+            "processor": _check_processor,
+        }[component.kind]
+        check(report, component, folder)
+
+
+def _load_json_object(report: VolumeReport, component: ComponentReport, path: Path) -> dict | None:
+    """Read a JSON object the component cannot load without; a failure marks the component broken."""
+    name = component.name
+    if not path.is_file():
+        report.add("fail", f"{name}: {path.name} is missing", path)
+    else:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            report.add("fail", f"{name}: {path.name} is not valid JSON ({exc})", path)
+        else:
+            if isinstance(data, dict) and data:
+                return data
+            report.add("fail", f"{name}: {path.name} is not a non-empty JSON object", path)
+    component.ok = False
+    return None
+
+
+def _check_model(report: VolumeReport, component: ComponentReport, folder: Path) -> None:
+    name = component.name
+    if component.library not in WEIGHT_PREFIX:
+        component.ok = False
+        report.add("fail", f"{name}: library {component.library!r} is not one this worker loads", folder)
+        return
+    config = _load_json_object(report, component, folder / "config.json")
+    if config is not None:
+        declared = config.get("_class_name") or (config.get("architectures") or [None])[0]
+        if declared and declared != component.class_name:
+            report.add("warn", f"{name}: config.json declares {declared}, model_index.json {component.class_name}",
+                       folder / "config.json")
+        else:
+            report.add("ok", f"{name}: config.json valid ({component.class_name})")
+    used: set[str] = set()
+    for variant in VARIANTS:
+        weights = _check_weight_set(component.library, folder, variant)
+        component.weight_sets[variant] = weights
+        used.update(weights.files)
+        label = "fp16 variant" if variant == "fp16" else "standard weights"
+        if weights.complete:
+            count = len(weights.files)
+            report.add("ok", f"{name}: {label} complete, {count} file{'s' * (count > 1)}, {_gb(weights.bytes)}")
+        elif weights.present:
+            report.add("fail", f"{name}: {label} broken: {weights.problem}", folder)
+        else:
+            report.add("warn", f"{name}: no {label} ({weights.problem})", folder)
+    if not component.complete_variants():
+        component_bins = sorted(p.name for p in folder.glob("*.bin"))
+        if component_bins:
+            report.add("fail", f"{name}: only .bin weights ({', '.join(component_bins)}); this worker loads "
+                       "safetensors only: convert them", folder)
+    others = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in used and p.name != "config.json")
+    if others:
+        report.add("ok", f"{name}: ignoring {len(others)} other file(s), not read: {', '.join(others)}")
+
+
+def _check_weight_set(library: str, folder: Path, variant: Variant) -> WeightSet:
+    weights = WeightSet(variant)
+    single = folder / single_file_name(library, variant)
+    index = next((folder / n for n in index_file_names(library, variant) if (folder / n).is_file()), None)
+    # diffusers prefers a shard index when both exist; transformers the single file.
+    use_index = index is not None and (library == "diffusers" or not single.is_file())
+    if use_index:
+        weights.present = True
+        weights.files.append(index.name)
+        weights.bytes += index.stat().st_size
+        weights.problem = _check_sharded(weights, index)
+    elif single.is_file():
+        weights.present = True
+        weights.files.append(single.name)
+        weights.problem = _add_safetensors(weights, single)
+    else:
+        weights.problem = f"no {single.name} nor {index_file_names(library, variant)[0]}"
+        return weights
+    weights.complete = weights.problem is None
+    return weights
+
+
+def _add_safetensors(weights: WeightSet, path: Path) -> str | None:
+    """Count one safetensors file into the set; return why it is unusable, or None."""
+    try:
+        info = read_safetensors_header(path)
+    except SafetensorsHeaderError as exc:
+        return str(exc)
+    weights.bytes += info.file_bytes
+    weights.parameters += info.parameter_count
+    return None
+
+
+def _check_sharded(weights: WeightSet, index: Path) -> str | None:
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        return f"{index}: shard index is not valid JSON with a weight_map ({exc})"
+    if not isinstance(weight_map, dict) or not weight_map:
+        return f"{index}: shard index has no weight_map"
+    problems = []
+    for shard in sorted(set(weight_map.values())):
+        path = index.parent / str(shard)
+        weights.files.append(path.name)
+        if not path.is_file():
+            problems.append(f"shard {path} listed in {index.name} is missing")
+            continue
+        problem = _add_safetensors(weights, path)
+        if problem:
+            problems.append(problem)
+            continue
+        expected = {t for t, s in weight_map.items() if s == shard}
+        absent = expected - read_safetensors_header(path).tensor_names
+        if absent:
+            problems.append(f"{path}: lacks {len(absent)} tensors {index.name} places there, e.g. {min(absent)}")
+    return "; ".join(problems) or None
+
+
+def _check_tokenizer(report: VolumeReport, component: ComponentReport, folder: Path) -> None:
+    name = component.name
+    has_fast = (folder / "tokenizer.json").is_file()
+    has_bpe = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+    if not (has_fast or has_bpe):
+        component.ok = False
+        report.add("fail", f"{name}: neither tokenizer.json nor vocab.json + merges.txt", folder)
+        return
+    for vocab_file in ("tokenizer.json", "vocab.json", "merges.txt"):
+        path = folder / vocab_file
+        if path.is_file() and path.stat().st_size == 0:
+            component.ok = False
+            report.add("fail", f"{name}: {vocab_file} is empty", path)
+    config = _load_json_object(report, component, folder / "tokenizer_config.json")
+    if config is None:
+        return
+    max_length = config.get("model_max_length")
+    if not isinstance(max_length, int) or not 0 < max_length <= 4096:
+        component.ok = False
+        report.add("fail", f"{name}: tokenizer_config.json has no usable model_max_length (got {max_length!r}; "
+                   "CLIP needs 77)", folder / "tokenizer_config.json")
+        return
+    files = "tokenizer.json" if has_fast else "vocab.json + merges.txt"
+    report.add("ok", f"{name}: {files}, model_max_length {max_length}")
+
+
+def _check_scheduler(report: VolumeReport, component: ComponentReport, folder: Path) -> None:
+    config = _load_json_object(report, component, folder / "scheduler_config.json")
+    if config is not None:
+        report.add("ok", f"{component.name}: scheduler_config.json valid ({component.class_name})")
+
+
+def _check_processor(report: VolumeReport, component: ComponentReport, folder: Path) -> None:
+    config = _load_json_object(report, component, folder / "preprocessor_config.json")
+    if config is not None:
+        report.add("ok", f"{component.name}: preprocessor_config.json valid")
+
+
+def _check_stray_root_files(report: VolumeReport, model_path: Path) -> None:
+    others = sorted(p.name for p in model_path.iterdir() if p.is_file() and p.name != "model_index.json")
+    if others:
+        report.add("ok", f"model folder: ignoring {len(others)} other file(s), not read: {', '.join(others)}")
+
+
+def _plans(report: VolumeReport) -> dict[str, PlanOption]:
+    models = [c for c in report.components.values() if c.kind == "model"]
+    plans = {}
+    for variant in VARIANTS:
+        missing = [c.name for c in models if not (variant in c.weight_sets and c.weight_sets[variant].complete)]
+        total = sum(c.weight_sets[variant].bytes for c in models if not missing)
+        plans[variant] = PlanOption(possible=not missing and report.loadable, bytes=total, missing_in=missing)
+    return plans
+
+
+def _free_bytes(path: Path) -> int | None:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("path", nargs="?", help=f"model folder (default: $MODEL_PATH or {DEFAULT_MODEL_PATH})")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+    report = check_volume(args.path)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.render())
+    return report.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
