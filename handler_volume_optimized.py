@@ -223,9 +223,9 @@ def self_test(model_path: str | None, out: Path | None) -> int:
     if "error" in result:
         print(f"❌ generation: {result['error']}")
         return 1
-    timings = result["timings"]
+    t = result["timings"]
     print(f"✅ generation: {size}x{size}, {steps} steps, seed {result['seed']}: "
-          f"inference {timings['inference_s']:.2f} s, encode {timings['encode_s']:.2f} s, total {timings['total_s']:.2f} s")
+          f"inference {t['inference_s']:.2f} s, encode {t['encode_s']:.2f} s, total {t['total_s']:.2f} s")
     from PIL import Image
 
     data = base64.b64decode(result["images"][0])

@@ -65,3 +65,25 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     return attempts
+
+
+@pytest.fixture(scope="session")
+def worker(tiny_volume_source: Path):
+    """One worker loaded on the CPU for the session, as the handler starts it (warm-up included)."""
+    from handler_volume_optimized import Worker
+
+    started = Worker.start(str(tiny_volume_source), "cpu", warmup=True)
+    assert started.pipe is not None, started.startup_error
+    return started
+
+
+def decode(b64: str):
+    """A reply's base64 image as a Pillow image (and proof that it is one)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(base64.b64decode(b64)))
+    image.load()
+    return image

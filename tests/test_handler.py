@@ -1,0 +1,187 @@
+"""The handler as RunPod calls it: output contract, seeds, formats, progress, and its failure replies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import handler_volume_optimized as handler_module
+from handler_volume_optimized import Worker, main
+from tests.conftest import decode
+
+SMALL = {"prompt": "a photonic lighthouse", "width": 256, "height": 256, "num_inference_steps": 3}
+
+
+def run(worker: Worker, **fields: object) -> dict:
+    return worker.handle({"id": "test-job", "input": {**SMALL, **fields}})
+
+
+def pixels(b64: str) -> np.ndarray:
+    return np.asarray(decode(b64).convert("RGB")).astype(int)
+
+
+def test_output_contract(worker: Worker) -> None:
+    reply = run(worker, seed=11, width=320, height=256)
+    assert set(reply) == {"images", "seed", "seeds", "width", "height", "format", "timings", "model"}
+    assert (reply["seed"], reply["seeds"], reply["width"], reply["height"], reply["format"]) == (11, [11], 320, 256,
+                                                                                                 "png")
+    assert decode(reply["images"][0]).size == (320, 256)
+    assert set(reply["timings"]) == {"inference_s", "encode_s", "total_s"}
+    assert reply["timings"]["total_s"] >= reply["timings"]["inference_s"] > 0
+    assert reply["model"] == {"variant": "standard", "dtype": "float32", "device": "cpu"}
+
+
+def test_same_seed_same_bytes_different_seed_differs(worker: Worker) -> None:
+    first, again, other = run(worker, seed=3), run(worker, seed=3), run(worker, seed=4)
+    assert first["images"] == again["images"]
+    assert first["images"] != other["images"]
+
+
+def test_random_seed_is_returned_and_reproduces(worker: Worker) -> None:
+    first = run(worker)
+    assert 0 <= first["seed"] < 2**32
+    assert run(worker, seed=first["seed"])["images"] == first["images"]
+
+
+@pytest.mark.parametrize("scheduler", ["default", "euler_ancestral", "dpmpp_sde_karras"])
+def test_each_image_of_a_batch_reproducible_from_its_seed(worker: Worker, scheduler: str) -> None:
+    batch = run(worker, seed=100, num_images=3, scheduler=scheduler)
+    assert batch["seeds"] == [100, 101, 102] and len(batch["images"]) == 3
+    for seed, image in zip(batch["seeds"], batch["images"], strict=True):
+        alone = run(worker, seed=seed, scheduler=scheduler)
+        # Batched and single matmuls round differently in the last bit: at most 1 level of 255.
+        assert np.abs(pixels(image) - pixels(alone["images"][0])).max() <= 1
+    assert np.abs(pixels(batch["images"][0]) - pixels(batch["images"][1])).mean() > 10
+
+
+@pytest.mark.parametrize("scheduler", ["dpmpp_2m", "dpmpp_2m_karras", "ddim", "unipc"])
+def test_every_scheduler_generates_its_own_result(worker: Worker, scheduler: str) -> None:
+    reply = run(worker, seed=1, scheduler=scheduler)
+    assert "error" not in reply
+    assert reply["images"] != run(worker, seed=1, scheduler="default")["images"]
+
+
+def test_euler_is_the_volumes_default_sampler(worker: Worker) -> None:
+    assert type(worker.pipe.scheduler).__name__ == "EulerDiscreteScheduler"
+    assert run(worker, seed=1, scheduler="euler")["images"] == run(worker, seed=1, scheduler="default")["images"]
+
+
+@pytest.mark.parametrize(("output_format", "pil_format"), [("png", "PNG"), ("jpeg", "JPEG"), ("webp", "WEBP")])
+def test_every_format_decodes_at_size(worker: Worker, output_format: str, pil_format: str) -> None:
+    quality = {} if output_format == "png" else {"quality": 70}
+    reply = run(worker, output_format=output_format, width=384, height=256, **quality)
+    image = decode(reply["images"][0])
+    assert (image.format, image.size, reply["format"]) == (pil_format, (384, 256), output_format)
+
+
+def test_quality_changes_lossy_output(worker: Worker) -> None:
+    low = run(worker, seed=2, output_format="jpeg", quality=10)["images"][0]
+    high = run(worker, seed=2, output_format="jpeg", quality=95)["images"][0]
+    assert len(low) < len(high)
+
+
+def test_progress_updates_throttled(worker: Worker, monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[tuple[str, dict]] = []
+    monkeypatch.setattr(worker, "progress", lambda job, update: sent.append((job["id"], update)))
+    run(worker, num_inference_steps=20)
+    assert [u["step"] for _, u in sent] == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20]
+    assert sent[-1] == ("test-job", {"step": 20, "steps": 20, "percent": 100})
+
+
+def test_progress_goes_to_runpod_only_when_deployed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import runpod.serverless
+
+    calls: list[tuple] = []
+    monkeypatch.setattr(runpod.serverless, "progress_update", lambda job, update: calls.append((job, update)))
+    monkeypatch.delenv("RUNPOD_WEBHOOK_POST_OUTPUT", raising=False)
+    handler_module.runpod_progress({"id": "j"}, {"step": 1})
+    assert calls == []
+    monkeypatch.setenv("RUNPOD_WEBHOOK_POST_OUTPUT", "https://api.runpod.ai/v2/x/job-done/$ID")
+    handler_module.runpod_progress({"id": "j"}, {"step": 1})
+    assert calls == [({"id": "j"}, {"step": 1})]
+
+
+def test_bad_job_gets_a_sentence_and_worker_keeps_serving(worker: Worker) -> None:
+    reply = run(worker, width=1001)
+    assert reply == {"error": "Invalid input: width: Input should be a multiple of 8 (got 1001)."}
+    assert worker.handle({"id": "x", "input": None})["error"].startswith("input must be a JSON object")
+    assert "images" in run(worker)
+
+
+def test_out_of_memory_answers_sizes_and_keeps_serving(worker: Worker, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(worker, "largest_fit", None)
+    run(worker, width=512, height=256)  # the largest job that has fit so far
+
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(handler_module, "generate", out_of_memory)
+    reply = run(worker, width=2048, height=1024, num_images=4, seed=1)
+    assert reply == {"error": "CUDA out of memory generating 4 image(s) of 2048x1024; the largest job that has fit "
+                              "on this worker is 1 image(s) of 512x256: retry with fewer images or a smaller size."}
+    monkeypatch.undo()
+    assert "images" in run(worker)
+
+
+def test_cuda_failure_asks_for_a_fresh_worker(worker: Worker, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(handler_module, "generate", broken)
+    reply = run(worker)
+    assert reply["refresh_worker"] is True
+    assert reply["error"] == ("Generation failed: RuntimeError: CUDA error: an illegal memory access was "
+                              "encountered. The worker logged the details.")
+
+
+def test_other_failure_is_a_string_error_without_refresh(worker: Worker, monkeypatch: pytest.MonkeyPatch) -> None:
+    def bug(*args: object, **kwargs: object) -> None:
+        raise KeyError("latents")
+
+    monkeypatch.setattr(handler_module, "generate", bug)
+    reply = run(worker)
+    assert reply == {"error": "Generation failed: KeyError: 'latents'. The worker logged the details."}
+
+
+def test_unusable_volume_answers_every_job_with_the_problem(volume: Path) -> None:
+    import shutil
+
+    shutil.rmtree(volume / "unet")
+    broken = Worker.start(str(volume), "cpu")
+    assert broken.pipe is None
+    for job in ({"id": "a", "input": SMALL}, {"id": "b", "input": {"prompt": ""}}):
+        reply = broken.handle(job)
+        assert isinstance(reply["error"], str)
+        assert f"unet: folder {volume / 'unet'} is missing" in reply["error"]
+        assert "refresh_worker" not in reply
+
+
+def test_missing_volume_root_named(tmp_path: Path) -> None:
+    broken = Worker.start(str(tmp_path / "runpod-volume" / "photonicfusion-sdxl"), "cpu")
+    assert "is the network volume attached" in broken.handle({"id": "a", "input": SMALL})["error"]
+
+
+def test_logs_carry_no_payload_and_only_a_prompt_prefix(worker: Worker, caplog: pytest.LogCaptureFixture) -> None:
+    prompt = "secret-ish prompt " + "y" * 200
+    with caplog.at_level("DEBUG"):
+        reply = run(worker, prompt=prompt, seed=5)
+    text = caplog.text
+    assert "job test-job: 256x256 x1, 3 steps, default, seed 5" in text
+    assert prompt[:40] in text and prompt[:41] not in text
+    assert reply["images"][0][:64] not in text
+
+
+def test_self_test_cli(tiny_volume_source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setenv("MODEL_PATH", str(tiny_volume_source))
+    out = tmp_path / "self-test.png"
+    assert main(["--test", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "✅ generation: 256x256, 4 steps" in printed and f"saved to {out}" in printed
+    assert decode(__import__("base64").b64encode(out.read_bytes()).decode()).size == (256, 256)
+    monkeypatch.setenv("MODEL_PATH", str(tmp_path / "nothing-here"))
+    assert main(["--test"]) == 1
+    assert "❌ volume check: model at" in capsys.readouterr().out

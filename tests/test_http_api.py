@@ -1,0 +1,148 @@
+"""The worker behind runpod's own local API, as a client sees it over HTTP on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import decode
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def request(base: str, path: str, body: object | None = None, timeout: float = 60) -> tuple[int, dict]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(base + path, data=data, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def start_api(model_path: Path, log_path: Path, extra_env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "MODEL_PATH": str(model_path), "DEVICE": "cpu", **(extra_env or {})}
+    log = log_path.open("w")
+    process = subprocess.Popen(
+        [sys.executable, "handler_volume_optimized.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1",
+         "--rp_api_port", str(port)],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"API exited with {process.returncode}:\n{log_path.read_text()}")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return process, f"http://127.0.0.1:{port}"
+        time.sleep(0.3)
+    stop(process)
+    raise AssertionError(f"API did not listen within 120 s:\n{log_path.read_text()}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.fixture(scope="module")
+def api(tiny_volume_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    process, base = start_api(tiny_volume_source, tmp_path_factory.mktemp("api") / "api.log")
+    yield base
+    stop(process)
+
+
+JOB = {"prompt": "a photonic lighthouse", "width": 256, "height": 320, "num_inference_steps": 2, "seed": 9}
+
+
+def test_runsync_completes_with_an_image(api: str) -> None:
+    status, reply = request(api, "/runsync", {"input": JOB})
+    assert status == 200 and reply["status"] == "COMPLETED"
+    output = reply["output"]
+    assert decode(output["images"][0]).size == (256, 320)
+    assert output["seeds"] == [9] and output["model"]["device"] == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("job", "words"),
+    [
+        ({**JOB, "width": 255}, "width: Input should be a multiple of 8"),
+        ({**JOB, "steps": 5}, "unknown field 'steps'"),
+        ({"prompt": ""}, "prompt:"),
+        ({**JOB, "guidance_scale": "high"}, "guidance_scale: Input should be a valid number"),
+    ],
+)
+def test_runsync_bad_jobs_fail_readably(api: str, job: dict, words: str) -> None:
+    status, reply = request(api, "/runsync", {"input": job})
+    assert status == 200 and reply["status"] == "FAILED"
+    assert isinstance(reply["error"], str) and words in reply["error"]
+
+
+def test_malformed_bodies_are_refused_without_500(api: str) -> None:
+    for body in ({"input": "junk"}, [1, 2], {}):
+        status, _ = request(api, "/runsync", body)
+        assert status == 422
+
+
+def test_run_then_status(api: str) -> None:
+    status, queued = request(api, "/run", {"input": {**JOB, "num_images": 2}})
+    assert status == 200 and queued["status"] in {"IN_QUEUE", "IN_PROGRESS", "COMPLETED"}
+    deadline = time.monotonic() + 60
+    while True:
+        status, reply = request(api, f"/status/{queued['id']}")
+        assert status == 200
+        if reply["status"] in {"COMPLETED", "FAILED"} or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert reply["status"] == "COMPLETED"
+    assert [decode(b).size for b in reply["output"]["images"]] == [(256, 320)] * 2
+
+
+def test_run_bad_job_reports_failed_status(api: str) -> None:
+    _, queued = request(api, "/run", {"input": {**JOB, "num_images": 9}})
+    _, reply = request(api, f"/status/{queued['id']}")
+    assert reply["status"] == "FAILED" and "num_images" in reply["error"]
+
+
+def test_unusable_volume_fails_every_job_readably(tmp_path: Path) -> None:
+    process, base = start_api(tmp_path / "runpod-volume" / "photonicfusion-sdxl", tmp_path / "api.log")
+    try:
+        status, reply = request(base, "/runsync", {"input": JOB})
+    finally:
+        stop(process)
+    assert status == 200 and reply["status"] == "FAILED"
+    assert "This worker cannot serve jobs" in reply["error"] and "network volume attached" in reply["error"]
+
+
+def test_smoke_test_script_against_local_api(api: str) -> None:
+    run = subprocess.run(["bash", "smoke_test.sh", f"{api}/runsync"], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "WIDTH": "264", "HEIGHT": "256", "STEPS": "2"}, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "✅ 264x256 PNG" in run.stdout
+    bad = subprocess.run(["bash", "smoke_test.sh", f"{api}/runsync"], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "WIDTH": "260"}, timeout=120)
+    assert bad.returncode == 1 and "❌ status FAILED: Invalid input: width" in bad.stderr
