@@ -30,6 +30,7 @@ from sdxl_worker.generation import generate
 from sdxl_worker.image_encoding import encode_image
 from sdxl_worker.job_schema import JobInput, JobInputError, max_pixels_from_env, parse_job_input
 from sdxl_worker.schedulers import build_schedulers
+from sdxl_worker.speed import SpeedOptions, apply_speedups
 from volume_check import check_volume
 
 log = logging.getLogger("worker")
@@ -67,10 +68,18 @@ class Worker:
         self.progress = progress
         self.schedulers = build_schedulers(pipe.scheduler) if pipe is not None else {}
         self.largest_fit: tuple[int, int, int] | None = None  # (images, width, height) of the largest job done
+        self.speedups: dict[str, Any] = {}
+        self.start_timings: dict[str, float] = {}
 
     @classmethod
-    def start(cls, model_path: str | None = None, device: str | None = None, warmup: bool = True) -> Worker:
-        """Check, load and warm up; on failure return a worker that explains it to every job."""
+    def start(
+        cls,
+        model_path: str | None = None,
+        device: str | None = None,
+        warmup: bool = True,
+        speed: SpeedOptions | None = None,
+    ) -> Worker:
+        """Check, load, speed up and warm up; on failure return a worker that explains it to every job."""
         max_pixels = max_pixels_from_env()
         report = check_volume(model_path)
         for line in report.render().splitlines():
@@ -81,10 +90,16 @@ class Worker:
         # The start is the one place a load error is caught: the worker must stay up to report it
         # to callers instead of crash-looping; the traceback goes to the log in full.
         try:
+            started = time.perf_counter()
             pipe, record = load_pipeline(model_path, device, report=report)
+            loaded = time.perf_counter()
+            speedups = apply_speedups(pipe, speed or SpeedOptions.from_env(), record.device, record.attention)
+            log.info("speed options applied: %s", speedups)
             worker = cls(pipe, record, max_pixels=max_pixels)
+            worker.speedups = speedups
+            worker.start_timings = {"load_s": loaded - started, "speedups_s": time.perf_counter() - loaded}
             if warmup:
-                worker.warm_up()
+                worker.start_timings["warm_up_s"] = worker.warm_up()
         except Exception as exc:
             log.exception("loading the pipeline failed")
             return cls(None, None, max_pixels=max_pixels, startup_error=f"loading failed: {_describe(exc)}",

@@ -1,0 +1,407 @@
+"""Benchmark the worker against stock diffusers on one machine, in one run; print a table, write JSON.
+
+    python benchmark.py                       # full-size SDXL volume on the GPU (build it if needed)
+    python benchmark.py --compile             # also torch.compile: compile time, warm-cache compile
+    python benchmark.py --scale tiny --device cpu --size 256 --steps 2 --runs 1    # smoke run, seconds
+
+Measured side by side (same volume, same seeds): the raw sequential read of each load plan's bytes
+(cold page cache when it can be dropped; the output says how), stock `from_pretrained(...).to(device)`
+vs our loader for the fp16 variant and for the standard-files fallback, cold and warm; warm latency
+of stock diffusers vs the worker's own job path; the first job after start; peak GPU memory; compile
+time; and how far our output is from stock's (max abs difference of the latents, PSNR of the images).
+Figures come from this run only; nothing is assumed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import gc
+import io
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from model_loader import load_pipeline
+from sdxl_worker.offline import enforce_offline
+from sdxl_worker.speed import SpeedOptions, apply_speedups
+from sdxl_worker.synthetic_volume import build_volume
+from volume_check import check_volume
+
+PROMPT = "a photonic lighthouse on a cliff at dusk, volumetric light, detailed"
+SEED = 1234
+
+
+class Bench:
+    """Holds the run's settings and results; saves the JSON after every stage so a cut run keeps what it had."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.results: dict[str, Any] = {"settings": vars(args).copy()}
+
+    def save(self) -> None:
+        (self.out / "benchmark.json").write_text(json.dumps(self.results, indent=2, default=str))
+
+    def record(self, key: str, value: Any) -> None:
+        self.results[key] = value
+        self.save()
+        print(f"[bench] {key}: {json.dumps(value, default=str)}", flush=True)
+
+
+def sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def free(device: str) -> None:
+    import torch
+
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def evict(paths: list[Path]) -> str:
+    """Drop `paths` from the page cache: all caches if we may, else per file; say which was done."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return "drop_caches"
+    except OSError:
+        pass
+    if not hasattr(os, "posix_fadvise"):
+        return "none (warm cache)"
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return "fadvise DONTNEED"
+
+
+def raw_read(paths: list[Path]) -> float:
+    buffer = bytearray(16 * 1024 * 1024)
+    started = time.perf_counter()
+    for path in paths:
+        with path.open("rb", buffering=0) as handle:
+            while handle.readinto(buffer):
+                pass
+    return time.perf_counter() - started
+
+
+def plan_files(volume: Path, variant: str) -> list[Path]:
+    report = check_volume(volume)
+    return [
+        volume / name / filename
+        for name, component in report.components.items()
+        if component.kind == "model"
+        for filename in component.weight_sets[variant].files
+    ]
+
+
+def standard_view(volume: Path) -> Path:
+    """The same volume without its fp16 files (hard links, no copy): what a fallback deployment sees."""
+    view = volume.with_name(volume.name + "-standard-only")
+    if view.exists():
+        return view
+    for path in sorted(volume.rglob("*")):
+        target = view / path.relative_to(volume)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif ".fp16." not in path.name:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(path, target)
+    return view
+
+
+def stock_load(volume: Path, variant: str | None, device: str) -> Any:
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    pipe = StableDiffusionXLPipeline.from_pretrained(
+        volume, variant=variant, dtype=dtype, use_safetensors=True, local_files_only=True
+    ).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def stage_loads(bench: Bench, volume: Path, device: str) -> None:
+    fallback = standard_view(volume)
+    plans = {"fp16": (volume, "fp16"), "standard": (fallback, None)}
+    rows = {}
+    for plan, (path, variant) in plans.items():
+        files = plan_files(volume, plan)
+        nbytes = sum(p.stat().st_size for p in files)
+        method = evict(files)
+        read_s = raw_read(files)
+        row = {"bytes": nbytes, "raw_read_s": round(read_s, 3), "raw_read_gb_s": round(nbytes / read_s / 1e9, 3),
+               "cache_drop": method}
+        for loader in ("stock", "ours"):
+            for state in ("cold", "warm"):
+                if state == "cold":
+                    evict(files)
+                started = time.perf_counter()
+                if loader == "stock":
+                    pipe = stock_load(path, variant, device)
+                else:
+                    pipe, record = load_pipeline(path, device)
+                    row["ours_variant"] = record.variant
+                sync(device)
+                row[f"{loader}_{state}_s"] = round(time.perf_counter() - started, 3)
+                del pipe
+                free(device)
+        row["stock_cold_vs_read"] = round(row["stock_cold_s"] / read_s, 2)
+        row["ours_cold_vs_read"] = round(row["ours_cold_s"] / read_s, 2)
+        rows[plan] = row
+        bench.record(f"load_{plan}", row)
+
+
+def call_stock(pipe: Any, size: int, steps: int, seed: int, output_type: str = "pil") -> Any:
+    import torch
+
+    return pipe(PROMPT, width=size, height=size, num_inference_steps=steps, guidance_scale=7.0,
+                generator=torch.Generator("cpu").manual_seed(seed), output_type=output_type)
+
+
+def timed(fn: Any, device: str) -> tuple[float, Any]:
+    sync(device)
+    started = time.perf_counter()
+    value = fn()
+    sync(device)
+    return time.perf_counter() - started, value
+
+
+def peak_gib(device: str) -> float | None:
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.startswith("cuda") else None
+
+
+def reset_peak(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def stage_stock_generation(bench: Bench, volume: Path, device: str) -> dict[str, Any]:
+    import numpy as np
+
+    args = bench.args
+    pipe = stock_load(volume, "fp16" if device.startswith("cuda") else None, device)
+    first_s, _ = timed(lambda: call_stock(pipe, args.size, args.steps, SEED), device)
+    runs = []
+    reset_peak(device)
+    for _ in range(args.runs):
+        seconds, result = timed(lambda: call_stock(pipe, args.size, args.steps, SEED), device)
+        runs.append(seconds)
+    image = np.asarray(result.images[0])
+    latents = call_stock(pipe, args.size, args.steps, SEED, output_type="latent").images.float().cpu()
+    row = {"first_call_s": round(first_s, 3), "warm_median_s": round(statistics.median(runs), 3),
+           "warm_runs_s": [round(r, 3) for r in runs], "peak_vram_gib": peak_gib(device)}
+    bench.record("generation_stock", row)
+    return {"image": image, "latents": latents}
+
+
+def psnr(a: Any, b: Any) -> float | str:
+    import numpy as np
+
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return "identical" if mse == 0 else round(10 * np.log10(255.0**2 / mse), 2)
+
+
+def stage_ours_generation(bench: Bench, volume: Path, device: str, stock: dict[str, Any], options: SpeedOptions,
+                          key: str) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from handler_volume_optimized import Worker
+
+    args = bench.args
+    os.environ["MAX_PIXELS"] = str(max(args.size * args.size, 256 * 256))
+    worker = Worker.start(str(volume), device, warmup=True, speed=options)
+    if worker.pipe is None:
+        raise RuntimeError(worker.startup_error)
+    worker.progress = lambda job, update: None
+    pipe = worker.pipe
+    job = {"prompt": PROMPT, "width": args.size, "height": args.size, "num_inference_steps": args.steps,
+           "seed": SEED}
+    first_s, first = timed(lambda: worker.handle({"id": "first", "input": job}), device)
+    if "error" in first:
+        raise RuntimeError(first["error"])
+    runs, totals = [], []
+    reset_peak(device)
+    for _ in range(args.runs):
+        _, reply = timed(lambda: worker.handle({"id": "warm", "input": job}), device)
+        runs.append(reply["timings"]["inference_s"])
+        totals.append(reply["timings"]["total_s"])
+    image = np.asarray(Image.open(io.BytesIO(base64.b64decode(reply["images"][0]))).convert("RGB"))
+    latents = call_stock(pipe, args.size, args.steps, SEED, output_type="latent").images.float().cpu()
+    warm = statistics.median(runs)
+    row = {
+        "speedups": worker.speedups,
+        "load_and_speedups_s": round(worker.start_timings["load_s"] + worker.start_timings["speedups_s"], 3),
+        "warm_up_s": round(worker.start_timings["warm_up_s"], 3),
+        "first_job_total_s": round(first_s, 3),
+        "warm_median_inference_s": round(warm, 3),
+        "warm_median_total_s": round(statistics.median(totals), 3),
+        "warm_runs_inference_s": [round(r, 3) for r in runs],
+        "first_job_vs_warm_total": round(first_s / statistics.median(totals), 2),
+        "peak_vram_gib": peak_gib(device),
+        "latents_max_abs_diff_vs_stock": round(float((latents - stock["latents"]).abs().max()), 5),
+        "image_psnr_db_vs_stock": psnr(image, stock["image"]),
+    }
+    bench.record(key, row)
+
+
+def stage_compile_warm_cache(bench: Bench, volume: Path, device: str, cache_dir: Path) -> None:
+    """A fresh process with the compile cache filled by the previous stage: what a later cold start pays."""
+    code = (
+        "import json, sys, time; sys.argv = sys.argv[:1]\n"
+        "from benchmark import compiled_first_call\n"
+        f"print('RESULT', json.dumps(compiled_first_call({str(volume)!r}, {device!r}, {str(cache_dir)!r}, "
+        f"{bench.args.size}, {bench.args.steps})))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent, capture_output=True,
+                         text=True, timeout=900)
+    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
+    if run.returncode != 0 or not lines:
+        bench.record("compile_warm_cache", {"error": run.stderr[-2000:]})
+        return
+    bench.record("compile_warm_cache", json.loads(lines[-1][len("RESULT "):]))
+
+
+def compiled_first_call(volume: str, device: str, cache_dir: str, size: int, steps: int) -> dict[str, float]:
+    started = time.perf_counter()
+    pipe, record = load_pipeline(volume, device)
+    load_s = time.perf_counter() - started
+    apply_speedups(pipe, SpeedOptions(compile=True, compile_cache_dir=cache_dir), device, record.attention)
+    first_s, _ = timed(lambda: call_stock(pipe, size, steps, SEED), device)
+    second_s, _ = timed(lambda: call_stock(pipe, size, steps, SEED), device)
+    return {"load_s": round(load_s, 3), "first_call_s": round(first_s, 3), "second_call_s": round(second_s, 3),
+            "compile_s_estimate": round(first_s - second_s, 3)}
+
+
+def environment(device: str) -> dict[str, Any]:
+    import diffusers
+    import torch
+    import transformers
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__, "device": device, "cpu_count": os.cpu_count()}
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def table(results: dict[str, Any]) -> str:
+    """One markdown table: stock beside ours, with ratios."""
+    env = results.get("environment", {})
+    lines = [f"Device: {env.get('gpu') or env.get('device')}; torch {env.get('torch')}, diffusers "
+             f"{env.get('diffusers')}; {results['settings']['size']}x{results['settings']['size']}, "
+             f"{results['settings']['steps']} steps, CFG 7", "",
+             "| what | stock diffusers | ours | ours/stock |", "| --- | --- | --- | --- |"]
+
+    def row(what: str, stock: Any, ours: Any, unit: str = " s") -> None:
+        ratio = f"{ours / stock:.2f}" if isinstance(stock, (int, float)) and isinstance(ours, (int, float)) and stock \
+            else ""
+        fmt = lambda v: f"{v}{unit}" if isinstance(v, (int, float)) else (v if v is not None else "n/a")  # noqa: E731
+        lines.append(f"| {what} | {fmt(stock)} | {fmt(ours)} | {ratio} |")
+
+    for plan in ("fp16", "standard"):
+        load = results.get(f"load_{plan}")
+        if load:
+            label = "fp16 variant" if plan == "fp16" else "standard files -> fp16 (fallback)"
+            lines.append(f"| raw read, {label}: {load['bytes'] / 1e9:.2f} GB, cache: {load['cache_drop']} | "
+                         f"{load['raw_read_s']} s ({load['raw_read_gb_s']} GB/s) | | |")
+            row(f"load cold, {label}", load["stock_cold_s"], load["ours_cold_s"])
+            row(f"load cold / raw read, {label}", load["stock_cold_vs_read"], load["ours_cold_vs_read"], "x")
+            row(f"load warm cache, {label}", load["stock_warm_s"], load["ours_warm_s"])
+    stock = results.get("generation_stock")
+    for key, label in (("generation_ours", "ours"), ("generation_ours_compiled", "ours + compile")):
+        ours = results.get(key)
+        if not (stock and ours) or "error" in ours:
+            continue
+        row(f"warm generation ({label}; inference)", stock["warm_median_s"], ours["warm_median_inference_s"])
+        row(f"first job after start ({label}; total incl. encode)", stock["first_call_s"], ours["first_job_total_s"])
+        row(f"first job / warm job ({label})", None, ours["first_job_vs_warm_total"], "x")
+        row(f"peak VRAM, batch 1 ({label})", stock["peak_vram_gib"], ours["peak_vram_gib"], " GiB")
+        row(f"output vs stock ({label}): latents max abs diff / image PSNR", None,
+            f"{ours['latents_max_abs_diff_vs_stock']} / {ours['image_psnr_db_vs_stock']} dB", "")
+        row(f"start: load + speedups + warm-up ({label})", None,
+            round(ours["load_and_speedups_s"] + ours["warm_up_s"], 3))
+    cache = results.get("compile_warm_cache")
+    if cache and "error" not in cache:
+        row("compile at a cold start with the cache on the volume (first call - second call)", None,
+            cache["compile_s_estimate"])
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", choices=("tiny", "full"), default="full")
+    parser.add_argument("--device", default=None, help="default: cuda if available")
+    parser.add_argument("--volume-dir", default="bench-out/volume", help="where the synthetic volume is (re)used")
+    parser.add_argument("--out", default="bench-out", help="folder for benchmark.json")
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="also measure torch.compile")
+    parser.add_argument("--skip-loads", action="store_true", help="skip the read/load stage")
+    args = parser.parse_args(argv)
+    enforce_offline()
+    import diffusers
+    import torch
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    bench = Bench(args)
+    bench.record("environment", environment(device))
+    started = time.perf_counter()
+    volume = build_volume(Path(args.volume_dir) / "photonicfusion-sdxl", args.scale, extras=True,
+                          device="cuda" if device.startswith("cuda") else "cpu")
+    bench.record("volume", {"path": str(volume), "build_or_reuse_s": round(time.perf_counter() - started, 2),
+                            "check_s": round(check_volume(volume).seconds, 3)})
+    if not args.skip_loads:
+        stage_loads(bench, volume, device)
+    # Each stage's pipeline goes out of scope when it returns; free() then hands its GPU memory back.
+    stock = stage_stock_generation(bench, volume, device)
+    free(device)
+    stage_ours_generation(bench, volume, device, stock, SpeedOptions.from_env(), "generation_ours")
+    free(device)
+    if args.compile:
+        # Beside the model, as COMPILE_CACHE_DIR would be on a real volume.
+        cache_dir = Path(args.volume_dir).resolve() / "compile-cache"
+        options = SpeedOptions(compile=True, compile_cache_dir=str(cache_dir))
+        # A compile failure is a finding to report, not a reason to lose the figures above.
+        try:
+            stage_ours_generation(bench, volume, device, stock, options, "generation_ours_compiled")
+            free(device)
+            stage_compile_warm_cache(bench, volume, device, cache_dir)
+        except Exception as exc:
+            bench.record("generation_ours_compiled", {"error": f"{type(exc).__name__}: {exc}"[:2000]})
+    bench.results["total_s"] = round(time.perf_counter() - started, 1)
+    bench.save()
+    print(table(bench.results))
+    (Path(args.out) / "benchmark.md").write_text(table(bench.results) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Create or update the RunPod serverless template and endpoint for the worker, with the runpod SDK.
+
+Called by deploy_volume_optimized.sh after the image is pushed. Re-running updates, never
+duplicates: the template's name is derived from the image and the settings, so the same inputs find
+the same template, and an endpoint with the same name gets the new template instead of a twin.
+The API key comes from RUNPOD_API_KEY only (never argv) and is never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any
+
+VOLUME_MOUNT_PATH = "/runpod-volume"
+TEMPLATES_QUERY = "query { myself { podTemplates { id name imageName isServerless } } }"
+
+
+@dataclass(frozen=True)
+class DeploySettings:
+    image: str
+    network_volume_id: str
+    endpoint_name: str = "photonicfusion-sdxl"
+    gpu_ids: str = "ADA_24,AMPERE_48,ADA_48_PRO"
+    workers_min: int = 0
+    workers_max: int = 3
+    idle_timeout: int = 5
+    flashboot: bool = True
+    container_disk_gb: int = 20
+    model_path: str = f"{VOLUME_MOUNT_PATH}/photonicfusion-sdxl"
+    max_pixels: int | None = None
+    allowed_cuda_versions: str = "13.0"
+
+    def env(self) -> dict[str, str]:
+        """The worker's environment on RunPod (see README: Environment)."""
+        env = {"MODEL_PATH": self.model_path, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        if self.max_pixels is not None:
+            env["MAX_PIXELS"] = str(self.max_pixels)
+        return env
+
+    def template_name(self) -> str:
+        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
+        tag = re.sub(r"[^A-Za-z0-9_.-]", "-", self.image.rsplit("/", 1)[-1])
+        return f"{self.endpoint_name}-{tag}-{digest}"
+
+
+def template_mutation(settings: DeploySettings) -> str:
+    from runpod.api.mutations.templates import generate_pod_template
+
+    return generate_pod_template(
+        name=settings.template_name(),
+        image_name=settings.image,
+        container_disk_in_gb=settings.container_disk_gb,
+        volume_mount_path=VOLUME_MOUNT_PATH,
+        env=settings.env(),
+        is_serverless=True,
+    )
+
+
+def endpoint_mutation(settings: DeploySettings, template_id: str) -> str:
+    from runpod.api.mutations.endpoints import generate_endpoint_mutation
+
+    return generate_endpoint_mutation(
+        name=settings.endpoint_name,
+        template_id=template_id,
+        gpu_ids=settings.gpu_ids,
+        network_volume_id=settings.network_volume_id,
+        idle_timeout=settings.idle_timeout,
+        workers_min=settings.workers_min,
+        workers_max=settings.workers_max,
+        flashboot=settings.flashboot,
+        allowed_cuda_versions=settings.allowed_cuda_versions,
+        gpu_count=1,
+    )
+
+
+def deploy(settings: DeploySettings, api_key: str, dry_run: bool = False) -> str:
+    """Make the endpoint serve `settings.image`; return its id (a placeholder in a dry run)."""
+    if dry_run:
+        say("dry run: no API request is sent. These are the requests a real run makes "
+            "(Authorization: Bearer ***):")
+        say(f"query templates:\n{TEMPLATES_QUERY}")
+        say(f"if no template is named {settings.template_name()!r}, create it:\n{template_mutation(settings)}")
+        say("query endpoints: runpod.get_endpoints()")
+        say(f"if no endpoint is named {settings.endpoint_name!r}, create it:\n"
+            f"{endpoint_mutation(settings, '<template id>')}")
+        say("else: runpod.update_endpoint_template(<endpoint id>, <template id>)")
+        return "<endpoint id>"
+
+    import runpod
+    from runpod.api.graphql import run_graphql_query
+
+    runpod.api_key = api_key
+    templates = run_graphql_query(TEMPLATES_QUERY)["data"]["myself"]["podTemplates"] or []
+    template = next((t for t in templates if t["name"] == settings.template_name()), None)
+    if template is None:
+        template = runpod.create_template(
+            name=settings.template_name(),
+            image_name=settings.image,
+            container_disk_in_gb=settings.container_disk_gb,
+            volume_mount_path=VOLUME_MOUNT_PATH,
+            env=settings.env(),
+            is_serverless=True,
+        )
+        say(f"created template {template['id']} ({settings.template_name()})")
+    else:
+        say(f"template {template['id']} ({settings.template_name()}) already exists; reusing it")
+
+    endpoints = runpod.get_endpoints() or []
+    endpoint = next((e for e in endpoints if e["name"] == settings.endpoint_name), None)
+    if endpoint is None:
+        endpoint = runpod.create_endpoint(
+            name=settings.endpoint_name,
+            template_id=template["id"],
+            gpu_ids=settings.gpu_ids,
+            network_volume_id=settings.network_volume_id,
+            idle_timeout=settings.idle_timeout,
+            workers_min=settings.workers_min,
+            workers_max=settings.workers_max,
+            flashboot=settings.flashboot,
+            allowed_cuda_versions=settings.allowed_cuda_versions,
+            gpu_count=1,
+        )
+        say(f"created endpoint {endpoint['id']} ({settings.endpoint_name})")
+        return endpoint["id"]
+    runpod.update_endpoint_template(endpoint["id"], template["id"])
+    say(f"endpoint {endpoint['id']} ({settings.endpoint_name}) now uses template {template['id']}")
+    _warn_differences(endpoint, settings)
+    return endpoint["id"]
+
+
+def _warn_differences(endpoint: dict[str, Any], settings: DeploySettings) -> None:
+    """The SDK updates an endpoint's template only; say which other settings differ from those asked for."""
+    wanted = {"workersMin": settings.workers_min, "workersMax": settings.workers_max,
+              "idleTimeout": settings.idle_timeout, "gpuIds": settings.gpu_ids,
+              "networkVolumeId": settings.network_volume_id}
+    for key, value in wanted.items():
+        if key in endpoint and endpoint[key] != value:
+            say(f"warning: endpoint {key} is {endpoint[key]!r}, asked {value!r}: change it in the RunPod console")
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--image", required=True)
+    parser.add_argument("--network-volume-id", required=True)
+    parser.add_argument("--endpoint-name", default=DeploySettings.endpoint_name)
+    parser.add_argument("--gpu-ids", default=DeploySettings.gpu_ids)
+    parser.add_argument("--workers-min", type=int, default=DeploySettings.workers_min)
+    parser.add_argument("--workers-max", type=int, default=DeploySettings.workers_max)
+    parser.add_argument("--idle-timeout", type=int, default=DeploySettings.idle_timeout)
+    parser.add_argument("--flashboot", choices=("on", "off"), default="on")
+    parser.add_argument("--container-disk-gb", type=int, default=DeploySettings.container_disk_gb)
+    parser.add_argument("--model-path", default=DeploySettings.model_path)
+    parser.add_argument("--max-pixels", type=int)
+    parser.add_argument("--dry-run", action="store_true")
+    args = parser.parse_args(argv)
+    api_key = os.environ.get("RUNPOD_API_KEY", "")
+    if not api_key and not args.dry_run:
+        print("runpod_deploy: RUNPOD_API_KEY is not set", file=sys.stderr)
+        return 2
+    settings = DeploySettings(
+        image=args.image,
+        network_volume_id=args.network_volume_id,
+        endpoint_name=args.endpoint_name,
+        gpu_ids=args.gpu_ids,
+        workers_min=args.workers_min,
+        workers_max=args.workers_max,
+        idle_timeout=args.idle_timeout,
+        flashboot=args.flashboot == "on",
+        container_disk_gb=args.container_disk_gb,
+        model_path=args.model_path,
+        max_pixels=args.max_pixels,
+    )
+    endpoint_id = deploy(settings, api_key, dry_run=args.dry_run)
+    say(f"ENDPOINT_ID={endpoint_id}")
+    say(f"smoke test: ENDPOINT_ID={endpoint_id} RUNPOD_API_KEY=\"$RUNPOD_API_KEY\" bash smoke_test.sh")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

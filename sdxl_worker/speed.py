@@ -1,0 +1,112 @@
+"""Make the loaded pipeline faster without changing what it draws (beyond stated float tolerance).
+
+Each option is an environment switch with a default chosen by the benchmark (benchmark.py, figures
+in README): serverless users pay for every second of generation, but an option that changes the
+picture or costs minutes at every cold start is off by default.
+
+- FUSE_QKV (default 1): one matmul for q/k/v in self-attention, k/v in cross-attention.
+- CHANNELS_LAST (default 1): NHWC memory format for the UNet's convolutions on CUDA.
+- VAE_DTYPE (default bf16 on CUDA): SDXL's VAE overflows in float16, so stock diffusers converts it to
+  float32 and back around every decode; bfloat16 has float32's range, decodes several times faster
+  and skips the conversions. `fp32` keeps the stock behaviour.
+- COMPILE (default 0): torch.compile of the UNet and the VAE decoder. With COMPILE_CACHE_DIR (a folder
+  on the network volume) inductor's and triton's caches live there, so a later cold start reuses the
+  compiled kernels instead of compiling for minutes; without it they go to the temp directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+VAE_DTYPES = ("auto", "bf16", "fp32")
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    fuse_qkv: bool = True
+    channels_last: bool = True
+    vae_dtype: str = "auto"
+    compile: bool = False
+    compile_cache_dir: str | None = None
+
+    @classmethod
+    def from_env(cls) -> SpeedOptions:
+        vae_dtype = os.environ.get("VAE_DTYPE", "auto").strip().lower()
+        if vae_dtype not in VAE_DTYPES:
+            raise ValueError(f"VAE_DTYPE must be one of {', '.join(VAE_DTYPES)}, not {vae_dtype!r}")
+        return cls(
+            fuse_qkv=_flag("FUSE_QKV", True),
+            channels_last=_flag("CHANNELS_LAST", True),
+            vae_dtype=vae_dtype,
+            compile=_flag("COMPILE", False),
+            compile_cache_dir=os.environ.get("COMPILE_CACHE_DIR") or None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be 1 or 0, not {raw!r}")
+
+
+def use_compile_cache(cache_dir: str) -> None:
+    """Point inductor's and triton's caches at `cache_dir` (call before the first compile)."""
+    root = Path(cache_dir)
+    (root / "inductor").mkdir(parents=True, exist_ok=True)
+    (root / "triton").mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(root / "inductor")
+    os.environ["TRITON_CACHE_DIR"] = str(root / "triton")
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+
+
+def apply_speedups(pipe: Any, options: SpeedOptions, device: str, attention: str = "sdpa") -> dict[str, Any]:
+    """Apply `options` to `pipe` in place; return what was applied (reported with the load record)."""
+    import torch
+
+    on_cuda = device.startswith("cuda")
+    applied: dict[str, Any] = {}
+    if on_cuda:
+        torch.backends.cudnn.benchmark = True
+        applied["cudnn_benchmark"] = True
+    if options.fuse_qkv and attention == "sdpa":
+        pipe.fuse_qkv_projections(unet=True, vae=True)
+        applied["fuse_qkv"] = True
+    if options.channels_last and on_cuda:
+        pipe.unet.to(memory_format=torch.channels_last)
+        applied["channels_last"] = True
+    if on_cuda and options.vae_dtype in ("auto", "bf16"):
+        pipe.vae.to(torch.bfloat16)
+        # The pipeline hands the VAE float16 latents; cast them at the VAE's first layer.
+        first = pipe.vae.post_quant_conv if pipe.vae.config.get("use_post_quant_conv", True) else pipe.vae.decoder
+        first.register_forward_pre_hook(_cast_to_weight_dtype)
+        applied["vae_dtype"] = "bf16"
+    if options.compile:
+        if options.compile_cache_dir:
+            use_compile_cache(options.compile_cache_dir)
+            applied["compile_cache_dir"] = options.compile_cache_dir
+        else:
+            log.warning("COMPILE=1 without COMPILE_CACHE_DIR: every cold start compiles from scratch (minutes)")
+        pipe.unet = torch.compile(pipe.unet, fullgraph=True)
+        pipe.vae.decoder = torch.compile(pipe.vae.decoder, fullgraph=True)
+        applied["compile"] = True
+    return applied
+
+
+def _cast_to_weight_dtype(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    dtype = next(module.parameters()).dtype
+    return (args[0].to(dtype), *args[1:])

@@ -1,0 +1,182 @@
+"""deploy_volume_optimized.sh against a stub docker and a stub RunPod API on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "rp-SECRET-key-0123456789"
+
+
+class FakeRunPod:
+    """Answers the GraphQL requests the runpod SDK sends, remembering templates and endpoints."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict] = []
+        self.templates: list[dict] = []
+        self.endpoints: list[dict] = []
+
+    def answer(self, query: str) -> dict:
+        if "podTemplates" in query:
+            return {"myself": {"podTemplates": self.templates}}
+        if "saveTemplate" in query:
+            name = query.split('name: "', 1)[1].split('"', 1)[0]
+            template = {"id": f"tpl-{len(self.templates) + 1}", "name": name, "isServerless": True}
+            self.templates.append(template)
+            return {"saveTemplate": template}
+        if "endpoints" in query:
+            return {"myself": {"endpoints": self.endpoints}}
+        if "saveEndpoint" in query:
+            name = query.split('name: "', 1)[1].split('"', 1)[0]
+            template_id = query.split('templateId: "', 1)[1].split('"', 1)[0]
+            endpoint = {"id": f"ep-{len(self.endpoints) + 1}", "name": name, "templateId": template_id,
+                        "workersMin": 0, "workersMax": 3, "idleTimeout": 5}
+            self.endpoints.append(endpoint)
+            return {"saveEndpoint": endpoint}
+        if "updateEndpointTemplate" in query:
+            endpoint_id = query.split('endpointId: "', 1)[1].split('"', 1)[0]
+            template_id = query.split('templateId: "', 1)[1].split('"', 1)[0]
+            for endpoint in self.endpoints:
+                if endpoint["id"] == endpoint_id:
+                    endpoint["templateId"] = template_id
+            return {"updateEndpointTemplate": {"id": endpoint_id, "templateId": template_id}}
+        raise AssertionError(f"unexpected query {query}")
+
+
+@pytest.fixture
+def runpod_api() -> Iterator[tuple[FakeRunPod, str]]:
+    fake = FakeRunPod()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            fake.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), **body})
+            payload = json.dumps({"data": fake.answer(body["query"])}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield fake, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture
+def docker_stub(tmp_path: Path) -> tuple[Path, Path]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "docker.log"
+    (bin_dir / "docker").write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {log}\n')
+    (bin_dir / "docker").chmod(0o755)
+    return bin_dir, log
+
+
+def deploy(*flags: str, env: dict[str, str], bin_dir: Path | None = None) -> subprocess.CompletedProcess:
+    path = f"{bin_dir}:{os.environ['PATH']}" if bin_dir else os.environ["PATH"]
+    full_env = {"PATH": path, "HOME": os.environ.get("HOME", "/tmp"), "PYTHON": sys.executable, **env}
+    return subprocess.run(["bash", "deploy_volume_optimized.sh", *flags], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=120)
+
+
+BASE = {"IMAGE": "acme/photonicfusion-worker:1.2.0", "NETWORK_VOLUME_ID": "vol-42", "RUNPOD_API_KEY": KEY}
+
+
+def test_builds_pushes_and_creates(runpod_api, docker_stub) -> None:
+    fake, url = runpod_api
+    bin_dir, log = docker_stub
+    run = deploy("--workers-max", "5", "--gpu-types", "ADA_24", env={**BASE, "RUNPOD_API_BASE_URL": url},
+                 bin_dir=bin_dir)
+    assert run.returncode == 0, run.stderr
+    assert log.read_text().splitlines() == [
+        "build --platform linux/amd64 -f Dockerfile.volume_optimized -t acme/photonicfusion-worker:1.2.0 .",
+        "push acme/photonicfusion-worker:1.2.0",
+    ]
+    queries = [r["query"] for r in fake.requests]
+    template = next(q for q in queries if "saveTemplate" in q)
+    assert 'imageName: "acme/photonicfusion-worker:1.2.0"' in template
+    assert 'volumeMountPath: "/runpod-volume"' in template and "isServerless: true" in template
+    assert '{ key: "MODEL_PATH", value: "/runpod-volume/photonicfusion-sdxl" }' in template
+    assert '{ key: "HF_HUB_OFFLINE", value: "1" }' in template
+    endpoint = next(q for q in queries if "saveEndpoint" in q)
+    for field in ('networkVolumeId: "vol-42"', 'templateId: "tpl-1"', "workersMax: 5", 'gpuIds: "ADA_24"',
+                  "flashBootType: FLASHBOOT", 'allowedCudaVersions: "13.0"', "idleTimeout: 5"):
+        assert field in endpoint
+    assert all(r["auth"] == f"Bearer {KEY}" and r["path"] == "/graphql" for r in fake.requests)
+    assert "ENDPOINT_ID=ep-1" in run.stdout and "bash smoke_test.sh" in run.stdout
+    assert KEY not in run.stdout + run.stderr
+
+
+def test_rerun_updates_and_never_duplicates(runpod_api, docker_stub) -> None:
+    fake, url = runpod_api
+    bin_dir, _ = docker_stub
+    env = {**BASE, "RUNPOD_API_BASE_URL": url}
+    assert deploy(env=env, bin_dir=bin_dir).returncode == 0
+    again = deploy(env=env, bin_dir=bin_dir)
+    assert again.returncode == 0, again.stderr
+    assert (len(fake.templates), len(fake.endpoints)) == (1, 1)
+    assert "already exists; reusing it" in again.stdout
+    newer = deploy(env={**env, "IMAGE": "acme/photonicfusion-worker:1.3.0"}, bin_dir=bin_dir)
+    assert newer.returncode == 0, newer.stderr
+    assert (len(fake.templates), len(fake.endpoints)) == (2, 1)
+    assert fake.endpoints[0]["templateId"] == "tpl-2"
+    assert sum("saveEndpoint" in r["query"] for r in fake.requests) == 1
+    assert "now uses template tpl-2" in newer.stdout
+
+
+def test_dry_run_changes_nothing(runpod_api, docker_stub) -> None:
+    fake, url = runpod_api
+    bin_dir, log = docker_stub
+    run = deploy("--dry-run", env={**BASE, "RUNPOD_API_BASE_URL": url}, bin_dir=bin_dir)
+    assert run.returncode == 0, run.stderr
+    assert fake.requests == [] and not log.exists()
+    assert "+ docker build --platform linux/amd64 -f Dockerfile.volume_optimized" in run.stdout
+    assert "+ docker push acme/photonicfusion-worker:1.2.0" in run.stdout
+    assert "saveTemplate" in run.stdout and "saveEndpoint" in run.stdout and "Bearer ***" in run.stdout
+    assert KEY not in run.stdout + run.stderr
+
+
+@pytest.mark.parametrize(
+    ("drop", "flags", "words"),
+    [
+        ("RUNPOD_API_KEY", (), "RUNPOD_API_KEY is not set"),
+        ("NETWORK_VOLUME_ID", (), "NETWORK_VOLUME_ID (or --volume-id) is required"),
+        ("IMAGE", (), "IMAGE (or --image name:tag) is required"),
+        (None, ("--workers-min", "4", "--workers-max", "2"), "--workers-min (4) is above --workers-max (2)"),
+        (None, ("--bogus",), "unknown flag --bogus (see --help)"),
+    ],
+)
+def test_missing_input_fails_before_any_command(runpod_api, docker_stub, drop, flags, words) -> None:
+    fake, url = runpod_api
+    bin_dir, log = docker_stub
+    env = {k: v for k, v in {**BASE, "RUNPOD_API_BASE_URL": url}.items() if k != drop}
+    run = deploy(*flags, env=env, bin_dir=bin_dir)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [f"deploy_volume_optimized.sh: {words}"]
+    assert fake.requests == [] and not log.exists()
+
+
+def test_missing_docker_fails_before_any_command(runpod_api, tmp_path: Path) -> None:
+    fake, url = runpod_api
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    (empty / "bash").symlink_to("/bin/bash")
+    run = subprocess.run(["bash", "deploy_volume_optimized.sh"], cwd=ROOT, capture_output=True, text=True,
+                         env={**BASE, "PATH": str(empty), "PYTHON": sys.executable, "RUNPOD_API_BASE_URL": url})
+    assert run.returncode == 2 and "docker is not installed" in run.stderr
+    assert fake.requests == []
