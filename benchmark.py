@@ -30,6 +30,7 @@ from typing import Any
 
 from model_loader import load_pipeline
 from sdxl_worker.offline import enforce_offline
+from sdxl_worker.prefetch import Prefetcher
 from sdxl_worker.speed import SpeedOptions, apply_speedups
 from sdxl_worker.synthetic_volume import build_volume
 from volume_check import check_volume
@@ -100,6 +101,12 @@ def raw_read(paths: list[Path]) -> float:
     return time.perf_counter() - started
 
 
+def _parallel_read(files: list[Path]) -> None:
+    """The same bytes read by the loader's prefetch readers, to separate disk speed from loader overhead."""
+    with Prefetcher(files) as prefetcher:
+        prefetcher.wait()
+
+
 def plan_files(volume: Path, variant: str) -> list[Path]:
     report = check_volume(volume)
     return [
@@ -146,9 +153,12 @@ def stage_loads(bench: Bench, volume: Path, device: str) -> None:
         nbytes = sum(p.stat().st_size for p in files)
         method = evict(files)
         read_s = raw_read(files)
+        evict(files)
+        parallel_s, _ = timed(lambda files=files: _parallel_read(files), "cpu")
         row = {"bytes": nbytes, "raw_read_s": round(read_s, 3), "raw_read_gb_s": round(nbytes / read_s / 1e9, 3),
-               "cache_drop": method}
-        for loader in ("stock", "ours"):
+               "raw_read_parallel_s": round(parallel_s, 3), "cache_drop": method}
+        loaders = ("stock", "ours", "ours_cpu_cast") if plan == "standard" else ("stock", "ours")
+        for loader in loaders:
             for state in ("cold", "warm"):
                 if state == "cold":
                     evict(files)
@@ -156,7 +166,7 @@ def stage_loads(bench: Bench, volume: Path, device: str) -> None:
                 if loader == "stock":
                     pipe = stock_load(path, variant, device)
                 else:
-                    pipe, record = load_pipeline(path, device)
+                    pipe, record = load_pipeline(path, device, cast_on_device=loader == "ours")
                     row["ours_variant"] = record.variant
                 sync(device)
                 row[f"{loader}_{state}_s"] = round(time.perf_counter() - started, 3)
@@ -266,13 +276,13 @@ def stage_ours_generation(bench: Bench, volume: Path, device: str, stock: dict[s
     bench.record(key, row)
 
 
-def stage_compile_warm_cache(bench: Bench, volume: Path, device: str, cache_dir: Path) -> None:
+def stage_compile_warm_cache(bench: Bench, volume: Path, device: str, cache_dir: Path, mode: str) -> None:
     """A fresh process with the compile cache filled by the previous stage: what a later cold start pays."""
     code = (
         "import json, sys, time; sys.argv = sys.argv[:1]\n"
         "from benchmark import compiled_first_call\n"
         f"print('RESULT', json.dumps(compiled_first_call({str(volume)!r}, {device!r}, {str(cache_dir)!r}, "
-        f"{bench.args.size}, {bench.args.steps})))\n"
+        f"{mode!r}, {bench.args.size}, {bench.args.steps})))\n"
     )
     run = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent, capture_output=True,
                          text=True, timeout=900)
@@ -283,11 +293,12 @@ def stage_compile_warm_cache(bench: Bench, volume: Path, device: str, cache_dir:
     bench.record("compile_warm_cache", json.loads(lines[-1][len("RESULT "):]))
 
 
-def compiled_first_call(volume: str, device: str, cache_dir: str, size: int, steps: int) -> dict[str, float]:
+def compiled_first_call(volume: str, device: str, cache_dir: str, mode: str, size: int, steps: int) -> dict:
     started = time.perf_counter()
     pipe, record = load_pipeline(volume, device)
     load_s = time.perf_counter() - started
-    apply_speedups(pipe, SpeedOptions(compile=True, compile_cache_dir=cache_dir), device, record.attention)
+    options = SpeedOptions(compile=True, compile_mode=mode, compile_cache_dir=cache_dir)
+    apply_speedups(pipe, options, device, record.attention)
     first_s, _ = timed(lambda: call_stock(pipe, size, steps, SEED), device)
     second_s, _ = timed(lambda: call_stock(pipe, size, steps, SEED), device)
     return {"load_s": round(load_s, 3), "first_call_s": round(first_s, 3), "second_call_s": round(second_s, 3),
@@ -326,14 +337,19 @@ def table(results: dict[str, Any]) -> str:
         if load:
             label = "fp16 variant" if plan == "fp16" else "standard files -> fp16 (fallback)"
             lines.append(f"| raw read, {label}: {load['bytes'] / 1e9:.2f} GB, cache: {load['cache_drop']} | "
-                         f"{load['raw_read_s']} s ({load['raw_read_gb_s']} GB/s) | | |")
+                         f"{load['raw_read_s']} s ({load['raw_read_gb_s']} GB/s) | "
+                         f"{load.get('raw_read_parallel_s', 'n/a')} s with the loader's parallel readers | |")
             row(f"load cold, {label}", load["stock_cold_s"], load["ours_cold_s"])
             row(f"load cold / raw read, {label}", load["stock_cold_vs_read"], load["ours_cold_vs_read"], "x")
             row(f"load warm cache, {label}", load["stock_warm_s"], load["ours_warm_s"])
+            if "ours_cpu_cast_cold_s" in load:
+                row(f"load cold, {label}, ours casting on the CPU", load["stock_cold_s"], load["ours_cpu_cast_cold_s"])
     stock = results.get("generation_stock")
-    for key, label in (("generation_ours", "ours"), ("generation_ours_compiled", "ours + compile")):
-        ours = results.get(key)
-        if not (stock and ours) or "error" in ours:
+    for key, ours in results.items():
+        if not key.startswith("generation_") or key == "generation_stock":
+            continue
+        label = key.removeprefix("generation_").replace("_", " ")
+        if not stock or "error" in ours:
             continue
         row(f"warm generation ({label}; inference)", stock["warm_median_s"], ours["warm_median_inference_s"])
         row(f"first job after start ({label}; total incl. encode)", stock["first_call_s"], ours["first_job_total_s"])
@@ -360,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile")
+    parser.add_argument("--compile-mode", default="default", help="torch.compile mode for --compile")
+    parser.add_argument("--ours", action="append", default=[], metavar="LABEL:KEY=VALUE,...",
+                        help="also measure the worker with these speed settings (e.g. nocudnn:CUDNN_BENCHMARK=0)")
     parser.add_argument("--skip-loads", action="store_true", help="skip the read/load stage")
     args = parser.parse_args(argv)
     enforce_offline()
@@ -385,15 +404,21 @@ def main(argv: list[str] | None = None) -> int:
     free(device)
     stage_ours_generation(bench, volume, device, stock, SpeedOptions.from_env(), "generation_ours")
     free(device)
+    for spec in args.ours:
+        label, _, settings = spec.partition(":")
+        overrides = dict(item.split("=", 1) for item in settings.split(",") if item)
+        options = SpeedOptions.from_env({**os.environ, **overrides})
+        stage_ours_generation(bench, volume, device, stock, options, f"generation_ours_{label}")
+        free(device)
     if args.compile:
         # Beside the model, as COMPILE_CACHE_DIR would be on a real volume.
         cache_dir = Path(args.volume_dir).resolve() / "compile-cache"
-        options = SpeedOptions(compile=True, compile_cache_dir=str(cache_dir))
+        options = SpeedOptions(compile=True, compile_mode=args.compile_mode, compile_cache_dir=str(cache_dir))
         # A compile failure is a finding to report, not a reason to lose the figures above.
         try:
             stage_ours_generation(bench, volume, device, stock, options, "generation_ours_compiled")
             free(device)
-            stage_compile_warm_cache(bench, volume, device, cache_dir)
+            stage_compile_warm_cache(bench, volume, device, cache_dir, args.compile_mode)
         except Exception as exc:
             bench.record("generation_ours_compiled", {"error": f"{type(exc).__name__}: {exc}"[:2000]})
     bench.results["total_s"] = round(time.perf_counter() - started, 1)

@@ -9,22 +9,26 @@ picture or costs minutes at every cold start is off by default.
 - VAE_DTYPE (default bf16 on CUDA): SDXL's VAE overflows in float16, so stock diffusers converts it to
   float32 and back around every decode; bfloat16 has float32's range, decodes several times faster
   and skips the conversions. `fp32` keeps the stock behaviour.
-- COMPILE (default 0): torch.compile of the UNet and the VAE decoder. With COMPILE_CACHE_DIR (a folder
-  on the network volume) inductor's and triton's caches live there, so a later cold start reuses the
-  compiled kernels instead of compiling for minutes; without it they go to the temp directory.
+- CUDNN_BENCHMARK (default 1): let cuDNN time its convolution algorithms once per shape.
+- COMPILE (default 0): torch.compile of the UNet and the VAE decoder, in COMPILE_MODE (default
+  "default"; "reduce-overhead" adds CUDA graphs). With COMPILE_CACHE_DIR (a folder on the network
+  volume) inductor's and triton's caches live there, so a later cold start reuses the compiled
+  kernels instead of compiling for minutes; without it they go to the temp directory.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 VAE_DTYPES = ("auto", "bf16", "fp32")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 
 
 @dataclass(frozen=True)
@@ -32,28 +36,34 @@ class SpeedOptions:
     fuse_qkv: bool = True
     channels_last: bool = True
     vae_dtype: str = "auto"
+    cudnn_benchmark: bool = True
     compile: bool = False
+    compile_mode: str = "default"
     compile_cache_dir: str | None = None
 
     @classmethod
-    def from_env(cls) -> SpeedOptions:
-        vae_dtype = os.environ.get("VAE_DTYPE", "auto").strip().lower()
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SpeedOptions:
+        """The options an operator set in the environment (or in `env`), defaults for the rest."""
+        env = os.environ if env is None else env
+        vae_dtype = env.get("VAE_DTYPE", "auto").strip().lower()
         if vae_dtype not in VAE_DTYPES:
             raise ValueError(f"VAE_DTYPE must be one of {', '.join(VAE_DTYPES)}, not {vae_dtype!r}")
+        compile_mode = env.get("COMPILE_MODE", "default").strip().lower()
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(f"COMPILE_MODE must be one of {', '.join(COMPILE_MODES)}, not {compile_mode!r}")
         return cls(
-            fuse_qkv=_flag("FUSE_QKV", True),
-            channels_last=_flag("CHANNELS_LAST", True),
+            fuse_qkv=_flag(env, "FUSE_QKV", True),
+            channels_last=_flag(env, "CHANNELS_LAST", True),
             vae_dtype=vae_dtype,
-            compile=_flag("COMPILE", False),
-            compile_cache_dir=os.environ.get("COMPILE_CACHE_DIR") or None,
+            cudnn_benchmark=_flag(env, "CUDNN_BENCHMARK", True),
+            compile=_flag(env, "COMPILE", False),
+            compile_mode=compile_mode,
+            compile_cache_dir=env.get("COMPILE_CACHE_DIR") or None,
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-
-def _flag(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
     if raw is None or raw == "":
         return default
     if raw.strip().lower() in ("1", "true", "yes", "on"):
@@ -80,7 +90,7 @@ def apply_speedups(pipe: Any, options: SpeedOptions, device: str, attention: str
 
     on_cuda = device.startswith("cuda")
     applied: dict[str, Any] = {}
-    if on_cuda:
+    if on_cuda and options.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
         applied["cudnn_benchmark"] = True
     if options.fuse_qkv and attention == "sdpa":
@@ -101,9 +111,9 @@ def apply_speedups(pipe: Any, options: SpeedOptions, device: str, attention: str
             applied["compile_cache_dir"] = options.compile_cache_dir
         else:
             log.warning("COMPILE=1 without COMPILE_CACHE_DIR: every cold start compiles from scratch (minutes)")
-        pipe.unet = torch.compile(pipe.unet, fullgraph=True)
-        pipe.vae.decoder = torch.compile(pipe.vae.decoder, fullgraph=True)
-        applied["compile"] = True
+        pipe.unet = torch.compile(pipe.unet, mode=options.compile_mode, fullgraph=True)
+        pipe.vae.decoder = torch.compile(pipe.vae.decoder, mode=options.compile_mode, fullgraph=True)
+        applied["compile"] = options.compile_mode
     return applied
 
 
