@@ -72,14 +72,15 @@ def free(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def evict(paths: list[Path]) -> str:
+def evict(paths: list[Path], drop_all: bool = True) -> str:
     """Drop `paths` from the page cache: all caches if we may, else per file; say which was done."""
     os.sync()
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-        return "drop_caches"
-    except OSError:
-        pass
+    if drop_all:
+        try:
+            Path("/proc/sys/vm/drop_caches").write_text("3\n")
+            return "drop_caches"
+        except OSError:
+            pass
     if not hasattr(os, "posix_fadvise"):
         return "none (warm cache)"
     for path in paths:
@@ -151,22 +152,21 @@ def stage_loads(bench: Bench, volume: Path, device: str) -> None:
     for plan, (path, variant) in plans.items():
         files = plan_files(volume, plan)
         nbytes = sum(p.stat().st_size for p in files)
-        method = evict(files)
+        method = evict(files, bench.args.drop_caches)
         read_s = raw_read(files)
-        evict(files)
+        evict(files, bench.args.drop_caches)
         parallel_s, _ = timed(lambda files=files: _parallel_read(files), "cpu")
         row = {"bytes": nbytes, "raw_read_s": round(read_s, 3), "raw_read_gb_s": round(nbytes / read_s / 1e9, 3),
                "raw_read_parallel_s": round(parallel_s, 3), "cache_drop": method}
-        loaders = ("stock", "ours", "ours_cpu_cast") if plan == "standard" else ("stock", "ours")
-        for loader in loaders:
+        for loader in ("stock", "ours"):
             for state in ("cold", "warm"):
                 if state == "cold":
-                    evict(files)
+                    evict(files, bench.args.drop_caches)
                 started = time.perf_counter()
                 if loader == "stock":
                     pipe = stock_load(path, variant, device)
                 else:
-                    pipe, record = load_pipeline(path, device, cast_on_device=loader == "ours")
+                    pipe, record = load_pipeline(path, device)
                     row["ours_variant"] = record.variant
                 sync(device)
                 row[f"{loader}_{state}_s"] = round(time.perf_counter() - started, 3)
@@ -342,8 +342,6 @@ def table(results: dict[str, Any]) -> str:
             row(f"load cold, {label}", load["stock_cold_s"], load["ours_cold_s"])
             row(f"load cold / raw read, {label}", load["stock_cold_vs_read"], load["ours_cold_vs_read"], "x")
             row(f"load warm cache, {label}", load["stock_warm_s"], load["ours_warm_s"])
-            if "ours_cpu_cast_cold_s" in load:
-                row(f"load cold, {label}, ours casting on the CPU", load["stock_cold_s"], load["ours_cpu_cast_cold_s"])
     stock = results.get("generation_stock")
     for key, ours in results.items():
         if not key.startswith("generation_") or key == "generation_stock":
@@ -380,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ours", action="append", default=[], metavar="LABEL:KEY=VALUE,...",
                         help="also measure the worker with these speed settings (e.g. nocudnn:CUDNN_BENCHMARK=0)")
     parser.add_argument("--skip-loads", action="store_true", help="skip the read/load stage")
+    parser.add_argument("--no-drop-caches", dest="drop_caches", action="store_false",
+                        help="evict only the benchmark's files (fadvise), not the whole page cache")
     args = parser.parse_args(argv)
     enforce_offline()
     import diffusers

@@ -1,0 +1,34 @@
+"""The benchmark's smoke run at tiny scale on CPU: every stage runs and the table is printed (no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_tiny_benchmark_runs_every_stage(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "benchmark.py", "--scale", "tiny", "--device", "cpu", "--size", "256", "--steps", "2",
+         "--runs", "1", "--no-drop-caches", "--out", str(tmp_path / "out"), "--volume-dir", str(tmp_path / "vol"),
+         "--ours", "nofuse:FUSE_QKV=0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads((tmp_path / "out" / "benchmark.json").read_text())
+    for key in ("environment", "volume", "load_fp16", "load_standard", "generation_stock", "generation_ours",
+                "generation_ours_nofuse"):
+        assert key in results
+    assert results["load_fp16"]["cache_drop"] == "fadvise DONTNEED"
+    assert results["generation_ours_nofuse"]["speedups"] == {}
+    assert results["generation_ours"]["image_psnr_db_vs_stock"] == "identical" or \
+        results["generation_ours"]["image_psnr_db_vs_stock"] > 40
+    table = (tmp_path / "out" / "benchmark.md").read_text()
+    assert "| load cold, fp16 variant |" in table and "| warm generation (ours; inference) |" in table
+    assert table in run.stdout
