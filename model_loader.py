@@ -143,6 +143,10 @@ def load_pipeline(
         for name, variant in plan.variants.items()
         for filename in report.components[name].weight_sets[variant].files
     ]
+    # On the CPU, memory-mapped tensors stay backed by the volume's files: a file truncated or
+    # replaced under a running worker would kill it with SIGBUS at the next job. Copy them instead.
+    # On CUDA the weights are copied to the GPU anyway, and mapping is what lets prefetch help.
+    no_mmap = {} if device.startswith("cuda") else {"disable_mmap": True}
     components: dict[str, Any] = {}
     with Prefetcher(files) if prefetch else nullcontext():
         for name, component in report.components.items():
@@ -159,6 +163,7 @@ def load_pipeline(
                     device_map=device,
                     local_files_only=True,
                     use_safetensors=True,
+                    **no_mmap,
                 )
             else:
                 components[name] = cls.from_pretrained(model_path, subfolder=name, local_files_only=True)
