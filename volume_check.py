@@ -59,7 +59,7 @@ class Finding:
     path: str | None = None
 
     def render(self) -> str:
-        where = f" [{self.path}]" if self.path and self.status != "ok" else ""
+        where = f" [{self.path}]" if self.path and self.status != "ok" and self.path not in self.message else ""
         return f"{ICONS[self.status]} {self.message}{where}"
 
 
