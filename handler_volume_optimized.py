@@ -18,6 +18,7 @@ import base64
 import gc
 import io
 import logging
+import math
 import os
 import sys
 import time
@@ -28,7 +29,13 @@ from typing import Any
 from model_loader import LoadRecord, load_pipeline
 from sdxl_worker.generation import generate
 from sdxl_worker.image_encoding import encode_image
-from sdxl_worker.job_schema import JobInput, JobInputError, max_pixels_from_env, parse_job_input
+from sdxl_worker.job_schema import (
+    DEFAULT_MAX_PIXELS,
+    JobInput,
+    JobInputError,
+    max_pixels_from_env,
+    parse_job_input,
+)
 from sdxl_worker.schedulers import build_schedulers
 from sdxl_worker.speed import SpeedOptions, apply_speedups
 from volume_check import check_volume
@@ -80,7 +87,12 @@ class Worker:
         speed: SpeedOptions | None = None,
     ) -> Worker:
         """Check, load, speed up and warm up; on failure return a worker that explains it to every job."""
-        max_pixels = max_pixels_from_env()
+        try:
+            max_pixels = max_pixels_from_env()
+            speed = speed or SpeedOptions.from_env()
+        except ValueError as exc:
+            log.error("cannot serve: %s", exc)
+            return cls(None, None, max_pixels=DEFAULT_MAX_PIXELS, startup_error=f"bad setting: {exc}")
         report = check_volume(model_path)
         for line in report.render().splitlines():
             log.info("%s", line)
@@ -93,7 +105,7 @@ class Worker:
             started = time.perf_counter()
             pipe, record = load_pipeline(model_path, device, report=report)
             loaded = time.perf_counter()
-            speedups = apply_speedups(pipe, speed or SpeedOptions.from_env(), record.device, record.attention)
+            speedups = apply_speedups(pipe, speed, record.device, record.attention)
             log.info("speed options applied: %s", speedups)
             worker = cls(pipe, record, max_pixels=max_pixels)
             worker.speedups = speedups
@@ -108,7 +120,8 @@ class Worker:
 
     def warm_up(self) -> float:
         """One short generation at the size jobs use, so the first real job is not the slow one."""
-        size, steps = (1024, 2) if self.record.device.startswith("cuda") else (256, 1)
+        on_cuda = self.record.device.startswith("cuda")
+        size, steps = (min(1024, math.isqrt(self.max_pixels) // 8 * 8), 2) if on_cuda else (256, 1)
         started = time.perf_counter()
         job = {"prompt": "warm-up", "width": size, "height": size, "num_inference_steps": steps, "seed": 0}
         result = self.handle({"id": "warm-up", "input": job})

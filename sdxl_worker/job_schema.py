@@ -75,6 +75,8 @@ def max_pixels_from_env() -> int:
     raw = os.environ.get("MAX_PIXELS")
     if raw is None:
         return DEFAULT_MAX_PIXELS
+    if not raw.strip().isdigit():
+        raise ValueError(f"MAX_PIXELS must be a whole number of pixels, not {raw!r}")
     value = int(raw)
     if value < 256 * 256:
         raise ValueError(f"MAX_PIXELS={raw} is below the smallest image the contract allows (256x256)")

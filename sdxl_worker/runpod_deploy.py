@@ -49,46 +49,48 @@ class DeploySettings:
         return f"{self.endpoint_name}-{tag}-{digest}"
 
 
-def template_mutation(settings: DeploySettings) -> str:
-    from runpod.api.mutations.templates import generate_pod_template
+def template_fields(settings: DeploySettings) -> dict[str, Any]:
+    """Arguments of runpod.create_template, and of the SDK's mutation generator behind it."""
+    return {
+        "name": settings.template_name(),
+        "image_name": settings.image,
+        "container_disk_in_gb": settings.container_disk_gb,
+        "volume_mount_path": VOLUME_MOUNT_PATH,
+        "env": settings.env(),
+        "is_serverless": True,
+    }
 
-    return generate_pod_template(
-        name=settings.template_name(),
-        image_name=settings.image,
-        container_disk_in_gb=settings.container_disk_gb,
-        volume_mount_path=VOLUME_MOUNT_PATH,
-        env=settings.env(),
-        is_serverless=True,
-    )
 
-
-def endpoint_mutation(settings: DeploySettings, template_id: str) -> str:
-    from runpod.api.mutations.endpoints import generate_endpoint_mutation
-
-    return generate_endpoint_mutation(
-        name=settings.endpoint_name,
-        template_id=template_id,
-        gpu_ids=settings.gpu_ids,
-        network_volume_id=settings.network_volume_id,
-        idle_timeout=settings.idle_timeout,
-        workers_min=settings.workers_min,
-        workers_max=settings.workers_max,
-        flashboot=settings.flashboot,
-        allowed_cuda_versions=settings.allowed_cuda_versions,
-        gpu_count=1,
-    )
+def endpoint_fields(settings: DeploySettings, template_id: str) -> dict[str, Any]:
+    """Arguments of runpod.create_endpoint, and of the SDK's mutation generator behind it."""
+    return {
+        "name": settings.endpoint_name,
+        "template_id": template_id,
+        "gpu_ids": settings.gpu_ids,
+        "network_volume_id": settings.network_volume_id,
+        "idle_timeout": settings.idle_timeout,
+        "workers_min": settings.workers_min,
+        "workers_max": settings.workers_max,
+        "flashboot": settings.flashboot,
+        "allowed_cuda_versions": settings.allowed_cuda_versions,
+        "gpu_count": 1,
+    }
 
 
 def deploy(settings: DeploySettings, api_key: str, dry_run: bool = False) -> str:
     """Make the endpoint serve `settings.image`; return its id (a placeholder in a dry run)."""
     if dry_run:
+        from runpod.api.mutations.endpoints import generate_endpoint_mutation
+        from runpod.api.mutations.templates import generate_pod_template
+
         say("dry run: no API request is sent. These are the requests a real run makes "
             "(Authorization: Bearer ***):")
         say(f"query templates:\n{TEMPLATES_QUERY}")
-        say(f"if no template is named {settings.template_name()!r}, create it:\n{template_mutation(settings)}")
+        say(f"if no template is named {settings.template_name()!r}, create it:\n"
+            f"{generate_pod_template(**template_fields(settings))}")
         say("query endpoints: runpod.get_endpoints()")
         say(f"if no endpoint is named {settings.endpoint_name!r}, create it:\n"
-            f"{endpoint_mutation(settings, '<template id>')}")
+            f"{generate_endpoint_mutation(**endpoint_fields(settings, '<template id>'))}")
         say("else: runpod.update_endpoint_template(<endpoint id>, <template id>)")
         return "<endpoint id>"
 
@@ -99,14 +101,7 @@ def deploy(settings: DeploySettings, api_key: str, dry_run: bool = False) -> str
     templates = run_graphql_query(TEMPLATES_QUERY)["data"]["myself"]["podTemplates"] or []
     template = next((t for t in templates if t["name"] == settings.template_name()), None)
     if template is None:
-        template = runpod.create_template(
-            name=settings.template_name(),
-            image_name=settings.image,
-            container_disk_in_gb=settings.container_disk_gb,
-            volume_mount_path=VOLUME_MOUNT_PATH,
-            env=settings.env(),
-            is_serverless=True,
-        )
+        template = runpod.create_template(**template_fields(settings))
         say(f"created template {template['id']} ({settings.template_name()})")
     else:
         say(f"template {template['id']} ({settings.template_name()}) already exists; reusing it")
@@ -114,18 +109,7 @@ def deploy(settings: DeploySettings, api_key: str, dry_run: bool = False) -> str
     endpoints = runpod.get_endpoints() or []
     endpoint = next((e for e in endpoints if e["name"] == settings.endpoint_name), None)
     if endpoint is None:
-        endpoint = runpod.create_endpoint(
-            name=settings.endpoint_name,
-            template_id=template["id"],
-            gpu_ids=settings.gpu_ids,
-            network_volume_id=settings.network_volume_id,
-            idle_timeout=settings.idle_timeout,
-            workers_min=settings.workers_min,
-            workers_max=settings.workers_max,
-            flashboot=settings.flashboot,
-            allowed_cuda_versions=settings.allowed_cuda_versions,
-            gpu_count=1,
-        )
+        endpoint = runpod.create_endpoint(**endpoint_fields(settings, template["id"]))
         say(f"created endpoint {endpoint['id']} ({settings.endpoint_name})")
         return endpoint["id"]
     runpod.update_endpoint_template(endpoint["id"], template["id"])

@@ -160,6 +160,16 @@ def test_unusable_volume_answers_every_job_with_the_problem(volume: Path) -> Non
         assert "refresh_worker" not in reply
 
 
+def test_bad_operator_setting_is_reported_to_every_job(tiny_volume_source: Path, monkeypatch) -> None:
+    monkeypatch.setenv("VAE_DTYPE", "fp8")
+    broken = Worker.start(str(tiny_volume_source), "cpu")
+    assert broken.handle({"id": "a", "input": SMALL})["error"].startswith(
+        "This worker cannot serve jobs: bad setting: VAE_DTYPE must be one of auto, bf16, fp32")
+    monkeypatch.setenv("VAE_DTYPE", "auto")
+    monkeypatch.setenv("MAX_PIXELS", "lots")
+    assert "MAX_PIXELS must be a whole number" in Worker.start(str(tiny_volume_source), "cpu").startup_error
+
+
 def test_missing_volume_root_named(tmp_path: Path) -> None:
     broken = Worker.start(str(tmp_path / "runpod-volume" / "photonicfusion-sdxl"), "cpu")
     assert "is the network volume attached" in broken.handle({"id": "a", "input": SMALL})["error"]
