@@ -2,6 +2,11 @@
 # The whole GPU check in one command, for a lent GPU machine with no network: install the carried wheels
 # (.whl/, see README "GPU check"), then run the benchmark with torch.compile. benchmark.json, benchmark.md,
 # log.txt and gpu.txt land in $OUT (the device tool's folder) or bench-out/. Extra arguments go to benchmark.py.
+# The wheels a machine with torch 2.11, transformers 5.17 and accelerate 1.15 but no network lacked (Python 3.12):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl diffusers==0.42.1 pydantic==2.14.3 \
+#     pydantic_core==2.50.4 annotated-types==0.8.0 typing-inspection==0.4.5 torchsde==0.2.6 trampoline==0.1.2 \
+#     importlib_metadata==10.2.0
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 out=${OUT:-bench-out}
