@@ -148,7 +148,6 @@ def stock_load(volume: Path, variant: str | None, device: str) -> Any:
 def stage_loads(bench: Bench, volume: Path, device: str) -> None:
     fallback = standard_view(volume)
     plans = {"fp16": (volume, "fp16"), "standard": (fallback, None)}
-    rows = {}
     for plan, (path, variant) in plans.items():
         files = plan_files(volume, plan)
         nbytes = sum(p.stat().st_size for p in files)
@@ -174,7 +173,6 @@ def stage_loads(bench: Bench, volume: Path, device: str) -> None:
                 free(device)
         row["stock_cold_vs_read"] = round(row["stock_cold_s"] / read_s, 2)
         row["ours_cold_vs_read"] = round(row["ours_cold_s"] / read_s, 2)
-        rows[plan] = row
         bench.record(f"load_{plan}", row)
 
 
@@ -423,8 +421,9 @@ def main(argv: list[str] | None = None) -> int:
             bench.record("generation_ours_compiled", {"error": f"{type(exc).__name__}: {exc}"[:2000]})
     bench.results["total_s"] = round(time.perf_counter() - started, 1)
     bench.save()
-    print(table(bench.results))
-    (Path(args.out) / "benchmark.md").write_text(table(bench.results) + "\n")
+    report = table(bench.results)
+    print(report)
+    (Path(args.out) / "benchmark.md").write_text(report + "\n")
     return 0
 
 

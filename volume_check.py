@@ -58,9 +58,15 @@ class Finding:
     message: str
     path: str | None = None
 
+    @property
+    def text(self) -> str:
+        """The message, with the path at fault appended unless the message already names it."""
+        if self.path is None or self.status == "ok" or self.path in self.message:
+            return self.message
+        return f"{self.message} [{self.path}]"
+
     def render(self) -> str:
-        where = f" [{self.path}]" if self.path and self.status != "ok" and self.path not in self.message else ""
-        return f"{ICONS[self.status]} {self.message}{where}"
+        return f"{ICONS[self.status]} {self.text}"
 
 
 @dataclass
@@ -120,11 +126,7 @@ class VolumeReport:
 
     @property
     def problems(self) -> list[str]:
-        return [
-            f.message if f.path is None or f.path in f.message else f"{f.message} ({f.path})"
-            for f in self.findings
-            if f.status == "fail"
-        ]
+        return [f.text for f in self.findings if f.status == "fail"]
 
     @property
     def loadable(self) -> bool:
@@ -358,14 +360,20 @@ def _check_weight_set(library: str, folder: Path, variant: Variant) -> WeightSet
     return weights
 
 
-def _add_safetensors(weights: WeightSet, path: Path) -> str | None:
-    """Count one safetensors file into the set; return why it is unusable, or None."""
+def _add_safetensors(weights: WeightSet, path: Path, expected: set[str] | None = None) -> str | None:
+    """Count one safetensors file into the set; return why it is unusable, or None.
+
+    `expected`: tensor names a shard index places in this file, checked against the same header read.
+    """
     try:
         info = read_safetensors_header(path)
     except SafetensorsHeaderError as exc:
         return str(exc)
     weights.bytes += info.file_bytes
     weights.parameters += info.parameter_count
+    absent = (expected or set()) - info.tensor_names
+    if absent:
+        return f"{path}: lacks {len(absent)} tensors its shard index places there, e.g. {min(absent)}"
     return None
 
 
@@ -383,14 +391,9 @@ def _check_sharded(weights: WeightSet, index: Path) -> str | None:
         if not path.is_file():
             problems.append(f"shard {path} listed in {index.name} is missing")
             continue
-        problem = _add_safetensors(weights, path)
+        problem = _add_safetensors(weights, path, {t for t, s in weight_map.items() if s == shard})
         if problem:
             problems.append(problem)
-            continue
-        expected = {t for t, s in weight_map.items() if s == shard}
-        absent = expected - read_safetensors_header(path).tensor_names
-        if absent:
-            problems.append(f"{path}: lacks {len(absent)} tensors {index.name} places there, e.g. {min(absent)}")
     return "; ".join(problems) or None
 
 

@@ -149,6 +149,18 @@ def test_sharded_missing_shard(sharded_volume: Path) -> None:
     assert f"shard {shard} listed in diffusion_pytorch_model.safetensors.index.json is missing" in fails(report)
 
 
+def test_shard_lacking_a_tensor_its_index_names(sharded_volume: Path) -> None:
+    index_path = sharded_volume / "unet" / "diffusion_pytorch_model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    first = sorted(set(index["weight_map"].values()))[0]
+    index["weight_map"]["down_blocks.9.ghost.weight"] = first
+    index_path.write_text(json.dumps(index))
+    report = check_volume(sharded_volume)
+    assert report.exit_code == 1
+    assert f"{sharded_volume / 'unet' / first}: lacks 1 tensors its shard index places there, " \
+        "e.g. down_blocks.9.ghost.weight" in fails(report)
+
+
 def test_model_folder_missing_lists_volume(volume: Path) -> None:
     (volume.parent / "other-model").mkdir()
     report = check_volume(volume.parent / "photonicfusion-sdx")
