@@ -67,6 +67,9 @@ def sync(device: str) -> None:
 def free(device: str) -> None:
     import torch
 
+    # Forget compiled graphs too: dynamo would otherwise serve the next stage's fresh pipeline with the
+    # previous stage's graph (it guards on shapes, not on the module), and that stage would skip compiling.
+    torch._dynamo.reset()
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -204,6 +207,48 @@ def reset_peak(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
+def stage_attention_kernels(bench: Bench, device: str) -> None:
+    """Time each SDPA kernel on the UNet's attention shapes at this size, for the SDPA_KERNEL default."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    latent = bench.args.size // 8
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    # (name, heads, query tokens, key tokens): batch 2 (CFG), head width 64, as in SDXL's UNet.
+    shapes = [("self 640ch", 10, (latent // 2) ** 2, (latent // 2) ** 2),
+              ("self 1280ch", 20, (latent // 4) ** 2, (latent // 4) ** 2),
+              ("cross 640ch", 10, (latent // 2) ** 2, 77)]
+    kernels = {"default": None, "flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+               "cudnn": SDPBackend.CUDNN_ATTENTION}
+    repeats = 20 if device.startswith("cuda") else 1
+    rows: dict[str, dict[str, Any]] = {}
+    for name, heads, tokens, keys in shapes:
+        q = torch.randn(2, heads, tokens, 64, device=device, dtype=dtype)
+        k, v = (torch.randn(2, heads, keys, 64, device=device, dtype=dtype) for _ in range(2))
+        flops = 4 * 2 * heads * tokens * keys * 64
+        rows[name] = {}
+        for kernel, backend in kernels.items():
+            # The default: every kernel allowed, in PyTorch's own order.
+            backends = [backend] if backend is not None else [b for b in kernels.values() if b is not None]
+
+            def run(backends: list[Any] = backends, qkv: tuple[Any, ...] = (q, k, v)) -> None:
+                with sdpa_kernel(backends):
+                    for _ in range(repeats):
+                        torch.nn.functional.scaled_dot_product_attention(*qkv)
+
+            try:
+                run()  # warm-up, and the check that this kernel takes these inputs
+            except RuntimeError as exc:  # "No available kernel": this backend cannot run this shape here
+                rows[name][kernel] = "unsupported"
+                log_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                print(f"[bench] attention {name}, {kernel}: {log_line[:200]}", flush=True)
+                continue
+            seconds, _ = timed(run, device)
+            ms = seconds / repeats * 1000
+            rows[name][kernel] = {"ms": round(ms, 3), "tflops": round(flops / (ms / 1000) / 1e12, 1)}
+    bench.record("attention_kernels", rows)
+
+
 def stage_stock_generation(bench: Bench, volume: Path, device: str) -> dict[str, Any]:
     import numpy as np
 
@@ -299,8 +344,12 @@ def compiled_first_call(volume: str, device: str, cache_dir: str, mode: str, siz
     apply_speedups(pipe, options, device, record.attention)
     first_s, _ = timed(lambda: call_stock(pipe, size, steps, SEED), device)
     second_s, _ = timed(lambda: call_stock(pipe, size, steps, SEED), device)
+    import torch._dynamo.utils
+
+    # Where the first call's time went (dynamo tracing, AOT, inductor cache loads), for the report.
+    breakdown = torch._dynamo.utils.compile_times(repr="str", aggregate=True)
     return {"load_s": round(load_s, 3), "first_call_s": round(first_s, 3), "second_call_s": round(second_s, 3),
-            "compile_s_estimate": round(first_s - second_s, 3)}
+            "compile_s_estimate": round(first_s - second_s, 3), "compile_times": str(breakdown)[-3000:]}
 
 
 def environment(device: str) -> dict[str, Any]:
@@ -359,6 +408,14 @@ def table(results: dict[str, Any]) -> str:
     if cache and "error" not in cache:
         row("compile at a cold start with the cache on the volume (first call - second call)", None,
             cache["compile_s_estimate"])
+    kernels = results.get("attention_kernels")
+    if kernels:
+        names = list(next(iter(kernels.values())))
+        lines += ["", "SDPA kernels on the UNet's attention shapes (batch 2, head width 64): ms (TFLOP/s)", "",
+                  "| shape | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
+        for shape, by_kernel in kernels.items():
+            cells = [f"{v['ms']} ({v['tflops']})" if isinstance(v, dict) else v for v in by_kernel.values()]
+            lines.append(f"| {shape} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -397,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
                             "check_s": round(check_volume(volume).seconds, 3)})
     if not args.skip_loads:
         stage_loads(bench, volume, device)
+    stage_attention_kernels(bench, device)
     # Each stage's pipeline goes out of scope when it returns; free() then hands its GPU memory back.
     stock = stage_stock_generation(bench, volume, device)
     free(device)

@@ -4,19 +4,29 @@ Each option is an environment switch with a default chosen by the benchmark (ben
 in README): serverless users pay for every second of generation, but an option that changes the
 picture or costs minutes at every cold start is off by default.
 
-- FUSE_QKV (default 1): one matmul for q/k/v in self-attention, k/v in cross-attention.
+- FUSE_QKV (default 1): one matmul for q/k/v in self-attention, k/v in cross-attention. diffusers keeps
+  the unfused weights beside the fused ones (1.21 GiB more in SDXL's UNet, measured on its config), so the
+  old q/k/v weights are turned into views of the fused tensor: same values, no second copy.
 - CHANNELS_LAST (default 1): NHWC memory format for the UNet's convolutions on CUDA.
 - VAE_DTYPE (default bf16 on CUDA): SDXL's VAE overflows in float16, so stock diffusers converts it to
   float32 and back around every decode and decodes in float32; bfloat16 has float32's range, so the
   decode runs in 16 bits without the conversions. `fp32` keeps the stock behaviour.
 - CUDNN_BENCHMARK (default 0): let cuDNN time its convolution algorithms once per shape. Off: on an
-  H200 it made warm generation slower (1.685 s against 1.537 s) and the warm-up 6 s longer.
+  H200 its tuning made the warm-up 6.24 s (0.83-0.93 s without it, in later runs), and no gain has been
+  shown (run 2's 1.685 s against 1.537 s had the autotuner on in both stages, through this process-wide
+  flag: it is now set both ways). It also moves the latents off stock diffusers' (0.13 max difference,
+  0.0 without).
 - COMPILE (default 0): torch.compile of the UNet and the VAE decoder, in COMPILE_MODE (default
   "default"; "reduce-overhead" adds CUDA graphs). With COMPILE_CACHE_DIR (a folder on the network
   volume) inductor's and triton's caches live there, so a later cold start reuses the compiled
   kernels instead of compiling for minutes; without it they go to the temp directory. Off: on an
-  H200 it brings 1024x1024 from 1.54 s to 1.03 s, but the first start compiles for ~90 s and a
-  start with a filled cache still spends ~20 s, which a serverless cold start should not pay blindly.
+  H200 it brings 1024x1024 to 1.02-1.04 s (reduce-overhead; 1.06 s in "default" mode), but the first
+  start compiles for ~100 s, and a start with a filled cache still spends ~22 s, 14 s of it in Dynamo
+  tracing the Python code, which no on-disk cache of inductor's skips. A serverless cold start should
+  not pay that blindly.
+
+Attention needs no option: PyTorch 2.11 already picks its cuDNN kernel for the UNet's attention on an
+H200, the fastest of the three there (benchmark.py's attention stage).
 """
 
 from __future__ import annotations
@@ -48,21 +58,23 @@ class SpeedOptions:
     def from_env(cls, env: Mapping[str, str] | None = None) -> SpeedOptions:
         """The options an operator set in the environment (or in `env`), defaults for the rest."""
         env = os.environ if env is None else env
-        vae_dtype = env.get("VAE_DTYPE", "auto").strip().lower()
-        if vae_dtype not in VAE_DTYPES:
-            raise ValueError(f"VAE_DTYPE must be one of {', '.join(VAE_DTYPES)}, not {vae_dtype!r}")
-        compile_mode = env.get("COMPILE_MODE", "default").strip().lower()
-        if compile_mode not in COMPILE_MODES:
-            raise ValueError(f"COMPILE_MODE must be one of {', '.join(COMPILE_MODES)}, not {compile_mode!r}")
+        compile_mode = _choice(env, "COMPILE_MODE", COMPILE_MODES)
         return cls(
             fuse_qkv=_flag(env, "FUSE_QKV", True),
             channels_last=_flag(env, "CHANNELS_LAST", True),
-            vae_dtype=vae_dtype,
+            vae_dtype=_choice(env, "VAE_DTYPE", VAE_DTYPES),
             cudnn_benchmark=_flag(env, "CUDNN_BENCHMARK", False),
             compile=_flag(env, "COMPILE", False),
             compile_mode=compile_mode,
             compile_cache_dir=env.get("COMPILE_CACHE_DIR") or None,
         )
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name, choices[0]).strip().lower()
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -93,21 +105,26 @@ def apply_speedups(pipe: Any, options: SpeedOptions, device: str, attention: str
 
     on_cuda = device.startswith("cuda")
     applied: dict[str, Any] = {}
-    if on_cuda and options.cudnn_benchmark:
-        torch.backends.cudnn.benchmark = True
-        applied["cudnn_benchmark"] = True
-    if options.fuse_qkv and attention == "sdpa":
-        pipe.fuse_qkv_projections(unet=True, vae=True)
-        applied["fuse_qkv"] = True
-    if options.channels_last and on_cuda:
-        pipe.unet.to(memory_format=torch.channels_last)
-        applied["channels_last"] = True
+    if on_cuda:
+        # Set both ways: a process-wide flag, which an earlier pipeline in the process may have turned on.
+        torch.backends.cudnn.benchmark = options.cudnn_benchmark
+        if options.cudnn_benchmark:
+            applied["cudnn_benchmark"] = True
     if on_cuda and options.vae_dtype in ("auto", "bf16"):
+        # Before fusing: a dtype change after it would copy the shared q/k/v views apart again.
         pipe.vae.to(torch.bfloat16)
         # The pipeline hands the VAE float16 latents; cast them at the VAE's first layer.
         first = pipe.vae.post_quant_conv if pipe.vae.config.get("use_post_quant_conv", True) else pipe.vae.decoder
         first.register_forward_pre_hook(_cast_to_weight_dtype)
         applied["vae_dtype"] = "bf16"
+    if options.fuse_qkv and attention == "sdpa":
+        pipe.fuse_qkv_projections(unet=True, vae=True)
+        freed = share_fused_weights(pipe.unet) + share_fused_weights(pipe.vae)
+        applied["fuse_qkv"] = True
+        log.info("fused q/k/v projections; %.2f GiB of duplicate weights released", freed / 2**30)
+    if options.channels_last and on_cuda:
+        pipe.unet.to(memory_format=torch.channels_last)
+        applied["channels_last"] = True
     if options.compile:
         if options.compile_cache_dir:
             use_compile_cache(options.compile_cache_dir)
@@ -118,6 +135,35 @@ def apply_speedups(pipe: Any, options: SpeedOptions, device: str, attention: str
         pipe.vae.decoder = torch.compile(pipe.vae.decoder, mode=options.compile_mode, fullgraph=True)
         applied["compile"] = options.compile_mode
     return applied
+
+
+def share_fused_weights(model: Any) -> int:
+    """Make each fused attention's separate q/k/v weights views of its fused weight; return the bytes freed.
+
+    diffusers' `fuse_projections` copies q/k/v into one new Linear and keeps the old ones for
+    `unfuse_qkv_projections`. Views keep that possible (and the state dict whole) without a second copy.
+    """
+    import torch
+
+    freed = 0
+    for module in model.modules():
+        if not getattr(module, "fused_projections", False):
+            continue
+        fused = getattr(module, "to_qkv", None)
+        parts = (module.to_q, module.to_k, module.to_v)
+        if fused is None:  # cross-attention: only k and v are fused; q reads the other sequence
+            fused, parts = module.to_kv, (module.to_k, module.to_v)
+        start = 0
+        for part in parts:
+            end = start + part.out_features
+            for name in ("weight", "bias"):
+                old = getattr(part, name)
+                if old is not None:
+                    freed += old.numel() * old.element_size()
+                    view = getattr(fused, name).detach()[start:end]
+                    setattr(part, name, torch.nn.Parameter(view, requires_grad=False))
+            start = end
+    return freed
 
 
 def _cast_to_weight_dtype(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -23,7 +23,7 @@ def test_tiny_benchmark_runs_every_stage(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads((tmp_path / "out" / "benchmark.json").read_text())
     for key in ("environment", "volume", "load_fp16", "load_standard", "generation_stock", "generation_ours",
-                "generation_ours_nofuse"):
+                "generation_ours_nofuse", "attention_kernels"):
         assert key in results
     assert results["load_fp16"]["cache_drop"] == "fadvise DONTNEED"
     assert results["generation_ours_nofuse"]["speedups"] == {}
@@ -31,4 +31,5 @@ def test_tiny_benchmark_runs_every_stage(tmp_path: Path) -> None:
         results["generation_ours"]["image_psnr_db_vs_stock"] > 40
     table = (tmp_path / "out" / "benchmark.md").read_text()
     assert "| load cold, fp16 variant |" in table and "| warm generation (ours; inference) |" in table
+    assert "| self 640ch |" in table  # the SDPA kernel timings, one row per UNet attention shape
     assert table in run.stdout

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdxl_worker.speed import SpeedOptions, apply_speedups, use_compile_cache
+from sdxl_worker.speed import SpeedOptions, apply_speedups, share_fused_weights, use_compile_cache
+
+ASSETS = Path(__file__).resolve().parents[1] / "sdxl_worker" / "assets" / "sdxl-base-1.0"
 
 
 def test_defaults_are_the_measured_ones() -> None:
@@ -66,3 +68,68 @@ def test_cuda_set_keeps_the_picture(tiny_volume_source: Path) -> None:
     fast = draw()
     psnr = 10 * np.log10(255**2 / np.mean((plain - fast) ** 2))
     assert psnr > 35, psnr
+
+
+def _weight_bytes(model) -> int:
+    """Bytes of distinct storage behind a model's parameters: what it holds in memory."""
+    storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in model.parameters()}
+    return sum(storages.values())
+
+
+def test_fused_projections_hold_no_second_copy(tiny_volume_source: Path) -> None:
+    """Fusing q/k/v must not leave the unfused weights resident beside the fused ones (VRAM)."""
+    import torch
+
+    from model_loader import load_pipeline
+
+    pipe, _ = load_pipeline(tiny_volume_source, "cpu")
+    before = _weight_bytes(pipe.unet) + _weight_bytes(pipe.vae)
+    prompt_embeds = torch.randn(1, 77, pipe.unet.config.cross_attention_dim,
+                                generator=torch.Generator().manual_seed(0))
+    sample = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(1))
+    config = pipe.unet.config
+    text_dim = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+    added = {"text_embeds": torch.randn(1, text_dim, generator=torch.Generator().manual_seed(2)),
+             "time_ids": torch.tensor([[256.0, 256, 0, 0, 256, 256]])}
+    with torch.inference_mode():
+        plain = pipe.unet(sample, 500, prompt_embeds, added_cond_kwargs=added).sample
+
+    applied = apply_speedups(pipe, SpeedOptions(), "cpu")
+
+    assert applied["fuse_qkv"] is True
+    assert _weight_bytes(pipe.unet) + _weight_bytes(pipe.vae) == before
+    attn = pipe.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1
+    assert attn.to_k.weight.untyped_storage().data_ptr() == attn.to_qkv.weight.untyped_storage().data_ptr()
+    with torch.inference_mode():
+        fused = pipe.unet(sample, 500, prompt_embeds, added_cond_kwargs=added).sample
+    torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-4)
+
+
+def test_fusing_sdxl_unet_releases_its_duplicate_gigabyte() -> None:
+    """At SDXL's real size (built on the meta device from the published config, no weights)."""
+    import json
+
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(json.loads((ASSETS / "unet.config.json").read_text()))
+    unet.to(torch.float16).fuse_qkv_projections()
+    assert share_fused_weights(unet) / 2**30 == pytest.approx(1.207, abs=0.001)
+
+
+
+def test_cudnn_autotuner_is_set_both_ways(tiny_volume_source: Path) -> None:
+    """A process-wide flag: a pipeline started with it off must not inherit it from an earlier one."""
+    import torch
+
+    from model_loader import load_pipeline
+
+    pipe, _ = load_pipeline(tiny_volume_source, "cpu")
+    try:
+        assert apply_speedups(pipe, SpeedOptions(cudnn_benchmark=True, fuse_qkv=False), "cuda")["cudnn_benchmark"]
+        assert torch.backends.cudnn.benchmark is True
+        assert "cudnn_benchmark" not in apply_speedups(pipe, SpeedOptions(fuse_qkv=False), "cuda")
+        assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.backends.cudnn.benchmark = False
