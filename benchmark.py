@@ -70,6 +70,7 @@ def free(device: str) -> None:
     # Forget compiled graphs too: dynamo would otherwise serve the next stage's fresh pipeline with the
     # previous stage's graph (it guards on shapes, not on the module), and that stage would skip compiling.
     torch._dynamo.reset()
+    torch.compiler.set_stance("default")  # a compiled worker freezes its shapes (speed.freeze_compiled_shapes)
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()

@@ -37,7 +37,7 @@ from sdxl_worker.job_schema import (
     parse_job_input,
 )
 from sdxl_worker.schedulers import build_schedulers
-from sdxl_worker.speed import SpeedOptions, apply_speedups
+from sdxl_worker.speed import SpeedOptions, apply_speedups, freeze_compiled_shapes
 from volume_check import check_volume
 
 log = logging.getLogger("worker")
@@ -112,6 +112,9 @@ class Worker:
             worker.start_timings = {"load_s": loaded - started, "speedups_s": time.perf_counter() - loaded}
             if warmup:
                 worker.start_timings["warm_up_s"] = worker.warm_up()
+                if speed.compile:
+                    freeze_compiled_shapes()
+                    log.info("compiled for the warm-up's shape; jobs of other shapes run uncompiled")
         except Exception as exc:
             log.exception("loading the pipeline failed")
             return cls(None, None, max_pixels=max_pixels, startup_error=f"loading failed: {_describe(exc)}",

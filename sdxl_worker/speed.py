@@ -23,7 +23,8 @@ picture or costs minutes at every cold start is off by default.
   H200 it brings 1024x1024 to 1.02-1.04 s (reduce-overhead; 1.06 s in "default" mode), but the first
   start compiles for ~100 s, and a start with a filled cache still spends ~22 s, 14 s of it in Dynamo
   tracing the Python code, which no on-disk cache of inductor's skips. A serverless cold start should
-  not pay that blindly.
+  not pay that blindly. The warm-up's shape is the one compiled; other shapes then run uncompiled
+  (`freeze_compiled_shapes`) rather than compile inside a user's job.
 
 Attention needs no option: PyTorch 2.11 already picks its cuDNN kernel for the UNet's attention on an
 H200, the fastest of the three there (benchmark.py's attention stage).
@@ -135,6 +136,18 @@ def apply_speedups(pipe: Any, options: SpeedOptions, device: str, attention: str
         pipe.vae.decoder = torch.compile(pipe.vae.decoder, mode=options.compile_mode, fullgraph=True)
         applied["compile"] = options.compile_mode
     return applied
+
+
+def freeze_compiled_shapes() -> None:
+    """Once the warm-up has compiled the jobs' usual shape, run any other shape uncompiled.
+
+    A job with another width, height or image count would otherwise compile again inside that job
+    (the first compile took ~100 s on an H200) and then again for the next new shape; uncompiled it
+    takes the eager time (1.5-2.4 s at 1024x1024 there). Shapes compiled before this keep their code.
+    """
+    import torch
+
+    torch.compiler.set_stance("eager_on_recompile")
 
 
 def share_fused_weights(model: Any) -> int:

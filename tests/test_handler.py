@@ -195,3 +195,21 @@ def test_self_test_cli(tiny_volume_source: Path, tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("MODEL_PATH", str(tmp_path / "nothing-here"))
     assert main(["--test"]) == 1
     assert "❌ volume check: model at" in capsys.readouterr().out
+
+
+def test_compiled_worker_freezes_shapes_after_its_warm_up(tiny_volume_source: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """With COMPILE=1 the warm-up compiles the usual job shape, then other shapes must not compile in a job."""
+    from sdxl_worker.speed import SpeedOptions
+
+    events: list[str] = []
+    real_warm_up = Worker.warm_up
+    monkeypatch.setattr(handler_module, "apply_speedups", lambda *args: {"compile": "default"})
+    monkeypatch.setattr(Worker, "warm_up", lambda self: events.append("warm-up") or real_warm_up(self))
+    monkeypatch.setattr(handler_module, "freeze_compiled_shapes", lambda: events.append("freeze"))
+
+    assert Worker.start(str(tiny_volume_source), "cpu", speed=SpeedOptions(compile=True)).pipe is not None
+    assert events == ["warm-up", "freeze"]
+    events.clear()
+    Worker.start(str(tiny_volume_source), "cpu", speed=SpeedOptions())
+    assert events == ["warm-up"]

@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdxl_worker.speed import SpeedOptions, apply_speedups, share_fused_weights, use_compile_cache
+from sdxl_worker.speed import (
+    SpeedOptions,
+    apply_speedups,
+    freeze_compiled_shapes,
+    share_fused_weights,
+    use_compile_cache,
+)
 
 ASSETS = Path(__file__).resolve().parents[1] / "sdxl_worker" / "assets" / "sdxl-base-1.0"
 
@@ -133,3 +139,27 @@ def test_cudnn_autotuner_is_set_both_ways(tiny_volume_source: Path) -> None:
         assert torch.backends.cudnn.benchmark is False
     finally:
         torch.backends.cudnn.benchmark = False
+
+
+def test_after_warm_up_a_new_shape_runs_uncompiled_instead_of_compiling() -> None:
+    """With COMPILE=1, a job of a new size must not stall on a compile; the warm-up's size stays compiled."""
+    import torch
+
+    compiles: list[str] = []
+
+    def counting_backend(graph: torch.fx.GraphModule, example_inputs: list) -> object:
+        compiles.append(str(example_inputs[0].shape))
+        return graph.forward
+
+    model = torch.compile(torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.SiLU()),
+                          backend=counting_backend)
+    try:
+        model(torch.randn(2, 4, 16, 16))
+        freeze_compiled_shapes()
+        model(torch.randn(2, 4, 16, 16))
+        other = torch.randn(4, 4, 24, 16)
+        assert model(other).shape == (4, 4, 24, 16)
+        assert len(compiles) == 1
+    finally:
+        torch.compiler.set_stance("default")
+        torch._dynamo.reset()
