@@ -209,7 +209,7 @@ def reset_peak(device: str) -> None:
 
 
 def stage_attention_kernels(bench: Bench, device: str) -> None:
-    """Time each SDPA kernel on the UNet's attention shapes at this size, for the SDPA_KERNEL default."""
+    """Time each SDPA kernel on the UNet's attention shapes at this size: is PyTorch's own pick the fastest?"""
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 

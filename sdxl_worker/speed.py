@@ -59,19 +59,19 @@ class SpeedOptions:
     def from_env(cls, env: Mapping[str, str] | None = None) -> SpeedOptions:
         """The options an operator set in the environment (or in `env`), defaults for the rest."""
         env = os.environ if env is None else env
-        compile_mode = _choice(env, "COMPILE_MODE", COMPILE_MODES)
         return cls(
             fuse_qkv=_flag(env, "FUSE_QKV", True),
             channels_last=_flag(env, "CHANNELS_LAST", True),
             vae_dtype=_choice(env, "VAE_DTYPE", VAE_DTYPES),
             cudnn_benchmark=_flag(env, "CUDNN_BENCHMARK", False),
             compile=_flag(env, "COMPILE", False),
-            compile_mode=compile_mode,
+            compile_mode=_choice(env, "COMPILE_MODE", COMPILE_MODES),
             compile_cache_dir=env.get("COMPILE_CACHE_DIR") or None,
         )
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """The variable's value among `choices`, the first of which is the default."""
     value = env.get(name, choices[0]).strip().lower()
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
