@@ -14,8 +14,8 @@ picture or costs minutes at every cold start is off by default.
 - CUDNN_BENCHMARK (default 0): let cuDNN time its convolution algorithms once per shape. Off: on an
   H200 its tuning made the warm-up 6.24 s (0.83-0.93 s without it, in later runs), and no gain has been
   shown (run 2's 1.685 s against 1.537 s had the autotuner on in both stages, through this process-wide
-  flag: it is now set both ways). It also moves the latents off stock diffusers' (0.13 max difference,
-  0.0 without).
+  flag: it is now set both ways). With it on, run 2's latents differed from stock's by up to 0.13;
+  with it off (runs 3-4), not at all.
 - COMPILE (default 0): torch.compile of the UNet and the VAE decoder, in COMPILE_MODE (default
   "default"; "reduce-overhead" adds CUDA graphs). With COMPILE_CACHE_DIR (a folder on the network
   volume) inductor's and triton's caches live there, so a later cold start reuses the compiled
