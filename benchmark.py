@@ -28,11 +28,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from model_loader import load_pipeline
+from model_loader import load_pipeline, weight_files
 from sdxl_worker.offline import enforce_offline
 from sdxl_worker.prefetch import Prefetcher
 from sdxl_worker.speed import SpeedOptions, apply_speedups
 from sdxl_worker.synthetic_volume import build_volume
+from sdxl_worker.weights_layout import Variant
 from volume_check import check_volume
 
 PROMPT = "a photonic lighthouse on a cliff at dusk, volumetric light, detailed"
@@ -112,14 +113,11 @@ def _parallel_read(files: list[Path]) -> None:
         prefetcher.wait()
 
 
-def plan_files(volume: Path, variant: str) -> list[Path]:
+def plan_files(volume: Path, variant: Variant) -> list[Path]:
+    """Every model component's files of one weight set: what the loader reads for that plan."""
     report = check_volume(volume)
-    return [
-        volume / name / filename
-        for name, component in report.components.items()
-        if component.kind == "model"
-        for filename in component.weight_sets[variant].files
-    ]
+    models = [name for name, component in report.components.items() if component.kind == "model"]
+    return weight_files(volume, report, dict.fromkeys(models, variant))
 
 
 def standard_view(volume: Path) -> Path:
@@ -432,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile")
     parser.add_argument("--compile-mode", default="default", help="torch.compile mode for --compile")
     parser.add_argument("--ours", action="append", default=[], metavar="LABEL:KEY=VALUE,...",
-                        help="also measure the worker with these speed settings (e.g. nocudnn:CUDNN_BENCHMARK=0)")
+                        help="also measure the worker with these speed settings (e.g. nofuse:FUSE_QKV=0)")
     parser.add_argument("--skip-loads", action="store_true", help="skip the read/load stage")
     parser.add_argument("--no-drop-caches", dest="drop_caches", action="store_false",
                         help="evict only the benchmark's files (fadvise), not the whole page cache")

@@ -22,8 +22,10 @@ import inspect
 import logging
 import os
 import time
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sdxl_worker.attention import configure_attention
@@ -138,11 +140,7 @@ def load_pipeline(
     log.info("loading %s (%s, %s on %s, %.2f GB)", model_path, plan.label, plan.dtype, device, plan.bytes_to_read / 1e9)
 
     dtype = getattr(torch, plan.dtype)
-    files = [
-        model_path / name / filename
-        for name, variant in plan.variants.items()
-        for filename in report.components[name].weight_sets[variant].files
-    ]
+    files = weight_files(model_path, report, plan.variants)
     # On the CPU, memory-mapped tensors stay backed by the volume's files: a file truncated or
     # replaced under a running worker would kill it with SIGBUS at the next job. Copy them instead.
     # On CUDA the weights are copied to the GPU anyway, and mapping is what lets prefetch help.
@@ -188,6 +186,15 @@ def load_pipeline(
     )
     log.info("loaded in %.2f s: %s", seconds, record.to_dict())
     return pipe, record
+
+
+def weight_files(model_path: Path, report: VolumeReport, variants: Mapping[str, Variant]) -> list[Path]:
+    """The weight files a load with these per-component variants reads, in load order."""
+    return [
+        model_path / name / filename
+        for name, variant in variants.items()
+        for filename in report.components[name].weight_sets[variant].files
+    ]
 
 
 def _component_class(library: str, class_name: str) -> type:

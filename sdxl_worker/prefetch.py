@@ -18,7 +18,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
-CHUNK_BYTES = 64 * 1024 * 1024
+CHUNK_BYTES = 64 * 1024 * 1024  # the unit readers share out
+READ_BYTES = 16 * 1024 * 1024  # one pread into a reader's buffer
 DEFAULT_READERS = 4
 
 
@@ -66,7 +67,7 @@ class Prefetcher:
             return chunk
 
     def _run(self) -> None:
-        buffer = bytearray(1024 * 1024 * 16)
+        buffer = bytearray(READ_BYTES)
         view = memoryview(buffer)
         while (chunk := self._take()) is not None:
             path, offset, length = chunk

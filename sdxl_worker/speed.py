@@ -82,9 +82,10 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
-    if raw.strip().lower() in ("1", "true", "yes", "on"):
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
         return True
-    if raw.strip().lower() in ("0", "false", "no", "off"):
+    if value in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"{name} must be 1 or 0, not {raw!r}")
 

@@ -124,7 +124,6 @@ def test_fusing_sdxl_unet_releases_its_duplicate_gigabyte() -> None:
     assert share_fused_weights(unet) / 2**30 == pytest.approx(1.207, abs=0.001)
 
 
-
 def test_cudnn_autotuner_is_set_both_ways(tiny_volume_source: Path) -> None:
     """A process-wide flag: a pipeline started with it off must not inherit it from an earlier one."""
     import torch
