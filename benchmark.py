@@ -2,6 +2,7 @@
 
     python benchmark.py                       # full-size SDXL volume on the GPU (build it if needed)
     python benchmark.py --compile             # also torch.compile: compile time, warm-cache compile
+    python benchmark.py --compile --compile-scope full,blocks    # whole UNet and regional, side by side
     python benchmark.py --scale tiny --device cpu --size 256 --steps 2 --runs 1    # smoke run, seconds
 
 Measured side by side (same volume, same seeds): the raw sequential read of each load plan's bytes
@@ -31,7 +32,7 @@ from typing import Any
 from model_loader import load_pipeline, weight_files
 from sdxl_worker.offline import enforce_offline
 from sdxl_worker.prefetch import Prefetcher
-from sdxl_worker.speed import SpeedOptions, apply_speedups
+from sdxl_worker.speed import COMPILE_SCOPES, SpeedOptions, apply_speedups
 from sdxl_worker.synthetic_volume import build_volume
 from sdxl_worker.weights_layout import Variant
 from volume_check import check_volume
@@ -71,6 +72,11 @@ def free(device: str) -> None:
     # Forget compiled graphs too: dynamo would otherwise serve the next stage's fresh pipeline with the
     # previous stage's graph (it guards on shapes, not on the module), and that stage would skip compiling.
     torch._dynamo.reset()
+    # And inductor's in-memory code caches: a later stage with another COMPILE_CACHE_DIR would otherwise reuse
+    # kernels compiled in this process without writing them to its folder, and its cached start would miss them.
+    import torch._inductor.utils
+
+    torch._inductor.utils.clear_caches()
     torch.compiler.set_stance("default")  # a compiled worker freezes its shapes (speed.freeze_compiled_shapes)
     gc.collect()
     if device.startswith("cuda"):
@@ -318,28 +324,40 @@ def stage_ours_generation(bench: Bench, volume: Path, device: str, stock: dict[s
     bench.record(key, row)
 
 
-def stage_compile_warm_cache(bench: Bench, volume: Path, device: str, cache_dir: Path, mode: str) -> None:
-    """A fresh process with the compile cache filled by the previous stage: what a later cold start pays."""
+def stage_compile_warm_cache(bench: Bench, volume: Path, device: str, cache_dir: Path, mode: str, scope: str,
+                             key: str) -> None:
+    """A fresh process with the compile cache filled: what a later cold start pays.
+
+    Run twice, the second measured: the stage before compiled in this process, which may have taken some
+    artifacts from its in-memory caches without writing them to `cache_dir` (seen on CPU: inductor's
+    precompiled header). The first fresh process writes whatever was missing, as a worker's first start would.
+    """
     code = (
         "import json, sys, time; sys.argv = sys.argv[:1]\n"
         "from benchmark import compiled_first_call\n"
         f"print('RESULT', json.dumps(compiled_first_call({str(volume)!r}, {device!r}, {str(cache_dir)!r}, "
-        f"{mode!r}, {bench.args.size}, {bench.args.steps})))\n"
+        f"{mode!r}, {scope!r}, {bench.args.size}, {bench.args.steps})))\n"
     )
-    run = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent, capture_output=True,
-                         text=True, timeout=900)
-    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
-    if run.returncode != 0 or not lines:
-        bench.record("compile_warm_cache", {"error": run.stderr[-2000:]})
-        return
-    bench.record("compile_warm_cache", json.loads(lines[-1][len("RESULT "):]))
+    results = []
+    for _ in range(2):
+        run = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=900)
+        lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
+        if run.returncode != 0 or not lines:
+            bench.record(key, {"error": run.stderr[-2000:]})
+            return
+        results.append(json.loads(lines[-1][len("RESULT "):]))
+    priming, measured = results
+    measured["priming_process_compile_s_estimate"] = priming["compile_s_estimate"]
+    bench.record(key, measured)
 
 
-def compiled_first_call(volume: str, device: str, cache_dir: str, mode: str, size: int, steps: int) -> dict:
+def compiled_first_call(volume: str, device: str, cache_dir: str, mode: str, scope: str, size: int,
+                        steps: int) -> dict:
     started = time.perf_counter()
     pipe, record = load_pipeline(volume, device)
     load_s = time.perf_counter() - started
-    options = SpeedOptions(compile=True, compile_mode=mode, compile_cache_dir=cache_dir)
+    options = SpeedOptions(compile=True, compile_mode=mode, compile_scope=scope, compile_cache_dir=cache_dir)
     apply_speedups(pipe, options, device, record.attention)
     first_s, _ = timed(lambda: call_stock(pipe, size, steps, SEED), device)
     second_s, _ = timed(lambda: call_stock(pipe, size, steps, SEED), device)
@@ -403,10 +421,11 @@ def table(results: dict[str, Any]) -> str:
             f"{ours['latents_max_abs_diff_vs_stock']} / {ours['image_psnr_db_vs_stock']} dB", "")
         row(f"start: load + speedups + warm-up ({label})", None,
             round(ours["load_and_speedups_s"] + ours["warm_up_s"], 3))
-    cache = results.get("compile_warm_cache")
-    if cache and "error" not in cache:
-        row("compile at a cold start with the cache on the volume (first call - second call)", None,
-            cache["compile_s_estimate"])
+    for key, cache in results.items():
+        if key.startswith("compile_warm_cache") and "error" not in cache:
+            scope = key.removeprefix("compile_warm_cache").replace("_", " ").strip() or "full"
+            row(f"compile at a cold start with the cache on the volume ({scope}; first call - second call)", None,
+                cache["compile_s_estimate"])
     kernels = results.get("attention_kernels")
     if kernels:
         names = list(next(iter(kernels.values())))
@@ -416,6 +435,14 @@ def table(results: dict[str, Any]) -> str:
             cells = [f"{v['ms']} ({v['tflops']})" if isinstance(v, dict) else v for v in by_kernel.values()]
             lines.append(f"| {shape} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def scopes_arg(value: str) -> list[str]:
+    scopes = [scope.strip() for scope in value.split(",") if scope.strip()]
+    unknown = [scope for scope in scopes if scope not in COMPILE_SCOPES]
+    if unknown or not scopes:
+        raise argparse.ArgumentTypeError(f"compile scopes are {', '.join(COMPILE_SCOPES)}, not {value!r}")
+    return scopes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -429,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile")
     parser.add_argument("--compile-mode", default="default", help="torch.compile mode for --compile")
+    parser.add_argument("--compile-scope", default="full", type=scopes_arg,
+                        help="comma-separated COMPILE_SCOPE values to measure with --compile (full, blocks)")
     parser.add_argument("--ours", action="append", default=[], metavar="LABEL:KEY=VALUE,...",
                         help="also measure the worker with these speed settings (e.g. nofuse:FUSE_QKV=0)")
     parser.add_argument("--skip-loads", action="store_true", help="skip the read/load stage")
@@ -465,17 +494,22 @@ def main(argv: list[str] | None = None) -> int:
         options = SpeedOptions.from_env({**os.environ, **overrides})
         stage_ours_generation(bench, volume, device, stock, options, f"generation_ours_{label}")
         free(device)
-    if args.compile:
-        # Beside the model, as COMPILE_CACHE_DIR would be on a real volume.
-        cache_dir = Path(args.volume_dir).resolve() / "compile-cache"
-        options = SpeedOptions(compile=True, compile_mode=args.compile_mode, compile_cache_dir=str(cache_dir))
+    for scope in args.compile_scope if args.compile else []:
+        # Beside the model, as COMPILE_CACHE_DIR would be on a real volume; one per scope, so that the
+        # second scope's first start is a compile from empty too.
+        cache_dir = Path(args.volume_dir).resolve() / ("compile-cache" if scope == "full" else f"compile-cache-{scope}")
+        options = SpeedOptions(compile=True, compile_mode=args.compile_mode, compile_scope=scope,
+                               compile_cache_dir=str(cache_dir))
+        suffix = "" if scope == "full" else f"_{scope}"
         # A compile failure is a finding to report, not a reason to lose the figures above.
         try:
-            stage_ours_generation(bench, volume, device, stock, options, "generation_ours_compiled")
+            stage_ours_generation(bench, volume, device, stock, options, f"generation_ours_compiled{suffix}")
             free(device)
-            stage_compile_warm_cache(bench, volume, device, cache_dir, args.compile_mode)
+            stage_compile_warm_cache(bench, volume, device, cache_dir, args.compile_mode, scope,
+                                     f"compile_warm_cache{suffix}")
         except Exception as exc:
-            bench.record("generation_ours_compiled", {"error": f"{type(exc).__name__}: {exc}"[:2000]})
+            bench.record(f"generation_ours_compiled{suffix}", {"error": f"{type(exc).__name__}: {exc}"[:2000]})
+            free(device)
     bench.results["total_s"] = round(time.perf_counter() - started, 1)
     bench.save()
     report = table(bench.results)

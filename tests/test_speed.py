@@ -11,6 +11,7 @@ import pytest
 from sdxl_worker.speed import (
     SpeedOptions,
     apply_speedups,
+    compile_models,
     freeze_compiled_shapes,
     share_fused_weights,
     use_compile_cache,
@@ -22,23 +23,25 @@ ASSETS = Path(__file__).resolve().parents[1] / "sdxl_worker" / "assets" / "sdxl-
 def test_defaults_are_the_measured_ones() -> None:
     options = SpeedOptions.from_env({})
     assert options == SpeedOptions(fuse_qkv=True, channels_last=True, vae_dtype="auto", cudnn_benchmark=False,
-                                   compile=False, compile_mode="default", compile_cache_dir=None)
+                                   compile=False, compile_mode="default", compile_scope="full",
+                                   compile_cache_dir=None)
 
 
 def test_env_overrides() -> None:
     options = SpeedOptions.from_env({"FUSE_QKV": "0", "CHANNELS_LAST": "false", "VAE_DTYPE": "FP32",
-                                     "COMPILE": "yes", "COMPILE_MODE": "reduce-overhead",
+                                     "COMPILE": "yes", "COMPILE_MODE": "reduce-overhead", "COMPILE_SCOPE": "Blocks",
                                      "COMPILE_CACHE_DIR": "/runpod-volume/.cache/torch-compile"})
     assert (options.fuse_qkv, options.channels_last, options.vae_dtype, options.compile) == (False, False, "fp32",
                                                                                              True)
-    assert options.compile_mode == "reduce-overhead"
+    assert (options.compile_mode, options.compile_scope) == ("reduce-overhead", "blocks")
     assert options.compile_cache_dir == "/runpod-volume/.cache/torch-compile"
 
 
 @pytest.mark.parametrize(
     ("env", "words"),
     [({"COMPILE": "maybe"}, "COMPILE must be 1 or 0"), ({"VAE_DTYPE": "fp8"}, "VAE_DTYPE must be one of"),
-     ({"COMPILE_MODE": "fast"}, "COMPILE_MODE must be one of")],
+     ({"COMPILE_MODE": "fast"}, "COMPILE_MODE must be one of"),
+     ({"COMPILE_SCOPE": "unet"}, "COMPILE_SCOPE must be one of full, blocks")],
 )
 def test_bad_settings_are_refused(env: dict, words: str) -> None:
     with pytest.raises(ValueError, match=words):
@@ -162,3 +165,64 @@ def test_after_warm_up_a_new_shape_runs_uncompiled_instead_of_compiling() -> Non
     finally:
         torch.compiler.set_stance("default")
         torch._dynamo.reset()
+
+
+def test_block_scope_traces_sdxl_unet_as_two_static_graphs() -> None:
+    """COMPILE_SCOPE=blocks at SDXL's real size (meta device): only the transformer blocks are traced, as one
+    static graph per block width, so a cached start re-traces two small graphs instead of the whole UNet."""
+    import json
+    from types import SimpleNamespace
+
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(json.loads((ASSETS / "unet.config.json").read_text()))
+        vae = AutoencoderKL.from_config(json.loads((ASSETS / "vae.config.json").read_text()))
+    graphs: list[tuple[str, list]] = []
+
+    def counting_backend(graph: torch.fx.GraphModule, example_inputs: list) -> object:
+        graphs.append((graph.code, example_inputs))
+        return graph.forward
+
+    pipe = SimpleNamespace(unet=unet, vae=vae)
+    try:
+        compile_models(pipe, "default", "blocks", backend=counting_backend)
+        assert pipe.unet is unet
+        with torch.device("meta"), torch.no_grad():
+            unet(torch.randn(2, 4, 128, 128), torch.tensor(999.0), torch.randn(2, 77, 2048),
+                 added_cond_kwargs={"text_embeds": torch.randn(2, 1280), "time_ids": torch.randn(2, 6)})
+    finally:
+        torch._dynamo.reset()
+    assert len(graphs) == 2
+    widths = sorted(inputs[0].shape[-1] for _, inputs in graphs)
+    assert widths == [640, 1280]
+    assert all(isinstance(dim, int) for _, inputs in graphs for x in inputs if isinstance(x, torch.Tensor)
+               for dim in x.shape)
+
+
+def test_block_scope_compiles_and_keeps_the_latents(tiny_volume_source: Path, tmp_path: Path, monkeypatch) -> None:
+    """COMPILE=1 COMPILE_SCOPE=blocks through inductor for real (CPU): same latents as uncompiled."""
+    import torch
+
+    from model_loader import load_pipeline
+
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / name))
+    pipe, _ = load_pipeline(tiny_volume_source, "cpu")
+    apply_speedups(pipe, SpeedOptions(), "cpu")
+
+    def latents() -> torch.Tensor:
+        return pipe("a lighthouse", width=256, height=256, num_inference_steps=2, output_type="latent",
+                    generator=torch.Generator("cpu").manual_seed(5)).images
+
+    plain = latents()
+    options = SpeedOptions(compile=True, compile_scope="blocks", compile_cache_dir=str(tmp_path / "cache"))
+    try:
+        applied = apply_speedups(pipe, options, "cpu")
+        compiled = latents()
+    finally:
+        torch._dynamo.reset()
+    assert (applied["compile"], applied["compile_scope"]) == ("default", "blocks")
+    assert any((tmp_path / "cache" / "inductor").iterdir()), "the compiled kernels must land in COMPILE_CACHE_DIR"
+    torch.testing.assert_close(compiled, plain, rtol=1e-3, atol=1e-3)

@@ -1,0 +1,45 @@
+"""The image's Dockerfile holds what the worker needs at run time (Docker itself cannot build here)."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = (ROOT / "Dockerfile.volume_optimized").read_text()
+
+
+def _instructions(name: str) -> list[str]:
+    joined = DOCKERFILE.replace("\\\n", " ")
+    return [line.split(None, 1)[1] for line in joined.splitlines() if line.split(None, 1)[:1] == [name]]
+
+
+def test_image_has_the_c_compiler_that_compile_needs() -> None:
+    """COMPILE=1: Triton builds its launcher stubs with a C compiler at run time; the CUDA runtime base has none."""
+    installs = [cmd for run in _instructions("RUN") for cmd in run.split("&&") if "apt-get install" in cmd]
+    packages = {word.split("=")[0] for cmd in installs for word in cmd.split() if not word.startswith("-")}
+    assert {"gcc", "libc6-dev"} <= packages, installs
+
+
+def test_image_copies_every_local_module_the_handler_imports() -> None:
+    copied = {word for cmd in _instructions("COPY") if not cmd.startswith("--from") for word in cmd.split()[:-1]}
+    seen: set[str] = set()
+    pending = ["handler_volume_optimized"]
+    while pending:
+        module = pending.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        path = ROOT / (module.replace(".", "/") + ".py")
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            pending += [n for n in names if (ROOT / (n.replace(".", "/") + ".py")).exists()]
+    allowed = set((ROOT / ".dockerignore").read_text().split())
+    for module in seen:
+        top = module.split(".")[0]
+        name = f"{top}.py" if (ROOT / f"{top}.py").exists() else top
+        assert name in copied, f"{module} is not copied into the image: {copied}"
+        assert {f"!{name}", f"!{name}/"} & allowed, f"{module} is excluded by .dockerignore"
+    assert re.search(r'CMD \["python", "-u", "handler_volume_optimized.py"\]', DOCKERFILE)
