@@ -175,6 +175,8 @@ def stage_loads(bench: Bench, volume: Path, device: str) -> None:
                 else:
                     pipe, record = load_pipeline(path, device)
                     row["ours_variant"] = record.variant
+                    row[f"ours_{state}_components_s"] = record.components_s
+                    row[f"ours_{state}_prefetch_lead_gb"] = record.prefetch_lead_gb
                 sync(device)
                 row[f"{loader}_{state}_s"] = round(time.perf_counter() - started, 3)
                 del pipe
@@ -406,6 +408,12 @@ def table(results: dict[str, Any]) -> str:
             row(f"load cold, {label}", load["stock_cold_s"], load["ours_cold_s"])
             row(f"load cold / raw read, {label}", load["stock_cold_vs_read"], load["ours_cold_vs_read"], "x")
             row(f"load warm cache, {label}", load["stock_warm_s"], load["ours_warm_s"])
+            parts = load.get("ours_cold_components_s", {})
+            leads = load.get("ours_cold_prefetch_lead_gb", {})
+            if parts:
+                lines.append(f"| ours cold, {label}, by component: s (prefetch lead GB) | | " + ", ".join(
+                    f"{name} {secs}" + (f" ({leads[name]})" if name in leads else "") for name, secs in parts.items()
+                ) + " | |")
     stock = results.get("generation_stock")
     for key, ours in results.items():
         if not key.startswith("generation_") or key == "generation_stock":

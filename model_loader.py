@@ -70,6 +70,11 @@ class LoadRecord:
     seconds: float
     bytes_read: int
     reasons: list[str] = field(default_factory=list)
+    # Each component's own load time, in load order, and for the weighted ones how far the prefetch readers
+    # were ahead of it when it finished (GB read beyond its last byte; negative: the loader waited on them).
+    # Where a cold start's time goes beyond the raw read of the bytes: the loader's work or the disk.
+    components_s: dict[str, float] = field(default_factory=dict)
+    prefetch_lead_gb: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -146,8 +151,12 @@ def load_pipeline(
     # On CUDA the weights are copied to the GPU anyway, and mapping is what lets prefetch help.
     no_mmap = {} if device.startswith("cuda") else {"disable_mmap": True}
     components: dict[str, Any] = {}
-    with Prefetcher(files) if prefetch else nullcontext():
+    components_s: dict[str, float] = {}
+    lead_gb: dict[str, float] = {}
+    needed = 0
+    with Prefetcher(files) if prefetch else nullcontext() as prefetcher:
         for name, component in report.components.items():
+            began = time.perf_counter()
             cls = _component_class(component.library, component.class_name)
             if component.kind == "model":
                 # The fallback's float32 files are cast to float16 while loading, before the GPU copy:
@@ -165,6 +174,11 @@ def load_pipeline(
                 )
             else:
                 components[name] = cls.from_pretrained(model_path, subfolder=name, local_files_only=True)
+            components_s[name] = round(time.perf_counter() - began, 3)
+            if component.kind == "model":
+                needed += component.weight_sets[plan.variants[name]].bytes
+                if prefetcher is not None:
+                    lead_gb[name] = round((prefetcher.bytes_read - needed) / 1e9, 2)
 
     pipeline_cls = getattr(diffusers, report.pipeline_class)
     accepted = inspect.signature(pipeline_cls.__init__).parameters
@@ -183,6 +197,8 @@ def load_pipeline(
         seconds=round(seconds, 3),
         bytes_read=plan.bytes_to_read,
         reasons=list(plan.reasons),
+        components_s=components_s,
+        prefetch_lead_gb=lead_gb,
     )
     log.info("loaded in %.2f s: %s", seconds, record.to_dict())
     return pipe, record

@@ -74,6 +74,10 @@ def test_load_on_cpu_and_generate_offline(volume: Path, keep: str, no_network: l
     assert (record.device, record.dtype, record.variant, record.attention) == ("cpu", "float32", keep, "sdpa")
     assert record.bytes_read == check_volume(volume).plans[keep].bytes
     assert str(pipe.unet.dtype) == "torch.float32" and str(pipe.text_encoder_2.dtype) == "torch.float32"
+    report = check_volume(volume)
+    assert list(record.components_s) == list(report.components)  # every component timed, in load order
+    assert sum(record.components_s.values()) <= record.seconds
+    assert set(record.prefetch_lead_gb) == {n for n, c in report.components.items() if c.kind == "model"}
     first, again, other = generate(pipe, 7), generate(pipe, 7), generate(pipe, 8)
     assert first.shape == (64, 64, 3)
     assert np.array_equal(first, again)
