@@ -71,7 +71,8 @@ class LoadRecord:
     bytes_read: int
     reasons: list[str] = field(default_factory=list)
     # Each component's own load time, in load order, and for the weighted ones how far the prefetch readers
-    # were ahead of it when it finished (GB read beyond its last byte; negative: the loader waited on them).
+    # were ahead of it when it finished (GB read beyond its last byte; negative: the loader got there first
+    # and read those bytes itself).
     # Where a cold start's time goes beyond the raw read of the bytes: the loader's work or the disk.
     components_s: dict[str, float] = field(default_factory=dict)
     prefetch_lead_gb: dict[str, float] = field(default_factory=dict)

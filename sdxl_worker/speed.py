@@ -152,8 +152,8 @@ def compile_models(pipe: Any, mode: str, scope: str, backend: Any = "inductor") 
     """Compile the UNet (whole, or its repeated transformer blocks) and the VAE decoder, lazily at first call.
 
     Static shapes: the warm-up's shape is compiled, and with `blocks` each distinct block width gets its
-    own graph instead of a second, dynamic-shape one (Dynamo's default on a recompile), which would be
-    slower for every block after it. `backend` is for tests: a counting backend shows what is traced.
+    own graph, where Dynamo's default on a recompile would make the second one dynamic-shape (kernels for
+    any size, not tuned to this one). `backend` is for tests: a counting backend shows what is traced.
     """
     import torch
 
