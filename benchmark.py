@@ -422,6 +422,7 @@ def table(results: dict[str, Any]) -> str:
         if not stock or "error" in ours:
             continue
         row(f"warm generation ({label}; inference)", stock["warm_median_s"], ours["warm_median_inference_s"])
+        row(f"warm job ({label}; total incl. PNG encode)", None, ours["warm_median_total_s"])
         row(f"first job after start ({label}; total incl. encode)", stock["first_call_s"], ours["first_job_total_s"])
         row(f"first job / warm job ({label})", None, ours["first_job_vs_warm_total"], "x")
         row(f"peak VRAM, batch 1 ({label})", stock["peak_vram_gib"], ours["peak_vram_gib"], " GiB")
