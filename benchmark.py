@@ -419,7 +419,10 @@ def table(results: dict[str, Any]) -> str:
         if not key.startswith("generation_") or key == "generation_stock":
             continue
         label = key.removeprefix("generation_").replace("_", " ")
-        if not stock or "error" in ours:
+        if "error" in ours:
+            lines.append(f"| {label}: failed | | {ours['error'].splitlines()[0][:200]} | |")
+            continue
+        if not stock:
             continue
         row(f"warm generation ({label}; inference)", stock["warm_median_s"], ours["warm_median_inference_s"])
         row(f"warm job ({label}; total incl. PNG encode)", None, ours["warm_median_total_s"])
@@ -427,14 +430,17 @@ def table(results: dict[str, Any]) -> str:
         row(f"first job / warm job ({label})", None, ours["first_job_vs_warm_total"], "x")
         row(f"peak VRAM, batch 1 ({label})", stock["peak_vram_gib"], ours["peak_vram_gib"], " GiB")
         row(f"output vs stock ({label}): latents max abs diff / image PSNR", None,
-            f"{ours['latents_max_abs_diff_vs_stock']} / {ours['image_psnr_db_vs_stock']} dB", "")
+            f"{ours['latents_max_abs_diff_vs_stock']} / {_db(ours['image_psnr_db_vs_stock'])}", "")
         row(f"start: load + speedups + warm-up ({label})", None,
             round(ours["load_and_speedups_s"] + ours["warm_up_s"], 3))
     for key, cache in results.items():
-        if key.startswith("compile_warm_cache") and "error" not in cache:
+        if key.startswith("compile_warm_cache"):
             scope = key.removeprefix("compile_warm_cache").replace("_", " ").strip() or "full"
-            row(f"compile at a cold start with the cache on the volume ({scope}; first call - second call)", None,
-                cache["compile_s_estimate"])
+            what = f"compile at a cold start with the cache on the volume ({scope}; first call - second call)"
+            if "error" in cache:
+                lines.append(f"| {what}: failed | | {cache['error'].strip().splitlines()[-1][:200]} | |")
+            else:
+                row(what, None, cache["compile_s_estimate"])
     kernels = results.get("attention_kernels")
     if kernels:
         names = list(next(iter(kernels.values())))
@@ -444,6 +450,10 @@ def table(results: dict[str, Any]) -> str:
             cells = [f"{v['ms']} ({v['tflops']})" if isinstance(v, dict) else v for v in by_kernel.values()]
             lines.append(f"| {shape} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _db(psnr_value: float | str) -> str:
+    return f"{psnr_value} dB" if isinstance(psnr_value, (int, float)) else str(psnr_value)
 
 
 def scopes_arg(value: str) -> list[str]:
@@ -518,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
                                      f"compile_warm_cache{suffix}")
         except Exception as exc:
             bench.record(f"generation_ours_compiled{suffix}", {"error": f"{type(exc).__name__}: {exc}"[:2000]})
-            free(device)
+        free(device)  # outside the handler: its exception's frames would keep the failed stage's pipeline alive
     bench.results["total_s"] = round(time.perf_counter() - started, 1)
     bench.save()
     report = table(bench.results)

@@ -42,3 +42,16 @@ def test_tiny_benchmark_runs_every_stage(tmp_path: Path) -> None:
     assert "| compile at a cold start with the cache on the volume (blocks;" in table
     assert "| self 640ch |" in table  # the SDPA kernel timings, one row per UNet attention shape
     assert table in run.stdout
+
+
+def test_a_failed_stage_shows_in_the_table() -> None:
+    """A compile that fails on a GPU run is a finding: the table must say so, not drop the row."""
+    from benchmark import table
+
+    results = {"settings": {"size": 1024, "steps": 30}, "environment": {"gpu": "H200"},
+               "generation_stock": {"warm_median_s": 2.0, "first_call_s": 6.0, "peak_vram_gib": 11.5},
+               "generation_ours_compiled_blocks": {"error": "BackendCompilerFailed: no kernel\ntraceback"},
+               "compile_warm_cache": {"error": "Traceback (most recent call last):\nRuntimeError: cache broke\n"}}
+    text = table(results)
+    assert "| ours compiled blocks: failed | | BackendCompilerFailed: no kernel | |" in text
+    assert "(full; first call - second call): failed | | RuntimeError: cache broke | |" in text
