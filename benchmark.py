@@ -4,6 +4,7 @@
     python benchmark.py --compile             # also torch.compile: compile time, warm-cache compile
     python benchmark.py --compile --compile-scope full,blocks    # whole UNet and regional, side by side
     python benchmark.py --scale tiny --device cpu --size 256 --steps 2 --runs 1    # smoke run, seconds
+    python benchmark.py --tracing-only        # Dynamo's tracing per compile scope, SDXL's configs, any CPU
 
 Measured side by side (same volume, same seeds): the raw sequential read of each load plan's bytes
 (cold page cache when it can be dropped; the output says how), stock `from_pretrained(...).to(device)`
@@ -33,7 +34,7 @@ from model_loader import load_pipeline, weight_files
 from sdxl_worker.offline import enforce_offline
 from sdxl_worker.prefetch import Prefetcher
 from sdxl_worker.speed import COMPILE_SCOPES, SpeedOptions, apply_speedups
-from sdxl_worker.synthetic_volume import build_volume
+from sdxl_worker.synthetic_volume import ASSETS, build_volume
 from sdxl_worker.weights_layout import Variant
 from volume_check import check_volume
 
@@ -49,6 +50,7 @@ class Bench:
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.results: dict[str, Any] = {"settings": vars(args).copy()}
+        self.started = time.perf_counter()
 
     def save(self) -> None:
         (self.out / "benchmark.json").write_text(json.dumps(self.results, indent=2, default=str))
@@ -326,6 +328,67 @@ def stage_ours_generation(bench: Bench, volume: Path, device: str, stock: dict[s
     bench.record(key, row)
 
 
+def dynamo_tracing(scope: str, unet_config: dict[str, Any], vae_config: dict[str, Any], size: int) -> dict:
+    """Dynamo's first call on the UNet and the VAE decoder at this compile scope, on the meta device.
+
+    The part of a start with a filled compile cache that no cache skips is Dynamo tracing the Python code:
+    CPU work, the same whatever the GPU, so it is measured here without weights or a GPU (eager backend:
+    tracing, guards and fake-tensor propagation, no inductor).
+    """
+    from types import SimpleNamespace
+
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from sdxl_worker.speed import compile_models
+
+    torch._dynamo.reset()
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(unet_config).to(torch.float16)
+        vae = AutoencoderKL.from_config(vae_config).to(torch.bfloat16)
+    unet.fuse_qkv_projections()
+    vae.fuse_qkv_projections()
+    graphs: list[int] = []
+
+    def counting_backend(graph: Any, example_inputs: list[Any]) -> Any:
+        graphs.append(len(graph.graph.nodes))
+        return graph.forward
+
+    pipe = SimpleNamespace(unet=unet, vae=vae)
+    compile_models(pipe, "default", scope, backend=counting_backend)
+    latent = size // 8
+    text_dim = unet_config["projection_class_embeddings_input_dim"] - 6 * unet_config["addition_time_embed_dim"]
+    # Inputs made on the meta device, the calls made outside `torch.device(...)`: that context is a torch
+    # function mode, which Dynamo would trace through at every call (2x slower here), unlike a worker's start.
+    with torch.device("meta"):
+        sample = torch.randn(2, 4, latent, latent, dtype=torch.float16)
+        text = torch.randn(2, 77, unet_config["cross_attention_dim"], dtype=torch.float16)
+        added = {"text_embeds": torch.randn(2, text_dim, dtype=torch.float16),
+                 "time_ids": torch.randn(2, 6, dtype=torch.float16)}
+        timestep = torch.tensor(999.0)
+        latents = torch.randn(1, vae_config["latent_channels"], latent, latent, dtype=torch.bfloat16)
+    with torch.no_grad():
+        started = time.perf_counter()
+        pipe.unet(sample, timestep, text, added_cond_kwargs=added)
+        unet_s = time.perf_counter() - started
+        unet_graphs = len(graphs)
+        started = time.perf_counter()
+        pipe.vae.decoder(latents)
+        vae_s = time.perf_counter() - started
+    torch._dynamo.reset()
+    return {"unet_s": round(unet_s, 2), "unet_graphs": unet_graphs, "vae_decoder_s": round(vae_s, 2),
+            "traced_nodes": sum(graphs)}
+
+
+def stage_dynamo_tracing(bench: Bench, unet_config: dict[str, Any], vae_config: dict[str, Any]) -> None:
+    import torch
+
+    # Dynamo's one-time set-up goes to a throwaway module, not to whichever scope is measured first.
+    torch.compile(torch.nn.Linear(4, 4), backend="eager")(torch.randn(2, 4))
+    rows = {scope: dynamo_tracing(scope, unet_config, vae_config, bench.args.size) for scope in COMPILE_SCOPES}
+    bench.record("dynamo_tracing", rows)
+
+
 def stage_compile_warm_cache(bench: Bench, volume: Path, device: str, cache_dir: Path, mode: str, scope: str,
                              key: str) -> None:
     """A fresh process with the compile cache filled: what a later cold start pays.
@@ -441,6 +504,10 @@ def table(results: dict[str, Any]) -> str:
                 lines.append(f"| {what}: failed | | {cache['error'].strip().splitlines()[-1][:200]} | |")
             else:
                 row(what, None, cache["compile_s_estimate"])
+    for scope, tracing in results.get("dynamo_tracing", {}).items():
+        graphs = f"{tracing['unet_graphs']} UNet graph" + ("s" if tracing["unet_graphs"] != 1 else "")
+        row(f"Dynamo tracing at a start, COMPILE_SCOPE={scope} ({graphs}): UNet + VAE decoder (meta device, "
+            "this host's CPU)", None, f"{tracing['unet_s']} + {tracing['vae_decoder_s']} s", "")
     kernels = results.get("attention_kernels")
     if kernels:
         names = list(next(iter(kernels.values())))
@@ -480,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ours", action="append", default=[], metavar="LABEL:KEY=VALUE,...",
                         help="also measure the worker with these speed settings (e.g. nofuse:FUSE_QKV=0)")
     parser.add_argument("--skip-loads", action="store_true", help="skip the read/load stage")
+    parser.add_argument("--tracing-only", action="store_true",
+                        help="only Dynamo's tracing per compile scope, from SDXL's configs (no volume, no GPU)")
     parser.add_argument("--no-drop-caches", dest="drop_caches", action="store_false",
                         help="evict only the benchmark's files (fadvise), not the whole page cache")
     args = parser.parse_args(argv)
@@ -494,6 +563,10 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     bench = Bench(args)
     bench.record("environment", environment(device))
+    if args.tracing_only:
+        configs = [json.loads((ASSETS / f"{name}.config.json").read_text()) for name in ("unet", "vae")]
+        stage_dynamo_tracing(bench, *configs)
+        return finish(bench, args)
     started = time.perf_counter()
     volume = build_volume(Path(args.volume_dir) / "photonicfusion-sdxl", args.scale, extras=True,
                           device="cuda" if device.startswith("cuda") else "cpu")
@@ -513,6 +586,9 @@ def main(argv: list[str] | None = None) -> int:
         options = SpeedOptions.from_env({**os.environ, **overrides})
         stage_ours_generation(bench, volume, device, stock, options, f"generation_ours_{label}")
         free(device)
+    if args.compile:
+        configs = [json.loads((volume / name / "config.json").read_text()) for name in ("unet", "vae")]
+        stage_dynamo_tracing(bench, *configs)
     for scope in args.compile_scope if args.compile else []:
         # Beside the model, as COMPILE_CACHE_DIR would be on a real volume; one per scope, so that the
         # second scope's first start is a compile from empty too.
@@ -529,7 +605,11 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:
             bench.record(f"generation_ours_compiled{suffix}", {"error": f"{type(exc).__name__}: {exc}"[:2000]})
         free(device)  # outside the handler: its exception's frames would keep the failed stage's pipeline alive
-    bench.results["total_s"] = round(time.perf_counter() - started, 1)
+    return finish(bench, args)
+
+
+def finish(bench: Bench, args: argparse.Namespace) -> int:
+    bench.results["total_s"] = round(time.perf_counter() - bench.started, 1)
     bench.save()
     report = table(bench.results)
     print(report)

@@ -27,10 +27,10 @@ picture or costs minutes at every cold start is off by default.
   shapes then run uncompiled (`freeze_compiled_shapes`) rather than compile inside a user's job.
 - COMPILE_SCOPE (default full): `blocks` compiles only the UNet's repeated transformer blocks
   (diffusers' regional compilation) instead of the whole UNet; the VAE decoder is compiled whole
-  either way. It cuts the Dynamo tracing that a cached start repeats: for SDXL's UNet 0.96 s instead
-  of 11.3 s (torch 2.11, measured on a 2-core CPU host on the meta device; tracing is CPU work). Its
-  effect on generation speed is not yet measured on a GPU: the rest of the UNet then runs eager.
-  Compiled with static shapes, SDXL's 70 blocks are two graphs, one per width.
+  either way. It cuts the Dynamo tracing that a cached start repeats: UNet and VAE decoder 1.16 + 0.95 s
+  instead of 13.18 + 1.11 s (`benchmark.py --tracing-only`: torch 2.11, meta device, this project's 2-core
+  CPU host; tracing is CPU work). Its effect on generation speed is not yet measured on a GPU: the rest
+  of the UNet then runs eager. Compiled with static shapes, SDXL's 70 blocks are two graphs, one per width.
 
 Attention needs no option: PyTorch 2.11 already picks its cuDNN kernel for the UNet's attention on an
 H200, the fastest of the three there (benchmark.py's attention stage).

@@ -29,6 +29,8 @@ def test_tiny_benchmark_runs_every_stage(tmp_path: Path) -> None:
     for key in ("environment", "volume", "load_fp16", "load_standard", "generation_stock", "generation_ours",
                 "generation_ours_nofuse", "attention_kernels"):
         assert key in results
+    assert set(results["dynamo_tracing"]) == {"full", "blocks"}
+    assert results["dynamo_tracing"]["blocks"]["traced_nodes"] < results["dynamo_tracing"]["full"]["traced_nodes"]
     compiled, cached = results["generation_ours_compiled_blocks"], results["compile_warm_cache_blocks"]
     assert "error" not in compiled and "error" not in cached, (compiled, cached)
     assert compiled["speedups"]["compile_scope"] == "blocks"
