@@ -310,6 +310,7 @@ def stage_ours_generation(bench: Bench, volume: Path, device: str, stock: dict[s
         runs.append(reply["timings"]["inference_s"])
         totals.append(reply["timings"]["total_s"])
     image = np.asarray(Image.open(io.BytesIO(base64.b64decode(reply["images"][0]))).convert("RGB"))
+    profiled = profile_call(lambda: worker.handle({"id": "profiled", "input": job}), device) if args.profile else None
     latents = call_stock(pipe, args.size, args.steps, SEED, output_type="latent").images.float().cpu()
     warm = statistics.median(runs)
     row = {
@@ -325,7 +326,36 @@ def stage_ours_generation(bench: Bench, volume: Path, device: str, stock: dict[s
         "latents_max_abs_diff_vs_stock": round(float((latents - stock["latents"]).abs().max()), 5),
         "image_psnr_db_vs_stock": psnr(image, stock["image"]),
     }
+    if profiled:
+        row["profile"] = profiled
     bench.record(key, row)
+
+
+def profile_call(fn: Any, device: str, top: int = 12) -> dict[str, Any]:
+    """One call under torch.profiler: how busy the device was and with which kernels (on CPU: which ops).
+
+    Kernel time far below the wall time means the GPU waits on the CPU launching work; the top kernels
+    say what a faster warm job has to make faster. The profiler adds CPU overhead, so its wall time is
+    not the benchmark's latency figure.
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    on_cuda = device.startswith("cuda")
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if on_cuda else [ProfilerActivity.CPU]
+    with profile(activities=activities) as prof:
+        wall_s, _ = timed(fn, device)
+    if on_cuda:
+        kernels = [(e.key, e.self_device_time_total, e.count) for e in prof.key_averages()
+                   if e.device_type == torch.autograd.DeviceType.CUDA]
+    else:
+        kernels = [(e.key, e.self_cpu_time_total, e.count) for e in prof.key_averages()]
+    busy_us = sum(us for _, us, _ in kernels)
+    ranked = sorted(kernels, key=lambda k: k[1], reverse=True)[:top]
+    return {"wall_s_under_profiler": round(wall_s, 3), "busy_s": round(busy_us / 1e6, 3),
+            "what": "CUDA kernels" if on_cuda else "CPU ops (self time)",
+            "top": [{"name": name[:120], "ms": round(us / 1e3, 2), "calls": calls,
+                     "share": round(us / busy_us, 3) if busy_us else 0.0} for name, us, calls in ranked]}
 
 
 def dynamo_tracing(scope: str, unet_config: dict[str, Any], vae_config: dict[str, Any], size: int) -> dict:
@@ -504,6 +534,15 @@ def table(results: dict[str, Any]) -> str:
                 lines.append(f"| {what}: failed | | {cache['error'].strip().splitlines()[-1][:200]} | |")
             else:
                 row(what, None, cache["compile_s_estimate"])
+    for key, ours in results.items():
+        profiled = ours.get("profile") if key.startswith("generation_") and isinstance(ours, dict) else None
+        if not profiled:
+            continue
+        label = key.removeprefix("generation_").replace("_", " ")
+        lines += ["", f"One warm job under the profiler ({label}): {profiled['what']} busy {profiled['busy_s']} s "
+                  f"of {profiled['wall_s_under_profiler']} s wall", "", "| kernel | ms | calls | share |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| `{k['name'][:90]}` | {k['ms']} | {k['calls']} | {k['share']:.1%} |" for k in profiled["top"]]
     for scope, tracing in results.get("dynamo_tracing", {}).items():
         graphs = f"{tracing['unet_graphs']} UNet graph" + ("s" if tracing["unet_graphs"] != 1 else "")
         row(f"Dynamo tracing at a start, COMPILE_SCOPE={scope} ({graphs}): UNet + VAE decoder (meta device, "
@@ -547,6 +586,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ours", action="append", default=[], metavar="LABEL:KEY=VALUE,...",
                         help="also measure the worker with these speed settings (e.g. nofuse:FUSE_QKV=0)")
     parser.add_argument("--skip-loads", action="store_true", help="skip the read/load stage")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile one warm job per stage of ours: device busy time and top kernels")
     parser.add_argument("--tracing-only", action="store_true",
                         help="only Dynamo's tracing per compile scope, from SDXL's configs (no volume, no GPU)")
     parser.add_argument("--no-drop-caches", dest="drop_caches", action="store_false",

@@ -3,7 +3,8 @@
 # (.whl/, see README "GPU check"), then run the benchmark with torch.compile (CUDA graphs). benchmark.json,
 # benchmark.md, log.txt and gpu.txt land in $OUT (the device tool's folder) or bench-out/. Extra arguments
 # go to benchmark.py (--skip-loads leaves out the read/load stage: 220 s of run 3's 471 s). Both compile scopes,
-# whole UNet and regional (COMPILE_SCOPE=blocks). Runs 2-4, with one scope, took 5-8 minutes on an H200.
+# whole UNet and regional (COMPILE_SCOPE=blocks), and one profiled warm job per stage (kernel time, top kernels).
+# Runs 2-4, with one scope and no profile, took 5-8 minutes on an H200.
 # The wheels a machine with torch 2.11, transformers 5.17 and accelerate 1.15 but no network lacked (Python 3.12):
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl diffusers==0.42.1 pydantic==2.14.3 \
@@ -21,5 +22,5 @@ fi
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true; df -h /tmp; } | tee "$out/gpu.txt"
 export PYTHONUNBUFFERED=1
 python3 benchmark.py --out "$out" --volume-dir /tmp/bench-volume --compile --compile-mode reduce-overhead \
-  --compile-scope full,blocks "$@" 2>&1 \
+  --compile-scope full,blocks --profile "$@" 2>&1 \
   | tee "$out/log.txt"

@@ -21,7 +21,7 @@ def test_tiny_benchmark_runs_every_stage(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "benchmark.py", "--scale", "tiny", "--device", "cpu", "--size", "256", "--steps", "2",
          "--runs", "1", "--no-drop-caches", "--out", str(tmp_path / "out"), "--volume-dir", str(tmp_path / "vol"),
-         "--ours", "nofuse:FUSE_QKV=0", "--compile", "--compile-scope", "blocks"],
+         "--ours", "nofuse:FUSE_QKV=0", "--compile", "--compile-scope", "blocks", "--profile"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
@@ -29,6 +29,8 @@ def test_tiny_benchmark_runs_every_stage(tmp_path: Path) -> None:
     for key in ("environment", "volume", "load_fp16", "load_standard", "generation_stock", "generation_ours",
                 "generation_ours_nofuse", "attention_kernels"):
         assert key in results
+    profiled = results["generation_ours"]["profile"]
+    assert profiled["top"] and profiled["busy_s"] > 0 and sum(k["share"] for k in profiled["top"]) <= 1.001
     assert set(results["dynamo_tracing"]) == {"full", "blocks"}
     assert results["dynamo_tracing"]["blocks"]["traced_nodes"] < results["dynamo_tracing"]["full"]["traced_nodes"]
     compiled, cached = results["generation_ours_compiled_blocks"], results["compile_warm_cache_blocks"]
@@ -42,6 +44,7 @@ def test_tiny_benchmark_runs_every_stage(tmp_path: Path) -> None:
     table = (tmp_path / "out" / "benchmark.md").read_text()
     assert "| load cold, fp16 variant |" in table and "| warm generation (ours; inference) |" in table
     assert "| compile at a cold start with the cache on the volume (blocks;" in table
+    assert "One warm job under the profiler (ours): CPU ops (self time) busy" in table
     assert "| self 640ch |" in table  # the SDPA kernel timings, one row per UNet attention shape
     assert table in run.stdout
 
