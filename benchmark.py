@@ -5,6 +5,7 @@
     python benchmark.py --compile --compile-scope full,blocks    # whole UNet and regional, side by side
     python benchmark.py --scale tiny --device cpu --size 256 --steps 2 --runs 1    # smoke run, seconds
     python benchmark.py --tracing-only        # Dynamo's tracing per compile scope, SDXL's configs, any CPU
+                                              # (a GPU run measures it inside its cached-start figure)
 
 Measured side by side (same volume, same seeds): the raw sequential read of each load plan's bytes
 (cold page cache when it can be dropped; the output says how), stock `from_pretrained(...).to(device)`
@@ -34,7 +35,7 @@ from model_loader import load_pipeline, weight_files
 from sdxl_worker.offline import enforce_offline
 from sdxl_worker.prefetch import Prefetcher
 from sdxl_worker.speed import COMPILE_SCOPES, SpeedOptions, apply_speedups
-from sdxl_worker.synthetic_volume import ASSETS, build_volume
+from sdxl_worker.synthetic_volume import build_volume, component_config
 from sdxl_worker.weights_layout import Variant
 from volume_check import check_volume
 
@@ -589,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="profile one warm job per stage of ours: device busy time and top kernels")
     parser.add_argument("--tracing-only", action="store_true",
-                        help="only Dynamo's tracing per compile scope, from SDXL's configs (no volume, no GPU)")
+                        help="only Dynamo's tracing per compile scope, from the --scale's configs (no volume, no GPU)")
     parser.add_argument("--no-drop-caches", dest="drop_caches", action="store_false",
                         help="evict only the benchmark's files (fadvise), not the whole page cache")
     args = parser.parse_args(argv)
@@ -605,8 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args)
     bench.record("environment", environment(device))
     if args.tracing_only:
-        configs = [json.loads((ASSETS / f"{name}.config.json").read_text()) for name in ("unet", "vae")]
-        stage_dynamo_tracing(bench, *configs)
+        stage_dynamo_tracing(bench, *(component_config(args.scale, name) for name in ("unet", "vae")))
         return finish(bench, args)
     started = time.perf_counter()
     volume = build_volume(Path(args.volume_dir) / "photonicfusion-sdxl", args.scale, extras=True,
@@ -627,9 +627,6 @@ def main(argv: list[str] | None = None) -> int:
         options = SpeedOptions.from_env({**os.environ, **overrides})
         stage_ours_generation(bench, volume, device, stock, options, f"generation_ours_{label}")
         free(device)
-    if args.compile:
-        configs = [json.loads((volume / name / "config.json").read_text()) for name in ("unet", "vae")]
-        stage_dynamo_tracing(bench, *configs)
     for scope in args.compile_scope if args.compile else []:
         # Beside the model, as COMPILE_CACHE_DIR would be on a real volume; one per scope, so that the
         # second scope's first start is a compile from empty too.
