@@ -140,6 +140,10 @@ def apply_speedups(pipe: Any, options: SpeedOptions, device: str, attention: str
         if options.compile_cache_dir:
             use_compile_cache(options.compile_cache_dir)
             applied["compile_cache_dir"] = options.compile_cache_dir
+        elif os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+            applied["compile_cache_dir"] = os.environ["TORCHINDUCTOR_CACHE_DIR"]
+            log.info("COMPILE_CACHE_DIR unset: compiled kernels go to TORCHINDUCTOR_CACHE_DIR=%s",
+                     os.environ["TORCHINDUCTOR_CACHE_DIR"])
         else:
             log.warning("COMPILE=1 without COMPILE_CACHE_DIR: every cold start compiles from scratch (minutes)")
         compile_models(pipe, options.compile_mode, options.compile_scope)

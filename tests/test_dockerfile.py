@@ -19,7 +19,16 @@ def test_image_has_the_c_compiler_that_compile_needs() -> None:
     """COMPILE=1: Triton builds its launcher stubs with a C compiler at run time; the CUDA runtime base has none."""
     installs = [cmd for run in _instructions("RUN") for cmd in run.split("&&") if "apt-get install" in cmd]
     packages = {word.split("=")[0] for cmd in installs for word in cmd.split() if not word.startswith("-")}
-    assert {"gcc", "libc6-dev"} <= packages, installs
+    assert {"gcc", "g++", "libc6-dev"} <= packages, installs
+
+
+def test_image_keeps_every_cache_on_the_volume() -> None:
+    """The container disk is small and a full one kills the worker: caches belong on the network volume."""
+    env = dict(re.findall(r"(\w+)=(\S+)", " ".join(_instructions("ENV"))))
+    assert env["COMPILE_CACHE_DIR"] == "/runpod-volume/.cache/torch-compile"
+    for name in ("HF_HOME", "TORCH_HOME", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        assert env[name].startswith("/runpod-volume/"), (name, env[name])
+    assert env["HF_HUB_OFFLINE"] == "1" and env["TRANSFORMERS_OFFLINE"] == "1"
 
 
 def test_image_copies_every_local_module_the_handler_imports() -> None:

@@ -226,3 +226,26 @@ def test_block_scope_compiles_and_keeps_the_latents(tiny_volume_source: Path, tm
     assert (applied["compile"], applied["compile_scope"]) == ("default", "blocks")
     assert any((tmp_path / "cache" / "inductor").iterdir()), "the compiled kernels must land in COMPILE_CACHE_DIR"
     torch.testing.assert_close(compiled, plain, rtol=1e-3, atol=1e-3)
+
+
+def test_compile_says_where_its_cache_goes(tiny_volume_source: Path, monkeypatch, caplog) -> None:
+    """Without COMPILE_CACHE_DIR the worker warns of minutes-long cold starts, unless inductor's own cache
+    variable already points somewhere (the image sets it to the volume)."""
+    import logging
+
+    from model_loader import load_pipeline
+
+    pipe, _ = load_pipeline(tiny_volume_source, "cpu")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/runpod-volume/.cache/torch-compile/inductor")
+    with caplog.at_level(logging.INFO, logger="sdxl_worker.speed"):
+        applied = apply_speedups(pipe, SpeedOptions(fuse_qkv=False, compile=True), "cpu")
+    assert applied["compile_cache_dir"] == "/runpod-volume/.cache/torch-compile/inductor"
+    assert "compiles from scratch" not in caplog.text
+
+    pipe, _ = load_pipeline(tiny_volume_source, "cpu")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="sdxl_worker.speed"):
+        applied = apply_speedups(pipe, SpeedOptions(fuse_qkv=False, compile=True), "cpu")
+    assert "compile_cache_dir" not in applied
+    assert "every cold start compiles from scratch" in caplog.text
