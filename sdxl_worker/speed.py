@@ -19,11 +19,12 @@ picture or costs minutes at every cold start is off by default.
 - COMPILE (default 0): torch.compile of the UNet and the VAE decoder, in COMPILE_MODE (default
   "default"; "reduce-overhead" adds CUDA graphs), for the warm-up's shape only. With COMPILE_CACHE_DIR
   (a folder on the network volume) inductor's and triton's caches live there, so a later cold start
-  reuses the compiled kernels instead of compiling for minutes; without it they go to the temp
-  directory. Off: on an H200 it brings 1024x1024 to 1.02-1.04 s (reduce-overhead; 1.06 s in "default"
-  mode), but the first start compiles for ~100 s, and a start with a filled cache still spends ~22 s,
-  14 s of it in Dynamo tracing the Python code, which no on-disk cache of inductor's skips. A
-  serverless cold start should not pay that blindly. The warm-up's shape is the one compiled; other
+  reuses the compiled kernels instead of compiling for minutes; without it they go where
+  TORCHINDUCTOR_CACHE_DIR says (the image: the volume), else to the temp directory. Off: on an H200
+  it brings 1024x1024 to 1.02-1.04 s (reduce-overhead; 1.06 s in "default" mode), but the first start
+  compiles for ~100 s, and a start with a filled cache still spends ~22 s, 14 s of it in Dynamo
+  tracing the Python code, which no on-disk cache of inductor's skips. A serverless cold start should
+  not pay that blindly. The warm-up's shape is the one compiled; other
   shapes then run uncompiled (`freeze_compiled_shapes`) rather than compile inside a user's job.
 - COMPILE_SCOPE (default full): `blocks` compiles only the UNet's repeated transformer blocks
   (diffusers' regional compilation) instead of the whole UNet; the VAE decoder is compiled whole
