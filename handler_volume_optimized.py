@@ -112,8 +112,8 @@ class Worker:
             worker.start_timings = {"load_s": loaded - started, "speedups_s": time.perf_counter() - loaded}
             if warmup:
                 worker.start_timings["warm_up_s"] = worker.warm_up()
-                if speed.compile:
-                    freeze_compiled_shapes()
+                if speed.compile or speed.cuda_graphs:
+                    freeze_compiled_shapes(pipe)
                     log.info("compiled for the warm-up's shape; jobs of other shapes run uncompiled")
         except Exception as exc:
             log.exception("loading the pipeline failed")

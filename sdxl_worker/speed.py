@@ -33,6 +33,10 @@ picture or costs minutes at every cold start is off by default.
   CPU host; tracing is CPU work). Its effect on generation speed is not yet measured on a GPU: the rest
   of the UNet then runs eager. Compiled with static shapes, SDXL's 70 blocks are two graphs, one per width.
 
+- CUDA_GRAPHS (default 0): replay the UNet's eager forward as one CUDA graph, captured at the warm-up
+  (cuda_graphs.py): no compiler, no compile time. Not measured on a GPU yet, hence off; an alternative
+  to COMPILE, not an addition (COMPILE_MODE=reduce-overhead is compile with CUDA graphs).
+
 Attention needs no option: PyTorch 2.11 already picks its cuDNN kernel for the UNet's attention on an
 H200, the fastest of the three there (benchmark.py's attention stage).
 """
@@ -45,6 +49,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from sdxl_worker.cuda_graphs import freeze_graphs, graph_unet
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +69,13 @@ class SpeedOptions:
     compile_mode: str = "default"
     compile_scope: str = "full"
     compile_cache_dir: str | None = None
+    cuda_graphs: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SpeedOptions:
         """The options an operator set in the environment (or in `env`), defaults for the rest."""
         env = os.environ if env is None else env
-        return cls(
+        options = cls(
             fuse_qkv=_flag(env, "FUSE_QKV", True),
             channels_last=_flag(env, "CHANNELS_LAST", True),
             vae_dtype=_choice(env, "VAE_DTYPE", VAE_DTYPES),
@@ -77,7 +84,12 @@ class SpeedOptions:
             compile_mode=_choice(env, "COMPILE_MODE", COMPILE_MODES),
             compile_scope=_choice(env, "COMPILE_SCOPE", COMPILE_SCOPES),
             compile_cache_dir=env.get("COMPILE_CACHE_DIR") or None,
+            cuda_graphs=_flag(env, "CUDA_GRAPHS", False),
         )
+        if options.compile and options.cuda_graphs:
+            raise ValueError("CUDA_GRAPHS=1 and COMPILE=1 exclude each other: for compiled code with CUDA graphs, "
+                             "use COMPILE=1 COMPILE_MODE=reduce-overhead")
+        return options
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
@@ -137,6 +149,9 @@ def apply_speedups(pipe: Any, options: SpeedOptions, device: str, attention: str
     if options.channels_last and on_cuda:
         pipe.unet.to(memory_format=torch.channels_last)
         applied["channels_last"] = True
+    if options.cuda_graphs and on_cuda:
+        graph_unet(pipe.unet)
+        applied["cuda_graphs"] = True
     if options.compile:
         if options.compile_cache_dir:
             use_compile_cache(options.compile_cache_dir)
@@ -170,16 +185,19 @@ def compile_models(pipe: Any, mode: str, scope: str, backend: Any = "inductor") 
     pipe.vae.decoder = torch.compile(pipe.vae.decoder, **settings)
 
 
-def freeze_compiled_shapes() -> None:
-    """Once the warm-up has compiled the jobs' usual shape, run any other shape uncompiled.
+def freeze_compiled_shapes(pipe: Any = None) -> None:
+    """Once the warm-up has compiled (or captured) the jobs' usual shape, run any other shape uncompiled.
 
     A job with another width, height or image count would otherwise compile again inside that job
     (the first compile took ~100 s on an H200) and then again for the next new shape; uncompiled it
-    takes the eager time (1.5-2.4 s at 1024x1024 there). Shapes compiled before this keep their code.
+    takes the eager time (1.5-2.4 s at 1024x1024 there). Shapes compiled before this keep their code,
+    and `pipe`'s captured CUDA graph, if any, its graph.
     """
     import torch
 
     torch.compiler.set_stance("eager_on_recompile")
+    if pipe is not None:
+        freeze_graphs(pipe)
 
 
 def share_fused_weights(model: Any) -> int:

@@ -206,7 +206,7 @@ def test_compiled_worker_freezes_shapes_after_its_warm_up(tiny_volume_source: Pa
     real_warm_up = Worker.warm_up
     monkeypatch.setattr(handler_module, "apply_speedups", lambda *args: {"compile": "default"})
     monkeypatch.setattr(Worker, "warm_up", lambda self: events.append("warm-up") or real_warm_up(self))
-    monkeypatch.setattr(handler_module, "freeze_compiled_shapes", lambda: events.append("freeze"))
+    monkeypatch.setattr(handler_module, "freeze_compiled_shapes", lambda pipe: events.append("freeze"))
 
     assert Worker.start(str(tiny_volume_source), "cpu", speed=SpeedOptions(compile=True)).pipe is not None
     assert events == ["warm-up", "freeze"]

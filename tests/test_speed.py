@@ -24,7 +24,7 @@ def test_defaults_are_the_measured_ones() -> None:
     options = SpeedOptions.from_env({})
     assert options == SpeedOptions(fuse_qkv=True, channels_last=True, vae_dtype="auto", cudnn_benchmark=False,
                                    compile=False, compile_mode="default", compile_scope="full",
-                                   compile_cache_dir=None)
+                                   compile_cache_dir=None, cuda_graphs=False)
 
 
 def test_env_overrides() -> None:
@@ -41,7 +41,8 @@ def test_env_overrides() -> None:
     ("env", "words"),
     [({"COMPILE": "maybe"}, "COMPILE must be 1 or 0"), ({"VAE_DTYPE": "fp8"}, "VAE_DTYPE must be one of"),
      ({"COMPILE_MODE": "fast"}, "COMPILE_MODE must be one of"),
-     ({"COMPILE_SCOPE": "unet"}, "COMPILE_SCOPE must be one of full, blocks")],
+     ({"COMPILE_SCOPE": "unet"}, "COMPILE_SCOPE must be one of full, blocks"),
+     ({"CUDA_GRAPHS": "1", "COMPILE": "1"}, "COMPILE_MODE=reduce-overhead")],
 )
 def test_bad_settings_are_refused(env: dict, words: str) -> None:
     with pytest.raises(ValueError, match=words):
@@ -250,3 +251,23 @@ def test_compile_says_where_its_cache_goes(tiny_volume_source: Path, monkeypatch
         applied = apply_speedups(pipe, SpeedOptions(fuse_qkv=False, compile=True), "cpu")
     assert "compile_cache_dir" not in applied
     assert "every cold start compiles from scratch" in caplog.text
+
+
+def test_cuda_graphs_route_the_unet_through_one_graph_on_cuda_only(tiny_volume_source: Path) -> None:
+    from model_loader import load_pipeline
+    from sdxl_worker.cuda_graphs import GraphedForward
+
+    assert SpeedOptions.from_env({"CUDA_GRAPHS": "1"}).cuda_graphs
+    pipe, _ = load_pipeline(tiny_volume_source, "cpu")
+    assert "cuda_graphs" not in apply_speedups(pipe, SpeedOptions(fuse_qkv=False, cuda_graphs=True), "cpu")
+    assert not isinstance(pipe.unet.forward, GraphedForward)
+    assert apply_speedups(pipe, SpeedOptions(fuse_qkv=False, channels_last=False, vae_dtype="fp32",
+                                             cuda_graphs=True), "cuda") == {"cuda_graphs": True}
+    assert isinstance(pipe.unet.forward, GraphedForward)
+    freeze_compiled_shapes(pipe)
+    try:
+        assert pipe.unet.forward.frozen
+    finally:
+        import torch
+
+        torch.compiler.set_stance("default")

@@ -1,0 +1,96 @@
+"""GraphedForward: one captured call replayed, every other call eager, never an aliased output.
+
+CUDA graphs need a GPU; here `capture` is replaced by one that re-runs the recorded call into the same
+output tensors, which is what a replay does, so the bookkeeping around it is what these tests check.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.utils._pytree as pytree
+
+from sdxl_worker.cuda_graphs import GraphedForward, freeze_graphs, graph_unet
+
+
+class RecordingCapture:
+    """Stands in for cuda_graph_capture on the CPU, counting captures and replays."""
+
+    def __init__(self) -> None:
+        self.captures = 0
+        self.replays = 0
+
+    def __call__(self, run, warmup_calls: int):
+        self.captures += 1
+        outputs = run()
+
+        def replay() -> None:
+            self.replays += 1
+            for static, fresh in zip(pytree.tree_leaves(outputs), pytree.tree_leaves(run()), strict=True):
+                static.copy_(fresh)
+
+        return outputs, replay
+
+
+def _latents(pipe, size: int) -> torch.Tensor:
+    return pipe("a lighthouse", width=size, height=size, num_inference_steps=2, output_type="latent",
+                generator=torch.Generator("cpu").manual_seed(3)).images
+
+
+def test_the_warm_up_shape_replays_and_draws_what_eager_draws(tiny_volume_source: Path) -> None:
+    from model_loader import load_pipeline
+
+    pipe, _ = load_pipeline(tiny_volume_source, "cpu")
+    plain_256, plain_320 = _latents(pipe, 256), _latents(pipe, 320)
+    capture = RecordingCapture()
+    graphed = graph_unet(pipe.unet, "cpu", capture)
+
+    torch.testing.assert_close(_latents(pipe, 256), plain_256, rtol=0, atol=0)
+    assert (capture.captures, graphed.replays, graphed.eager_calls) == (1, 2, 0)  # 2 steps, CFG in one batch
+    torch.testing.assert_close(_latents(pipe, 256), plain_256, rtol=0, atol=0)
+    assert graphed.replays == 4
+
+    freeze_graphs(pipe)
+    torch.testing.assert_close(_latents(pipe, 320), plain_320, rtol=0, atol=0)
+    assert (capture.captures, graphed.replays, graphed.eager_calls) == (1, 4, 2)  # another size: eager, no capture
+
+
+def test_each_replay_reads_its_own_inputs_and_returns_its_own_outputs() -> None:
+    layer = torch.nn.Linear(4, 3)
+    graphed = GraphedForward(layer.forward, "cpu", RecordingCapture())
+    first_in, second_in = torch.randn(2, 4), torch.randn(2, 4)
+    with torch.no_grad():
+        first = graphed(first_in)
+        kept = first.clone()
+        second = graphed(second_in)
+        torch.testing.assert_close(second, layer(second_in))
+    torch.testing.assert_close(first, kept)  # the second replay did not write into the first call's result
+    assert first.data_ptr() != second.data_ptr()
+
+
+@pytest.mark.parametrize("call", [
+    lambda f: f(torch.randn(2, 4), scale=0.5),  # a number would be baked into the graph
+    lambda f: f(torch.randn(2, 4).to("meta")),  # not on the graph's device
+])
+def test_calls_a_graph_cannot_hold_run_eagerly(call) -> None:
+    seen: list[tuple] = []
+
+    def forward(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        seen.append(tuple(x.shape))
+        return x * scale
+
+    capture = RecordingCapture()
+    graphed = GraphedForward(forward, "cpu", capture)
+    call(graphed)
+    assert capture.captures == 0 and graphed.eager_calls == 1 and seen == [(2, 4)]
+
+
+def test_after_freeze_nothing_is_captured() -> None:
+    capture = RecordingCapture()
+    graphed = GraphedForward(torch.nn.Linear(4, 3).forward, "cpu", capture)
+    graphed.frozen = True
+    with torch.no_grad():
+        graphed(torch.randn(2, 4))
+    assert capture.captures == 0 and graphed.eager_calls == 1
