@@ -625,7 +625,11 @@ def main(argv: list[str] | None = None) -> int:
         label, _, settings = spec.partition(":")
         overrides = dict(item.split("=", 1) for item in settings.split(",") if item)
         options = SpeedOptions.from_env({**os.environ, **overrides})
-        stage_ours_generation(bench, volume, device, stock, options, f"generation_ours_{label}")
+        # As with compiling below: a setting that fails on this machine is a finding, and the run goes on.
+        try:
+            stage_ours_generation(bench, volume, device, stock, options, f"generation_ours_{label}")
+        except Exception as exc:
+            bench.record(f"generation_ours_{label}", {"error": f"{type(exc).__name__}: {exc}"[:2000]})
         free(device)
     for scope in args.compile_scope if args.compile else []:
         # Beside the model, as COMPILE_CACHE_DIR would be on a real volume; one per scope, so that the

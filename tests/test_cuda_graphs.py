@@ -94,3 +94,37 @@ def test_after_freeze_nothing_is_captured() -> None:
     with torch.no_grad():
         graphed(torch.randn(2, 4))
     assert capture.captures == 0 and graphed.eager_calls == 1
+
+
+def test_sdxl_unet_forward_is_capturable() -> None:
+    """What would break a capture, checked at SDXL's real size on the meta device: a tensor made on the host
+    (its copy to the GPU cannot be captured) or a value read back (`.item()` fails on meta)."""
+    import json
+
+    from diffusers import UNet2DConditionModel
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    assets = Path(__file__).resolve().parents[1] / "sdxl_worker" / "assets" / "sdxl-base-1.0"
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(json.loads((assets / "unet.config.json").read_text()))
+        unet.to(torch.float16).fuse_qkv_projections()
+        inputs = (torch.randn(2, 4, 128, 128, dtype=torch.float16), torch.tensor(999.0),
+                  torch.randn(2, 77, 2048, dtype=torch.float16))
+        added = {"text_embeds": torch.randn(2, 1280, dtype=torch.float16),
+                 "time_ids": torch.randn(2, 6, dtype=torch.float16)}
+
+    class HostTensors(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.ops += [str(func) for x in pytree.tree_leaves(out)
+                         if isinstance(x, torch.Tensor) and x.device.type != "meta"]
+            return out
+
+    with torch.no_grad(), HostTensors() as mode:
+        (noise,) = unet(*inputs, added_cond_kwargs=added, return_dict=False)
+    assert noise.shape == (2, 4, 128, 128)
+    assert mode.ops == []
