@@ -114,7 +114,7 @@ class Worker:
                 worker.start_timings["warm_up_s"] = worker.warm_up()
                 if speed.compile or speed.cuda_graphs:
                     freeze_compiled_shapes(pipe)
-                    log.info("compiled for the warm-up's shape; jobs of other shapes run uncompiled")
+                    log.info("compiled or captured for the warm-up's shape; jobs of other shapes run eagerly")
         except Exception as exc:
             log.exception("loading the pipeline failed")
             return cls(None, None, max_pixels=max_pixels, startup_error=f"loading failed: {_describe(exc)}",
