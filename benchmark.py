@@ -44,7 +44,7 @@ SEED = 1234
 
 
 class Bench:
-    """Holds the run's settings and results; saves the JSON after every stage so a cut run keeps what it had."""
+    """Holds the run's settings and results; saves JSON and table after every stage: a cut run keeps them."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -55,6 +55,8 @@ class Bench:
 
     def save(self) -> None:
         (self.out / "benchmark.json").write_text(json.dumps(self.results, indent=2, default=str))
+        # The table too, each time: a run stopped at a device's time limit keeps it for the stages it finished.
+        (self.out / "benchmark.md").write_text(table(self.results) + "\n")
 
     def record(self, key: str, value: Any) -> None:
         self.results[key] = value
@@ -664,9 +666,7 @@ def main(argv: list[str] | None = None) -> int:
 def finish(bench: Bench, args: argparse.Namespace) -> int:
     bench.results["total_s"] = round(time.perf_counter() - bench.started, 1)
     bench.save()
-    report = table(bench.results)
-    print(report)
-    (Path(args.out) / "benchmark.md").write_text(report + "\n")
+    print(table(bench.results))
     return 0
 
 
