@@ -93,9 +93,13 @@ class GraphedForward:
         return tuple(parts)
 
     def _capture(self, leaves: list[Any], spec: Any, key: tuple[Any, ...]) -> None:
+        import torch
         import torch.utils._pytree as pytree
 
-        static = [_clone(leaf) for leaf in leaves]
+        # Normal tensors even when the first call comes under inference_mode (the worker's jobs do): an
+        # inference tensor refuses in-place copies outside it, and a later caller may use no_grad instead.
+        with torch.inference_mode(False):
+            static = [_clone(leaf) for leaf in leaves]
 
         def run() -> Any:
             args, kwargs = pytree.tree_unflatten(static, spec)

@@ -28,8 +28,10 @@ class RecordingCapture:
 
         def replay() -> None:
             self.replays += 1
-            for static, fresh in zip(pytree.tree_leaves(outputs), pytree.tree_leaves(run()), strict=True):
-                static.copy_(fresh)
+            # A real replay writes its outputs below autograd, whatever the grad mode: so may this one.
+            with torch.inference_mode():
+                for static, fresh in zip(pytree.tree_leaves(outputs), pytree.tree_leaves(run()), strict=True):
+                    static.copy_(fresh)
 
         return outputs, replay
 
@@ -68,6 +70,20 @@ def test_each_replay_reads_its_own_inputs_and_returns_its_own_outputs() -> None:
         torch.testing.assert_close(second, layer(second_in))
     torch.testing.assert_close(first, kept)  # the second replay did not write into the first call's result
     assert first.data_ptr() != second.data_ptr()
+
+
+def test_captured_in_a_job_replays_for_any_caller() -> None:
+    """Jobs run under inference_mode, the benchmark's checks under no_grad: the same graph serves both."""
+    layer = torch.nn.Linear(4, 3)
+    graphed = GraphedForward(layer.forward, "cpu", RecordingCapture())
+    x = torch.randn(2, 4)
+    with torch.inference_mode():
+        graphed(x)
+    with torch.no_grad():
+        torch.testing.assert_close(graphed(x), layer(x))
+    with torch.inference_mode():
+        torch.testing.assert_close(graphed(x), layer(x))
+    assert graphed.replays == 3
 
 
 @pytest.mark.parametrize("call", [
