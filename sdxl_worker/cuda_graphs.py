@@ -60,10 +60,12 @@ class GraphedForward:
         self.eager_calls = 0
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        import torch
         import torch.utils._pytree as pytree
 
         leaves, spec = pytree.tree_flatten((args, kwargs))
-        key = self._key(leaves, spec)
+        # A replay records no autograd history: a caller that wants gradients gets the eager forward.
+        key = None if torch.is_grad_enabled() else self._key(leaves, spec)
         if key is not None and self.key is None and not self.frozen:
             self._capture(leaves, spec, key)
         if key is None or key != self.key:

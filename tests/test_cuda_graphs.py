@@ -103,6 +103,14 @@ def test_calls_a_graph_cannot_hold_run_eagerly(call) -> None:
     assert capture.captures == 0 and graphed.eager_calls == 1 and seen == [(2, 4)]
 
 
+def test_a_call_with_gradients_runs_eagerly() -> None:
+    layer = torch.nn.Linear(4, 3)
+    capture = RecordingCapture()
+    graphed = GraphedForward(layer.forward, "cpu", capture)
+    graphed(torch.randn(2, 4)).sum().backward()
+    assert capture.captures == 0 and layer.weight.grad is not None
+
+
 def test_after_freeze_nothing_is_captured() -> None:
     capture = RecordingCapture()
     graphed = GraphedForward(torch.nn.Linear(4, 3).forward, "cpu", capture)
