@@ -135,6 +135,12 @@ def test_worker_serves_offline_and_writes_nothing_outside_tmp(tiny_volume_source
 
 
 def test_soak_mixed_jobs(tiny_volume_source: Path, tmp_path: Path) -> None:
+    """200 mixed jobs, a third invalid, over HTTP: no 500s, the right status each time, and memory levels off.
+
+    RSS is compared from job 50 on: glibc's arenas grow over the first jobs of the mix (+19 to +154 MiB
+    over all 200 in seven runs here, the same at the commit before this change) and then stay, +0.2 to
+    +17 MiB over the last 150 in four runs. A leak shows there; test_jobs_keep_no_memory finds small ones.
+    """
     import random
 
     process, base = start_api(tiny_volume_source, tmp_path / "api.log")
@@ -150,8 +156,10 @@ def test_soak_mixed_jobs(tiny_volume_source: Path, tmp_path: Path) -> None:
         for warm in range(5):
             request(base, "/runsync", {"input": {"prompt": "warm", "width": 256, "height": 256,
                                                  "num_inference_steps": 1, "seed": warm}})
-        rss_start = rss_kib()
+        rss_first = rss_kib()
         for n in range(200):
+            if n == 50:
+                rss_start = rss_kib()
             valid = n % 3 != 0
             job = {"prompt": f"soak job {n}", "width": rng.choice([256, 320]), "height": rng.choice([256, 264]),
                    "num_inference_steps": rng.choice([1, 2]), "scheduler": rng.choice(schedulers),
@@ -178,8 +186,9 @@ def test_soak_mixed_jobs(tiny_volume_source: Path, tmp_path: Path) -> None:
         stop(process)
     growth_mib = (rss_end - rss_start) / 1024
     print(f"\nsoak: {counts['jobs']} jobs ({counts['valid']} valid, {counts['invalid']} invalid), no HTTP 500; "
-          f"server RSS {rss_start / 1024:.0f} -> {rss_end / 1024:.0f} MiB ({growth_mib:+.1f} MiB)")
-    assert growth_mib < 150
+          f"server RSS {rss_first / 1024:.0f} -> {rss_start / 1024:.0f} (job 50) -> {rss_end / 1024:.0f} MiB "
+          f"({growth_mib:+.1f} MiB)")
+    assert growth_mib < 64
     log = (tmp_path / "api.log").read_text()
     assert "iVBORw0KGgo" not in log, "a PNG payload reached the log"
 
