@@ -138,8 +138,8 @@ def test_soak_mixed_jobs(tiny_volume_source: Path, tmp_path: Path) -> None:
     """200 mixed jobs, a third invalid, over HTTP: no 500s, the right status each time, and memory levels off.
 
     RSS is compared from job 50 on: glibc's arenas grow over the first jobs of the mix (+19 to +154 MiB
-    over all 200 in seven runs here, the same at the commit before this change) and then stay, +0.2 to
-    +17 MiB over the last 150 in four runs. A leak shows there; test_jobs_keep_no_memory finds small ones.
+    over all 200 in six runs here, three of them at the commit before this change) and then stay, +0.2 to
+    +17.4 MiB over the last 150 in five runs. A leak shows there; test_jobs_keep_no_memory finds small ones.
     """
     import random
 
