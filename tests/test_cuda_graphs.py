@@ -59,6 +59,28 @@ def test_the_warm_up_shape_replays_and_draws_what_eager_draws(tiny_volume_source
     assert (capture.captures, graphed.replays, graphed.eager_calls) == (1, 4, 2)  # another size: eager, no capture
 
 
+def test_samplers_with_other_timestep_dtypes_replay_the_same_graph(tiny_volume_source: Path) -> None:
+    """Captured with Euler's float32 timesteps; DDIM and DPM++ (int64), DPM++ SDE (float64) draw as eager."""
+    from model_loader import load_pipeline
+    from sdxl_worker.schedulers import build_schedulers
+
+    pipe, _ = load_pipeline(tiny_volume_source, "cpu")
+    schedulers = build_schedulers(pipe.scheduler)
+    schedulers["dpmpp_sde_karras"].noise_sampler_seed = [3]  # its Brownian noise, as generate() seeds it
+    plain = {}
+    for name in ("ddim", "dpmpp_2m", "dpmpp_sde_karras"):
+        pipe.scheduler = schedulers[name]
+        plain[name] = _latents(pipe, 256)
+    pipe.scheduler = schedulers["euler"]
+    capture = RecordingCapture()
+    graphed = graph_unet(pipe.unet, "cpu", capture)
+    _latents(pipe, 256)
+    for name, expected in plain.items():
+        pipe.scheduler = schedulers[name]
+        torch.testing.assert_close(_latents(pipe, 256), expected, rtol=0, atol=0)
+    assert capture.captures == 1 and graphed.eager_calls == 0
+
+
 def test_each_replay_reads_its_own_inputs_and_returns_its_own_outputs() -> None:
     layer = torch.nn.Linear(4, 3)
     graphed = GraphedForward(layer.forward, "cpu", RecordingCapture())
