@@ -192,10 +192,13 @@ def stage_loads(bench: Bench, volume: Path, device: str) -> None:
 
 
 def call_stock(pipe: Any, size: int, steps: int, seed: int, output_type: str = "pil") -> Any:
+    """A plain pipeline call, under inference_mode as the worker's jobs run: a compiled or captured UNet
+    then serves it as it serves jobs (Dynamo guards on whether its inputs are inference tensors)."""
     import torch
 
-    return pipe(PROMPT, width=size, height=size, num_inference_steps=steps, guidance_scale=7.0,
-                generator=torch.Generator("cpu").manual_seed(seed), output_type=output_type)
+    with torch.inference_mode():
+        return pipe(PROMPT, width=size, height=size, num_inference_steps=steps, guidance_scale=7.0,
+                    generator=torch.Generator("cpu").manual_seed(seed), output_type=output_type)
 
 
 def timed(fn: Any, device: str) -> tuple[float, Any]:

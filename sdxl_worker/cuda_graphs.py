@@ -6,10 +6,9 @@ host's CPU launching kernels, while torch.compile with CUDA graphs held 1.02-1.0
 eager forward costs two eager calls and one capture at the warm-up, and needs no compiler. Its speed
 and memory on a GPU are not measured yet, so CUDA_GRAPHS is off by default (speed.py).
 
-One graph, for the warm-up's call (its shapes, dtypes, devices and strides), as with COMPILE, except that
-the UNet's timestep may come in any dtype: samplers differ (Euler float32; DPM++, DDIM and UniPC int64;
-DPM++ SDE float64), and the UNet turns it into float32 before anything else, so copying it into the
-captured float32 buffer gives the same embedding. Any other call runs eagerly: another size or image
+One graph, for the warm-up's call (its shapes, dtypes, devices and strides), as with COMPILE; every
+sampler shares it, since the UNet gets its timestep as float32 whatever the sampler (unet_timestep.py).
+Any other call runs eagerly: another size or image
 count, CPU tensors (a copy from host memory cannot be captured), or a numeric argument that is not a
 tensor (it would be baked into the graph). Inputs are copied into the graph's buffers and outputs cloned
 out of them, so no caller ever holds memory that the next replay overwrites.
@@ -20,6 +19,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from typing import Any
+
+from sdxl_worker.unet_timestep import timestep_as_float32
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,9 @@ class GraphedForward:
     """Stands in for a module's `forward`: replays the one captured call, runs every other call eagerly."""
 
     def __init__(self, forward: Callable[..., Any], device_type: str = "cuda", capture: Capture = cuda_graph_capture,
-                 warmup_calls: int = 2, any_dtype_scalars: bool = False) -> None:
+                 warmup_calls: int = 2) -> None:
         self.eager = forward
         self.device_type = device_type
-        self.any_dtype_scalars = any_dtype_scalars  # 0-d tensors match whatever their dtype (copy_ casts)
         self.capture = capture
         self.warmup_calls = warmup_calls
         self.frozen = False  # set after the warm-up: no capture inside a user's job
@@ -90,8 +90,7 @@ class GraphedForward:
             if isinstance(leaf, torch.Tensor):
                 if leaf.device.type != self.device_type:
                     return None
-                scalar = self.any_dtype_scalars and leaf.dim() == 0 and not leaf.is_complex()
-                parts.append((tuple(leaf.shape), "real" if scalar else leaf.dtype, leaf.device, leaf.stride()))
+                parts.append((tuple(leaf.shape), leaf.dtype, leaf.device, leaf.stride()))
             elif leaf is None or isinstance(leaf, (bool, str)):
                 parts.append(leaf)
             else:
@@ -120,7 +119,8 @@ class GraphedForward:
 
 def graph_unet(unet: Any, device_type: str = "cuda", capture: Capture = cuda_graph_capture) -> GraphedForward:
     """Route `unet`'s calls through a GraphedForward, in place: the pipeline keeps the model itself."""
-    graphed = GraphedForward(unet.forward, device_type, capture, any_dtype_scalars=True)
+    timestep_as_float32(unet)
+    graphed = GraphedForward(unet.forward, device_type, capture)
     unet.forward = graphed
     return graphed
 

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from sdxl_worker.cuda_graphs import freeze_graphs, graph_unet
+from sdxl_worker.unet_timestep import timestep_as_float32
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,9 @@ def compile_models(pipe: Any, mode: str, scope: str, backend: Any = "inductor") 
         pipe.unet.compile_repeated_blocks(**settings)  # in place: pipe.unet stays the model itself
     else:
         pipe.unet = torch.compile(pipe.unet, **settings)
+        # On the compiled wrapper, so the cast happens before Dynamo's guards see the timestep's dtype.
+        # (The blocks never see the timestep.)
+        timestep_as_float32(pipe.unet)
     pipe.vae.decoder = torch.compile(pipe.vae.decoder, **settings)
 
 
