@@ -24,15 +24,15 @@ picture or costs minutes at every cold start is off by default.
   it brings 1024x1024 to 1.02-1.04 s (reduce-overhead; 1.06 s in "default" mode), but the first start
   compiles for ~100 s, and a start with a filled cache still spends ~22 s, 14 s of it in Dynamo
   tracing the Python code, which no on-disk cache of inductor's skips. A serverless cold start should
-  not pay that blindly. The warm-up's shape is the one compiled; other
-  shapes then run uncompiled (`freeze_compiled_shapes`) rather than compile inside a user's job.
+  not pay that blindly. The warm-up's shape is the one compiled; other shapes then run uncompiled
+  (`freeze_compiled_shapes`) rather than compile inside a user's job. Every sampler uses the compiled
+  UNet: its timestep comes in as float32 whatever the sampler (unet_timestep.py).
 - COMPILE_SCOPE (default full): `blocks` compiles only the UNet's repeated transformer blocks
   (diffusers' regional compilation) instead of the whole UNet; the VAE decoder is compiled whole
   either way. It cuts the Dynamo tracing that a cached start repeats: UNet and VAE decoder 1.16 + 0.95 s
   instead of 13.18 + 1.11 s (`benchmark.py --tracing-only`: torch 2.11, meta device, this project's 2-core
   CPU host; tracing is CPU work). Its effect on generation speed is not yet measured on a GPU: the rest
   of the UNet then runs eager. Compiled with static shapes, SDXL's 70 blocks are two graphs, one per width.
-
 - CUDA_GRAPHS (default 0): replay the UNet's eager forward as one CUDA graph, captured at the warm-up
   (cuda_graphs.py): no compiler, no compile time. Not measured on a GPU yet, hence off; an alternative
   to COMPILE, not an addition (COMPILE_MODE=reduce-overhead is compile with CUDA graphs).
