@@ -386,6 +386,7 @@ def dynamo_tracing(scope: str, unet_config: dict[str, Any], vae_config: dict[str
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from sdxl_worker.speed import compile_models
+    from sdxl_worker.unet_inputs import unet_call_inputs
 
     torch._dynamo.reset()
     with torch.device("meta"):
@@ -401,20 +402,13 @@ def dynamo_tracing(scope: str, unet_config: dict[str, Any], vae_config: dict[str
 
     pipe = SimpleNamespace(unet=unet, vae=vae)
     compile_models(pipe, "default", scope, backend=counting_backend)
-    latent = size // 8
-    text_dim = unet_config["projection_class_embeddings_input_dim"] - 6 * unet_config["addition_time_embed_dim"]
     # Inputs made on the meta device, the calls made outside `torch.device(...)`: that context is a torch
     # function mode, which Dynamo would trace through at every call (2x slower here), unlike a worker's start.
-    with torch.device("meta"):
-        sample = torch.randn(2, 4, latent, latent, dtype=torch.float16)
-        text = torch.randn(2, 77, unet_config["cross_attention_dim"], dtype=torch.float16)
-        added = {"text_embeds": torch.randn(2, text_dim, dtype=torch.float16),
-                 "time_ids": torch.randn(2, 6, dtype=torch.float16)}
-        timestep = torch.tensor(999.0)
-        latents = torch.randn(1, vae_config["latent_channels"], latent, latent, dtype=torch.bfloat16)
+    args, kwargs = unet_call_inputs(unet_config, size, dtype=torch.float16, device="meta")
+    latents = torch.randn(1, vae_config["latent_channels"], size // 8, size // 8, dtype=torch.bfloat16, device="meta")
     with torch.no_grad():
         started = time.perf_counter()
-        pipe.unet(sample, timestep, text, added_cond_kwargs=added)
+        pipe.unet(*args, **kwargs)
         unet_s = time.perf_counter() - started
         unet_graphs = len(graphs)
         started = time.perf_counter()

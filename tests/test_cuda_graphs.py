@@ -13,6 +13,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from sdxl_worker.cuda_graphs import GraphedForward, freeze_graphs, graph_unet
+from sdxl_worker.unet_inputs import unet_call_inputs
 
 
 class RecordingCapture:
@@ -155,10 +156,7 @@ def test_sdxl_unet_forward_is_capturable() -> None:
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(json.loads((assets / "unet.config.json").read_text()))
         unet.to(torch.float16).fuse_qkv_projections()
-        inputs = (torch.randn(2, 4, 128, 128, dtype=torch.float16), torch.tensor(999.0),
-                  torch.randn(2, 77, 2048, dtype=torch.float16))
-        added = {"text_embeds": torch.randn(2, 1280, dtype=torch.float16),
-                 "time_ids": torch.randn(2, 6, dtype=torch.float16)}
+    args, kwargs = unet_call_inputs(unet.config, 1024, dtype=torch.float16, device="meta")
 
     class HostTensors(TorchDispatchMode):
         def __init__(self) -> None:
@@ -172,6 +170,6 @@ def test_sdxl_unet_forward_is_capturable() -> None:
             return out
 
     with torch.no_grad(), HostTensors() as mode:
-        (noise,) = unet(*inputs, added_cond_kwargs=added, return_dict=False)
+        (noise,) = unet(*args, **kwargs, return_dict=False)
     assert noise.shape == (2, 4, 128, 128)
     assert mode.ops == []

@@ -16,6 +16,7 @@ from sdxl_worker.speed import (
     share_fused_weights,
     use_compile_cache,
 )
+from sdxl_worker.unet_inputs import unet_call_inputs
 
 ASSETS = Path(__file__).resolve().parents[1] / "sdxl_worker" / "assets" / "sdxl-base-1.0"
 
@@ -94,15 +95,9 @@ def test_fused_projections_hold_no_second_copy(tiny_volume_source: Path) -> None
 
     pipe, _ = load_pipeline(tiny_volume_source, "cpu")
     before = _weight_bytes(pipe.unet) + _weight_bytes(pipe.vae)
-    prompt_embeds = torch.randn(1, 77, pipe.unet.config.cross_attention_dim,
-                                generator=torch.Generator().manual_seed(0))
-    sample = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(1))
-    config = pipe.unet.config
-    text_dim = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
-    added = {"text_embeds": torch.randn(1, text_dim, generator=torch.Generator().manual_seed(2)),
-             "time_ids": torch.tensor([[256.0, 256, 0, 0, 256, 256]])}
+    args, kwargs = unet_call_inputs(pipe.unet.config, 256, batch=1, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        plain = pipe.unet(sample, 500, prompt_embeds, added_cond_kwargs=added).sample
+        plain = pipe.unet(*args, **kwargs).sample
 
     applied = apply_speedups(pipe, SpeedOptions(), "cpu")
 
@@ -111,7 +106,7 @@ def test_fused_projections_hold_no_second_copy(tiny_volume_source: Path) -> None
     attn = pipe.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1
     assert attn.to_k.weight.untyped_storage().data_ptr() == attn.to_qkv.weight.untyped_storage().data_ptr()
     with torch.inference_mode():
-        fused = pipe.unet(sample, 500, prompt_embeds, added_cond_kwargs=added).sample
+        fused = pipe.unet(*args, **kwargs).sample
     torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-4)
 
 
@@ -190,9 +185,9 @@ def test_block_scope_traces_sdxl_unet_as_two_static_graphs() -> None:
     try:
         compile_models(pipe, "default", "blocks", backend=counting_backend)
         assert pipe.unet is unet
-        with torch.device("meta"), torch.no_grad():
-            unet(torch.randn(2, 4, 128, 128), torch.tensor(999.0), torch.randn(2, 77, 2048),
-                 added_cond_kwargs={"text_embeds": torch.randn(2, 1280), "time_ids": torch.randn(2, 6)})
+        args, kwargs = unet_call_inputs(unet.config, 1024, device="meta")
+        with torch.no_grad():
+            unet(*args, **kwargs)
     finally:
         torch._dynamo.reset()
     assert len(graphs) == 2

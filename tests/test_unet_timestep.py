@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sdxl_worker.speed import compile_models, freeze_compiled_shapes
+from sdxl_worker.unet_inputs import unet_call_inputs
 from sdxl_worker.unet_timestep import timestep_as_float32
 
 
@@ -17,19 +18,15 @@ def unet_call(tiny_volume_source: Path):
     from model_loader import load_pipeline
 
     pipe, _ = load_pipeline(tiny_volume_source, "cpu")
-    unet, config = pipe.unet, pipe.unet.config
-    generator = torch.Generator().manual_seed(0)
-    sample = torch.randn(2, 4, 32, 32, generator=generator)
-    text = torch.randn(2, 77, config.cross_attention_dim, generator=generator)
-    text_dim = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
-    added = {"text_embeds": torch.randn(2, text_dim, generator=generator),
-             "time_ids": torch.tensor([[256.0, 256, 0, 0, 256, 256]] * 2)}
+    unet = pipe.unet
+    with torch.inference_mode():
+        (sample, _, text), kwargs = unet_call_inputs(unet.config, 256, generator=torch.Generator().manual_seed(0))
 
     def call(model, value: float, dtype: torch.dtype) -> torch.Tensor:
         # The timestep made inside inference_mode, as a sampler's are inside the worker's jobs.
         with torch.inference_mode():
             timestep = torch.tensor(value, dtype=dtype)
-            return model(sample, timestep, text, added_cond_kwargs=added, return_dict=False)[0]
+            return model(sample, timestep, text, **kwargs, return_dict=False)[0]
 
     return unet, call
 
