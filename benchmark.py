@@ -33,7 +33,7 @@ from typing import Any
 
 from model_loader import load_pipeline, weight_files
 from sdxl_worker.offline import enforce_offline
-from sdxl_worker.prefetch import Prefetcher
+from sdxl_worker.prefetch import READ_BYTES, Prefetcher
 from sdxl_worker.speed import COMPILE_SCOPES, SpeedOptions, apply_speedups
 from sdxl_worker.synthetic_volume import build_volume, component_config
 from sdxl_worker.weights_layout import Variant
@@ -62,6 +62,10 @@ class Bench:
         self.results[key] = value
         self.save()
         print(f"[bench] {key}: {json.dumps(value, default=str)}", flush=True)
+
+    def record_failure(self, key: str, exc: BaseException) -> None:
+        """A stage that failed on this machine is a finding: its error stands in the table, the run goes on."""
+        self.record(key, {"error": f"{type(exc).__name__}: {exc}"[:2000]})
 
 
 def sync(device: str) -> None:
@@ -109,7 +113,7 @@ def evict(paths: list[Path], drop_all: bool = True) -> str:
 
 
 def raw_read(paths: list[Path]) -> float:
-    buffer = bytearray(16 * 1024 * 1024)
+    buffer = bytearray(READ_BYTES)  # the prefetch readers' read size, so both reads compare
     started = time.perf_counter()
     for path in paths:
         with path.open("rb", buffering=0) as handle:
@@ -209,17 +213,15 @@ def timed(fn: Any, device: str) -> tuple[float, Any]:
     return time.perf_counter() - started, value
 
 
-def peak_gib(device: str) -> float | None:
+def peak_memory(device: str) -> dict[str, float | None]:
+    """Peak GPU memory since the last reset: allocated, and reserved by the caching allocator (CUDA graphs'
+    private pools count there, which makes it the figure nearer nvidia-smi's)."""
     import torch
 
-    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.startswith("cuda") else None
-
-
-def peak_reserved_gib(device: str) -> float | None:
-    """What the caching allocator held at most, CUDA graphs' private pools included: nearer nvidia-smi's figure."""
-    import torch
-
-    return round(torch.cuda.max_memory_reserved() / 2**30, 2) if device.startswith("cuda") else None
+    if not device.startswith("cuda"):
+        return {"peak_vram_gib": None, "peak_reserved_gib": None}
+    return {"peak_vram_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+            "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2)}
 
 
 def reset_peak(device: str) -> None:
@@ -285,8 +287,7 @@ def stage_stock_generation(bench: Bench, volume: Path, device: str) -> dict[str,
     image = np.asarray(result.images[0])
     latents = call_stock(pipe, args.size, args.steps, SEED, output_type="latent").images.float().cpu()
     row = {"first_call_s": round(first_s, 3), "warm_median_s": round(statistics.median(runs), 3),
-           "warm_runs_s": [round(r, 3) for r in runs], "peak_vram_gib": peak_gib(device),
-           "peak_reserved_gib": peak_reserved_gib(device)}
+           "warm_runs_s": [round(r, 3) for r in runs], **peak_memory(device)}
     bench.record("generation_stock", row)
     return {"image": image, "latents": latents}
 
@@ -336,8 +337,7 @@ def stage_ours_generation(bench: Bench, volume: Path, device: str, stock: dict[s
         "warm_median_total_s": round(statistics.median(totals), 3),
         "warm_runs_inference_s": [round(r, 3) for r in runs],
         "first_job_vs_warm_total": round(first_s / statistics.median(totals), 2),
-        "peak_vram_gib": peak_gib(device),
-        "peak_reserved_gib": peak_reserved_gib(device),
+        **peak_memory(device),
         "latents_max_abs_diff_vs_stock": round(float((latents - stock["latents"]).abs().max()), 5),
         "image_psnr_db_vs_stock": psnr(image, stock["image"]),
     }
@@ -635,11 +635,10 @@ def main(argv: list[str] | None = None) -> int:
         label, _, settings = spec.partition(":")
         overrides = dict(item.split("=", 1) for item in settings.split(",") if item)
         options = SpeedOptions.from_env({**os.environ, **overrides})
-        # As with compiling below: a setting that fails on this machine is a finding, and the run goes on.
         try:
             stage_ours_generation(bench, volume, device, stock, options, f"generation_ours_{label}")
         except Exception as exc:
-            bench.record(f"generation_ours_{label}", {"error": f"{type(exc).__name__}: {exc}"[:2000]})
+            bench.record_failure(f"generation_ours_{label}", exc)
         free(device)
     for scope in args.compile_scope if args.compile else []:
         # Beside the model, as COMPILE_CACHE_DIR would be on a real volume; one per scope, so that the
@@ -648,14 +647,13 @@ def main(argv: list[str] | None = None) -> int:
         options = SpeedOptions(compile=True, compile_mode=args.compile_mode, compile_scope=scope,
                                compile_cache_dir=str(cache_dir))
         suffix = "" if scope == "full" else f"_{scope}"
-        # A compile failure is a finding to report, not a reason to lose the figures above.
         try:
             stage_ours_generation(bench, volume, device, stock, options, f"generation_ours_compiled{suffix}")
             free(device)
             stage_compile_warm_cache(bench, volume, device, cache_dir, args.compile_mode, scope,
                                      f"compile_warm_cache{suffix}")
         except Exception as exc:
-            bench.record(f"generation_ours_compiled{suffix}", {"error": f"{type(exc).__name__}: {exc}"[:2000]})
+            bench.record_failure(f"generation_ours_compiled{suffix}", exc)
         free(device)  # outside the handler: its exception's frames would keep the failed stage's pipeline alive
     return finish(bench, args)
 
