@@ -4,8 +4,9 @@
     python benchmark.py --compile             # also torch.compile: compile time, warm-cache compile
     python benchmark.py --compile --compile-scope full,blocks    # whole UNet and regional, side by side
     python benchmark.py --scale tiny --device cpu --size 256 --steps 2 --runs 1    # smoke run, seconds
-    python benchmark.py --tracing-only        # Dynamo's tracing per compile scope, SDXL's configs, any CPU
-                                              # (a GPU run measures it inside its cached-start figure)
+    python benchmark.py --tracing-only        # the UNet's FLOPs by op, and Dynamo's tracing per compile scope:
+                                              # SDXL's configs on the meta device, any CPU (a GPU run
+                                              # measures the tracing inside its cached-start figure)
 
 Measured side by side (same volume, same seeds): the raw sequential read of each load plan's bytes
 (cold page cache when it can be dropped; the output says how), stock `from_pretrained(...).to(device)`
@@ -373,6 +374,50 @@ def profile_call(fn: Any, device: str, top: int = 12) -> dict[str, Any]:
                      "share": round(us / busy_us, 3) if busy_us else 0.0} for name, us, calls in ranked]}
 
 
+def meta_models(unet_config: dict[str, Any], vae_config: dict[str, Any]) -> tuple[Any, Any]:
+    """SDXL's UNet (float16) and VAE (bfloat16) on the meta device, q/k/v fused as the worker does: shapes only."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from sdxl_worker.speed import share_fused_weights
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(unet_config).to(torch.float16)
+        vae = AutoencoderKL.from_config(vae_config).to(torch.bfloat16)
+    for model in (unet, vae):
+        model.fuse_qkv_projections()
+        share_fused_weights(model)
+    return unet, vae
+
+
+def unet_flops(unet_config: dict[str, Any], vae_config: dict[str, Any], size: int) -> dict[str, Any]:
+    """FLOPs of one UNet call (batch 2: one image with CFG), by aten op, and QUANTIZE=fp8's share of them.
+
+    Counted from shapes on the meta device (FlopCounterMode), so exact and the same on any machine: what
+    bounds each option's gain (fp8 can only speed up the linear layers it converts), and the work behind
+    a profile's kernel times. On the meta device attention counts as its two bmm products.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sdxl_worker.fp8_linear import is_fp8_layer
+    from sdxl_worker.unet_inputs import unet_call_inputs
+
+    unet, _ = meta_models(unet_config, vae_config)
+    args, kwargs = unet_call_inputs(unet_config, size, dtype=torch.float16, device="meta")
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        unet(*args, **kwargs)
+    counts = counter.get_flop_counts()
+    total = counter.get_total_flops()
+    by_op = {str(op).removeprefix("aten."): flops for op, flops in counts["Global"].items()}
+    linear = by_op.get("addmm", 0) + by_op.get("mm", 0)
+    fp8_layers = {f"{type(unet).__name__}.{fqn}" for fqn, module in unet.named_modules() if is_fp8_layer(module, fqn)}
+    fp8 = sum(sum(ops.values()) for name, ops in counts.items() if name in fp8_layers)
+    return {"per_call_tflop": round(total / 1e12, 3),
+            "share_by_op": {op: round(flops / total, 4) for op, flops in sorted(by_op.items(), key=lambda i: -i[1])},
+            "linear_share": round(linear / total, 4), "fp8_layers_share_of_linear": round(fp8 / linear, 5)}
+
+
 def dynamo_tracing(scope: str, unet_config: dict[str, Any], vae_config: dict[str, Any], size: int) -> dict:
     """Dynamo's first call on the UNet and the VAE decoder at this compile scope, on the meta device.
 
@@ -383,17 +428,12 @@ def dynamo_tracing(scope: str, unet_config: dict[str, Any], vae_config: dict[str
     from types import SimpleNamespace
 
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from sdxl_worker.speed import compile_models
     from sdxl_worker.unet_inputs import unet_call_inputs
 
     torch._dynamo.reset()
-    with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(unet_config).to(torch.float16)
-        vae = AutoencoderKL.from_config(vae_config).to(torch.bfloat16)
-    unet.fuse_qkv_projections()
-    vae.fuse_qkv_projections()
+    unet, vae = meta_models(unet_config, vae_config)
     graphs: list[int] = []
 
     def counting_backend(graph: Any, example_inputs: list[Any]) -> Any:
@@ -526,6 +566,7 @@ def table(results: dict[str, Any]) -> str:
             continue
         if not stock:
             continue
+        row(f"options applied ({label})", None, _options(ours.get("speedups", {})), "")
         row(f"warm generation ({label}; inference)", stock["warm_median_s"], ours["warm_median_inference_s"])
         row(f"warm job ({label}; total incl. PNG encode)", None, ours["warm_median_total_s"])
         row(f"first job after start ({label}; total incl. encode)", stock["first_call_s"], ours["first_job_total_s"])
@@ -558,6 +599,12 @@ def table(results: dict[str, Any]) -> str:
         graphs = f"{tracing['unet_graphs']} UNet graph" + ("s" if tracing["unet_graphs"] != 1 else "")
         row(f"Dynamo tracing at a start, COMPILE_SCOPE={scope} ({graphs}): UNet + VAE decoder (meta device, "
             "this host's CPU)", None, f"{tracing['unet_s']} + {tracing['vae_decoder_s']} s", "")
+    flops = results.get("unet_flops")
+    if flops:
+        shares = ", ".join(f"{op} {share:.1%}" for op, share in flops["share_by_op"].items())
+        row("UNet FLOPs per call, batch 2 (counted on the meta device): TFLOP; by op; QUANTIZE=fp8's share of "
+            "the linear (addmm + mm) work", None, f"{flops['per_call_tflop']} TFLOP; {shares}; "
+            f"{flops['fp8_layers_share_of_linear']:.3%}", "")
     kernels = results.get("attention_kernels")
     if kernels:
         names = list(next(iter(kernels.values())))
@@ -567,6 +614,15 @@ def table(results: dict[str, Any]) -> str:
             cells = [f"{v['ms']} ({v['tflops']})" if isinstance(v, dict) else v for v in by_kernel.values()]
             lines.append(f"| {shape} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _options(applied: dict[str, Any]) -> str:
+    """The speed options a stage ran with, as the worker reported them: a skipped option shows as skipped."""
+    shown = [name if value is True else f"{name}={value}" for name, value in applied.items()
+             if name not in ("compile_cache_dir", "quantize_skipped")]
+    if "quantize_skipped" in applied:
+        shown.append("QUANTIZE skipped")
+    return ", ".join(shown) or "none"
 
 
 def _db(psnr_value: float | str) -> str:
@@ -600,7 +656,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="profile one warm job per stage of ours: device busy time and top kernels")
     parser.add_argument("--tracing-only", action="store_true",
-                        help="only Dynamo's tracing per compile scope, from the --scale's configs (no volume, no GPU)")
+                        help="only the meta-device figures from the --scale's configs (no volume, no GPU): the "
+                             "UNet's FLOPs by op, Dynamo's tracing per compile scope")
     parser.add_argument("--no-drop-caches", dest="drop_caches", action="store_false",
                         help="evict only the benchmark's files (fadvise), not the whole page cache")
     args = parser.parse_args(argv)
@@ -616,7 +673,9 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args)
     bench.record("environment", environment(device))
     if args.tracing_only:
-        stage_dynamo_tracing(bench, *(component_config(args.scale, name) for name in ("unet", "vae")))
+        configs = [component_config(args.scale, name) for name in ("unet", "vae")]
+        bench.record("unet_flops", unet_flops(*configs, args.size))
+        stage_dynamo_tracing(bench, *configs)
         return finish(bench, args)
     started = time.perf_counter()
     volume = build_volume(Path(args.volume_dir) / "photonicfusion-sdxl", args.scale, extras=True,

@@ -36,6 +36,11 @@ picture or costs minutes at every cold start is off by default.
 - CUDA_GRAPHS (default 0): replay the UNet's eager forward as one CUDA graph, captured at the warm-up
   (cuda_graphs.py): no compiler, no compile time. Not measured on a GPU yet, hence off; an alternative
   to COMPILE, not an addition (COMPILE_MODE=reduce-overhead is compile with CUDA graphs).
+- QUANTIZE (default none): `fp8` runs the UNet's transformer-block linear layers, 64% of its FLOPs, as
+  fp8 products (fp8_linear.py, torchao), the UNet and text encoders then in bfloat16; on GPUs of compute
+  capability 8.9 or later, skipped with the reason elsewhere. It changes the output by more than float
+  rounding, so it is opt-in; meant with COMPILE=1, which fuses the per-row scaling into the neighbouring
+  kernels. Not measured on a GPU yet.
 
 Attention needs no option: PyTorch 2.11 already picks its cuDNN kernel for the UNet's attention on an
 H200, the fastest of the three there (benchmark.py's attention stage).
@@ -51,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from sdxl_worker.cuda_graphs import freeze_graphs, graph_unet
+from sdxl_worker.fp8_linear import cast_for_fp8, fp8_unsupported_reason, quantize_unet_fp8
 from sdxl_worker.unet_timestep import timestep_as_float32
 
 log = logging.getLogger(__name__)
@@ -58,6 +64,7 @@ log = logging.getLogger(__name__)
 VAE_DTYPES = ("auto", "bf16", "fp32")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 COMPILE_SCOPES = ("full", "blocks")
+QUANTIZES = ("none", "fp8")
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,7 @@ class SpeedOptions:
     compile_scope: str = "full"
     compile_cache_dir: str | None = None
     cuda_graphs: bool = False
+    quantize: str = "none"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SpeedOptions:
@@ -86,6 +94,7 @@ class SpeedOptions:
             compile_scope=_choice(env, "COMPILE_SCOPE", COMPILE_SCOPES),
             compile_cache_dir=env.get("COMPILE_CACHE_DIR") or None,
             cuda_graphs=_flag(env, "CUDA_GRAPHS", False),
+            quantize=_choice(env, "QUANTIZE", QUANTIZES),
         )
         if options.compile and options.cuda_graphs:
             raise ValueError("CUDA_GRAPHS=1 and COMPILE=1 exclude each other: for compiled code with CUDA graphs, "
@@ -135,13 +144,22 @@ def apply_speedups(pipe: Any, options: SpeedOptions, device: str, attention: str
         torch.backends.cudnn.benchmark = options.cudnn_benchmark
         if options.cudnn_benchmark:
             applied["cudnn_benchmark"] = True
+    fp8 = options.quantize == "fp8"
+    if fp8 and (reason := fp8_unsupported_reason(device)):
+        log.warning("QUANTIZE=fp8 skipped: %s", reason)
+        applied["quantize_skipped"] = reason
+        fp8 = False
+    if fp8:
+        cast_for_fp8(pipe)  # before fusing, like the VAE's cast below
     if on_cuda and options.vae_dtype in ("auto", "bf16"):
         # Before fusing: a dtype change after it would copy the shared q/k/v views apart again.
         pipe.vae.to(torch.bfloat16)
-        # The pipeline hands the VAE float16 latents; cast them at the VAE's first layer.
+        applied["vae_dtype"] = "bf16"
+    if "vae_dtype" in applied or fp8:
+        # The pipeline hands the VAE latents in the UNet's dtype (bfloat16 with fp8, else float16), which
+        # stock diffusers casts only for an upcast float16 VAE; cast them at the VAE's first layer.
         first = pipe.vae.post_quant_conv if pipe.vae.config.get("use_post_quant_conv", True) else pipe.vae.decoder
         first.register_forward_pre_hook(_cast_to_weight_dtype)
-        applied["vae_dtype"] = "bf16"
     if options.fuse_qkv and attention == "sdpa":
         pipe.fuse_qkv_projections(unet=True, vae=True)
         freed = share_fused_weights(pipe.unet) + share_fused_weights(pipe.vae)
@@ -150,6 +168,10 @@ def apply_speedups(pipe: Any, options: SpeedOptions, device: str, attention: str
     if options.channels_last and on_cuda:
         pipe.unet.to(memory_format=torch.channels_last)
         applied["channels_last"] = True
+    if fp8:
+        # After fusing (the fused layers are the ones converted) and before compiling or capturing.
+        applied["quantize"] = "fp8"
+        applied["fp8_layers"] = quantize_unet_fp8(pipe.unet)
     if options.cuda_graphs and on_cuda:
         graph_unet(pipe.unet)
         applied["cuda_graphs"] = True

@@ -21,7 +21,8 @@ def test_tiny_benchmark_runs_every_stage(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "benchmark.py", "--scale", "tiny", "--device", "cpu", "--size", "256", "--steps", "2",
          "--runs", "1", "--no-drop-caches", "--out", str(tmp_path / "out"), "--volume-dir", str(tmp_path / "vol"),
-         "--ours", "nofuse:FUSE_QKV=0", "--compile", "--compile-scope", "blocks", "--profile"],
+         "--ours", "nofuse:FUSE_QKV=0", "--ours", "fp8:QUANTIZE=fp8", "--compile", "--compile-scope", "blocks",
+         "--profile"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
@@ -44,6 +45,9 @@ def test_tiny_benchmark_runs_every_stage(tmp_path: Path) -> None:
     assert "| compile at a cold start with the cache on the volume (blocks;" in table
     assert "One warm job under the profiler (ours): CPU ops (self time) busy" in table
     assert "| self 640ch |" in table  # the SDPA kernel timings, one row per UNet attention shape
+    # What each stage ran with; an option the device cannot run says so instead of passing for measured.
+    assert "| options applied (ours nofuse) | n/a | none |" in table
+    assert "| options applied (ours fp8) | n/a | fuse_qkv, QUANTIZE skipped |" in table
     assert table in run.stdout
 
 
@@ -62,15 +66,33 @@ def test_a_failed_stage_shows_in_the_table() -> None:
 
 @pytest.mark.slow
 def test_tracing_only_compares_the_compile_scopes(tmp_path: Path) -> None:
-    """`--tracing-only`: Dynamo's tracing per COMPILE_SCOPE on the meta device, no volume built, no weights."""
+    """`--tracing-only`: Dynamo's tracing per COMPILE_SCOPE and the UNet's FLOPs, on the meta device, no volume
+    built, no weights."""
     run = subprocess.run(
         [sys.executable, "benchmark.py", "--tracing-only", "--scale", "tiny", "--size", "256", "--out",
          str(tmp_path / "out"), "--volume-dir", str(tmp_path / "vol")],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    tracing = json.loads((tmp_path / "out" / "benchmark.json").read_text())["dynamo_tracing"]
+    results = json.loads((tmp_path / "out" / "benchmark.json").read_text())
+    tracing = results["dynamo_tracing"]
     assert tracing["blocks"]["traced_nodes"] < tracing["full"]["traced_nodes"]
     assert tracing["full"]["unet_graphs"] == 1 and tracing["blocks"]["unet_graphs"] >= 1
     assert not (tmp_path / "vol").exists()
     assert "| Dynamo tracing at a start, COMPILE_SCOPE=blocks" in run.stdout
+    flops = results["unet_flops"]
+    assert flops["per_call_tflop"] > 0 and sum(flops["share_by_op"].values()) == pytest.approx(1, abs=1e-3)
+    assert {"addmm", "convolution"} <= set(flops["share_by_op"])
+    assert "| UNet FLOPs per call, batch 2" in run.stdout
+
+
+def test_sdxl_unet_flops_match_the_published_count_and_fp8_covers_its_linear_work() -> None:
+    """At SDXL's size (its published configs, meta device): 405.7 TFLOP for 30 steps at 1024x1024 with CFG,
+    the compute floor's figure in the reference README; QUANTIZE=fp8 converts the layers doing the linear work."""
+    from benchmark import unet_flops
+    from sdxl_worker.synthetic_volume import component_config
+
+    flops = unet_flops(*(component_config("full", name) for name in ("unet", "vae")), 1024)
+    assert flops["per_call_tflop"] * 30 == pytest.approx(405.7, abs=0.1)
+    assert flops["linear_share"] == pytest.approx(0.644, abs=0.001)
+    assert flops["fp8_layers_share_of_linear"] > 0.9999
