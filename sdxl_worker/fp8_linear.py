@@ -3,8 +3,8 @@
 Why these layers: linear layers are 64% of an SDXL UNet call's FLOPs at 1024x1024 (49.2% addmm + 15.2% mm;
 convolutions 24.0%, attention 11.6%: FlopCounterMode on the published config, `benchmark.py
 --tracing-only`), and nearly all of them sit in the transformer blocks. fp8 tensor cores do twice the
-16-bit rate on an H100 or H200, so this is the option that shrinks the work itself rather than the
-launching of it. The time and add embeddings' linears multiply 2 rows: nothing to gain, so they stay.
+16-bit rate on an H100 or H200, so this is the option that speeds up the arithmetic itself rather than
+the launching of it. The time and add embeddings' linears multiply 2 rows: nothing to gain, so they stay.
 
 It changes the numbers: e4m3 keeps 3 mantissa bits, with each activation row and each weight row scaled to
 its own maximum (torchao's dynamic row-wise scheme). Hence opt-in, with the distance from stock diffusers
