@@ -374,23 +374,20 @@ def profile_call(fn: Any, device: str, top: int = 12) -> dict[str, Any]:
                      "share": round(us / busy_us, 3) if busy_us else 0.0} for name, us, calls in ranked]}
 
 
-def meta_models(unet_config: dict[str, Any], vae_config: dict[str, Any]) -> tuple[Any, Any]:
-    """SDXL's UNet (float16) and VAE (bfloat16) on the meta device, q/k/v fused as the worker does: shapes only."""
+def meta_model(cls: Any, config: dict[str, Any], dtype: Any) -> Any:
+    """A diffusers model on the meta device in `dtype`, q/k/v fused as the worker does: shapes only."""
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from sdxl_worker.speed import share_fused_weights
 
     with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(unet_config).to(torch.float16)
-        vae = AutoencoderKL.from_config(vae_config).to(torch.bfloat16)
-    for model in (unet, vae):
-        model.fuse_qkv_projections()
-        share_fused_weights(model)
-    return unet, vae
+        model = cls.from_config(config).to(dtype)
+    model.fuse_qkv_projections()
+    share_fused_weights(model)
+    return model
 
 
-def unet_flops(unet_config: dict[str, Any], vae_config: dict[str, Any], size: int) -> dict[str, Any]:
+def unet_flops(unet_config: dict[str, Any], size: int) -> dict[str, Any]:
     """FLOPs of one UNet call (batch 2: one image with CFG), by aten op, and QUANTIZE=fp8's share of them.
 
     Counted from shapes on the meta device (FlopCounterMode), so exact and the same on any machine: what
@@ -398,12 +395,13 @@ def unet_flops(unet_config: dict[str, Any], vae_config: dict[str, Any], size: in
     a profile's kernel times. On the meta device attention counts as its two bmm products.
     """
     import torch
+    from diffusers import UNet2DConditionModel
     from torch.utils.flop_counter import FlopCounterMode
 
     from sdxl_worker.fp8_linear import is_fp8_layer
     from sdxl_worker.unet_inputs import unet_call_inputs
 
-    unet, _ = meta_models(unet_config, vae_config)
+    unet = meta_model(UNet2DConditionModel, unet_config, torch.float16)
     args, kwargs = unet_call_inputs(unet_config, size, dtype=torch.float16, device="meta")
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         unet(*args, **kwargs)
@@ -428,12 +426,14 @@ def dynamo_tracing(scope: str, unet_config: dict[str, Any], vae_config: dict[str
     from types import SimpleNamespace
 
     import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from sdxl_worker.speed import compile_models
     from sdxl_worker.unet_inputs import unet_call_inputs
 
     torch._dynamo.reset()
-    unet, vae = meta_models(unet_config, vae_config)
+    unet = meta_model(UNet2DConditionModel, unet_config, torch.float16)
+    vae = meta_model(AutoencoderKL, vae_config, torch.bfloat16)
     graphs: list[int] = []
 
     def counting_backend(graph: Any, example_inputs: list[Any]) -> Any:
@@ -673,10 +673,10 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args)
     bench.record("environment", environment(device))
     if args.tracing_only:
-        configs = [component_config(args.scale, name) for name in ("unet", "vae")]
-        bench.record("unet_flops", unet_flops(*configs, args.size))
-        stage_dynamo_tracing(bench, *configs)
-        return finish(bench, args)
+        unet_config, vae_config = (component_config(args.scale, name) for name in ("unet", "vae"))
+        bench.record("unet_flops", unet_flops(unet_config, args.size))
+        stage_dynamo_tracing(bench, unet_config, vae_config)
+        return finish(bench)
     started = time.perf_counter()
     volume = build_volume(Path(args.volume_dir) / "photonicfusion-sdxl", args.scale, extras=True,
                           device="cuda" if device.startswith("cuda") else "cpu")
@@ -714,10 +714,10 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:
             bench.record_failure(f"generation_ours_compiled{suffix}", exc)
         free(device)  # outside the handler: its exception's frames would keep the failed stage's pipeline alive
-    return finish(bench, args)
+    return finish(bench)
 
 
-def finish(bench: Bench, args: argparse.Namespace) -> int:
+def finish(bench: Bench) -> int:
     bench.results["total_s"] = round(time.perf_counter() - bench.started, 1)
     bench.save()
     print(table(bench.results))
