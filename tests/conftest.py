@@ -87,3 +87,25 @@ def decode(b64: str):
     image = Image.open(io.BytesIO(base64.b64decode(b64)))
     image.load()
     return image
+
+
+def draw_latents(pipe, size: int = 256, steps: int = 2, seed: int = 5):
+    """A job's latents, as float32, from a fixed seed. No negative prompt, as in most jobs: SDXL then makes its
+    negative text embedding all zeros."""
+    import torch
+
+    return pipe("a lighthouse", width=size, height=size, num_inference_steps=steps, output_type="latent",
+                generator=torch.Generator("cpu").manual_seed(seed)).images.float()
+
+
+def weight_bytes(model) -> int:
+    """Bytes of distinct storage behind a model's parameters: what it holds in memory (for a tensor subclass
+    such as an fp8 weight, the storage of its data and scales)."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    storages = {}
+    for param in model.parameters():
+        inner = [getattr(param, name) for name in param.__tensor_flatten__()[0]] \
+            if is_traceable_wrapper_subclass(param) else [param]
+        storages.update({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in inner})
+    return sum(storages.values())

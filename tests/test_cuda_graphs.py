@@ -13,7 +13,9 @@ import torch
 import torch.utils._pytree as pytree
 
 from sdxl_worker.cuda_graphs import GraphedForward, freeze_graphs, graph_unet
+from sdxl_worker.synthetic_volume import component_config
 from sdxl_worker.unet_inputs import unet_call_inputs
+from tests.conftest import draw_latents
 
 
 class RecordingCapture:
@@ -37,26 +39,21 @@ class RecordingCapture:
         return outputs, replay
 
 
-def _latents(pipe, size: int) -> torch.Tensor:
-    return pipe("a lighthouse", width=size, height=size, num_inference_steps=2, output_type="latent",
-                generator=torch.Generator("cpu").manual_seed(3)).images
-
-
 def test_the_warm_up_shape_replays_and_draws_what_eager_draws(tiny_volume_source: Path) -> None:
     from model_loader import load_pipeline
 
     pipe, _ = load_pipeline(tiny_volume_source, "cpu")
-    plain_256, plain_320 = _latents(pipe, 256), _latents(pipe, 320)
+    plain_256, plain_320 = draw_latents(pipe, 256), draw_latents(pipe, 320)
     capture = RecordingCapture()
     graphed = graph_unet(pipe.unet, "cpu", capture)
 
-    torch.testing.assert_close(_latents(pipe, 256), plain_256, rtol=0, atol=0)
+    torch.testing.assert_close(draw_latents(pipe, 256), plain_256, rtol=0, atol=0)
     assert (capture.captures, graphed.replays, graphed.eager_calls) == (1, 2, 0)  # 2 steps, CFG in one batch
-    torch.testing.assert_close(_latents(pipe, 256), plain_256, rtol=0, atol=0)
+    torch.testing.assert_close(draw_latents(pipe, 256), plain_256, rtol=0, atol=0)
     assert graphed.replays == 4
 
     freeze_graphs(pipe)
-    torch.testing.assert_close(_latents(pipe, 320), plain_320, rtol=0, atol=0)
+    torch.testing.assert_close(draw_latents(pipe, 320), plain_320, rtol=0, atol=0)
     assert (capture.captures, graphed.replays, graphed.eager_calls) == (1, 4, 2)  # another size: eager, no capture
 
 
@@ -71,14 +68,14 @@ def test_samplers_with_other_timestep_dtypes_replay_the_same_graph(tiny_volume_s
     plain = {}
     for name in ("ddim", "dpmpp_2m", "dpmpp_sde_karras"):
         pipe.scheduler = schedulers[name]
-        plain[name] = _latents(pipe, 256)
+        plain[name] = draw_latents(pipe, 256)
     pipe.scheduler = schedulers["euler"]
     capture = RecordingCapture()
     graphed = graph_unet(pipe.unet, "cpu", capture)
-    _latents(pipe, 256)
+    draw_latents(pipe, 256)
     for name, expected in plain.items():
         pipe.scheduler = schedulers[name]
-        torch.testing.assert_close(_latents(pipe, 256), expected, rtol=0, atol=0)
+        torch.testing.assert_close(draw_latents(pipe, 256), expected, rtol=0, atol=0)
     assert capture.captures == 1 and graphed.eager_calls == 0
 
 
@@ -147,14 +144,11 @@ def test_after_freeze_nothing_is_captured() -> None:
 def test_sdxl_unet_forward_is_capturable() -> None:
     """What would break a capture, checked at SDXL's real size on the meta device: a tensor made on the host
     (its copy to the GPU cannot be captured) or a value read back (`.item()` fails on meta)."""
-    import json
-
     from diffusers import UNet2DConditionModel
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    assets = Path(__file__).resolve().parents[1] / "sdxl_worker" / "assets" / "sdxl-base-1.0"
     with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(json.loads((assets / "unet.config.json").read_text()))
+        unet = UNet2DConditionModel.from_config(component_config("full", "unet"))
         unet.to(torch.float16).fuse_qkv_projections()
     args, kwargs = unet_call_inputs(unet.config, 1024, dtype=torch.float16, device="meta")
 

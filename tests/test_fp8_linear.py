@@ -13,30 +13,11 @@ import pytest
 
 from sdxl_worker.fp8_linear import fp8_unsupported_reason, is_fp8_layer
 from sdxl_worker.speed import SpeedOptions, apply_speedups, compile_models
-
-
-def _latents(pipe):
-    import torch
-
-    # No negative prompt: SDXL's negative text embedding is then all zeros, rows an fp8 scale must survive.
-    return pipe("a lighthouse", width=256, height=256, num_inference_steps=3, output_type="latent",
-                generator=torch.Generator("cpu").manual_seed(5)).images.float()
+from tests.conftest import draw_latents, weight_bytes
 
 
 def _relative_difference(a, b) -> float:
     return float((a - b).norm() / b.norm())
-
-
-def _resident_bytes(model) -> int:
-    """Bytes of distinct storage behind a model's parameters, fp8 weights' data and scales included."""
-    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
-
-    storages = {}
-    for param in model.parameters():
-        inner = [getattr(param, name) for name in param.__tensor_flatten__()[0]] \
-            if is_traceable_wrapper_subclass(param) else [param]
-        storages.update({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in inner})
-    return sum(storages.values())
 
 
 @pytest.fixture
@@ -46,13 +27,6 @@ def fp8_anywhere(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr("sdxl_worker.speed.fp8_unsupported_reason", lambda device: None)
     monkeypatch.setattr(quant_api, "_check_hardware_support", lambda granularity: None)
-
-
-def test_option_is_parsed_and_off_by_default() -> None:
-    assert SpeedOptions.from_env({}).quantize == "none"
-    assert SpeedOptions.from_env({"QUANTIZE": "FP8"}).quantize == "fp8"
-    with pytest.raises(ValueError, match="QUANTIZE must be one of none, fp8"):
-        SpeedOptions.from_env({"QUANTIZE": "int4"})
 
 
 def test_gpus_without_fp8_are_named_in_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -101,10 +75,10 @@ def test_fp8_unet_draws_near_the_16_bit_one(tiny_volume_source: Path, fp8_anywhe
 
     pipe, _ = load_pipeline(tiny_volume_source, "cpu")
     apply_speedups(pipe, SpeedOptions(), "cpu")
-    plain = _latents(pipe)
+    plain = draw_latents(pipe, steps=3)
 
     pipe, _ = load_pipeline(tiny_volume_source, "cpu")
-    before = _resident_bytes(pipe.unet)
+    before = weight_bytes(pipe.unet)
     applied = apply_speedups(pipe, SpeedOptions(quantize="fp8"), "cpu")
     assert applied["quantize"] == "fp8" and applied["fp8_layers"] > 0
     assert pipe.unet.dtype == pipe.text_encoder_2.dtype == torch.bfloat16
@@ -112,11 +86,11 @@ def test_fp8_unet_draws_near_the_16_bit_one(tiny_volume_source: Path, fp8_anywhe
     assert type(attn.to_qkv.weight).__name__ == "Float8Tensor"
     assert type(attn.to_q.weight) is torch.nn.Parameter  # the unused view stays a view: no second copy
 
-    fp8 = _latents(pipe)
-    assert torch.isfinite(fp8).all()
+    fp8 = draw_latents(pipe, steps=3)
+    assert torch.isfinite(fp8).all()  # no negative prompt: all-zero rows, which an fp8 scale must survive
     # Measured 0.036 here (bfloat16 alone: 0.014); random weights, 3 steps.
     assert _relative_difference(fp8, plain) < 0.1
-    assert _resident_bytes(pipe.unet) < before / 2  # float32 here -> bfloat16, and a byte a weight in fp8 layers
+    assert weight_bytes(pipe.unet) < before / 2  # float32 here -> bfloat16, and a byte a weight in fp8 layers
     # A whole job: the VAE (float32 here, float16 with VAE_DTYPE=fp32 on a GPU) decodes the bfloat16 latents.
     image = np.asarray(pipe("a lighthouse", width=256, height=256, num_inference_steps=1).images[0])
     assert image.shape == (256, 256, 3) and image.std() > 0
@@ -133,10 +107,10 @@ def test_fp8_blocks_compile_as_whole_graphs(tiny_volume_source: Path, fp8_anywhe
         monkeypatch.setenv(name, str(tmp_path / name))
     pipe, _ = load_pipeline(tiny_volume_source, "cpu")
     apply_speedups(pipe, SpeedOptions(quantize="fp8"), "cpu")
-    eager = _latents(pipe)
+    eager = draw_latents(pipe, steps=3)
     try:
         compile_models(pipe, "default", "blocks")
-        compiled = _latents(pipe)
+        compiled = draw_latents(pipe, steps=3)
     finally:
         torch._dynamo.reset()
     assert torch.isfinite(compiled).all()

@@ -16,26 +16,27 @@ from sdxl_worker.speed import (
     share_fused_weights,
     use_compile_cache,
 )
+from sdxl_worker.synthetic_volume import component_config
 from sdxl_worker.unet_inputs import unet_call_inputs
-
-ASSETS = Path(__file__).resolve().parents[1] / "sdxl_worker" / "assets" / "sdxl-base-1.0"
+from tests.conftest import draw_latents, weight_bytes
 
 
 def test_defaults_are_the_measured_ones() -> None:
     options = SpeedOptions.from_env({})
     assert options == SpeedOptions(fuse_qkv=True, channels_last=True, vae_dtype="auto", cudnn_benchmark=False,
                                    compile=False, compile_mode="default", compile_scope="full",
-                                   compile_cache_dir=None, cuda_graphs=False)
+                                   compile_cache_dir=None, cuda_graphs=False, quantize="none")
 
 
 def test_env_overrides() -> None:
     options = SpeedOptions.from_env({"FUSE_QKV": "0", "CHANNELS_LAST": "false", "VAE_DTYPE": "FP32",
                                      "COMPILE": "yes", "COMPILE_MODE": "reduce-overhead", "COMPILE_SCOPE": "Blocks",
-                                     "COMPILE_CACHE_DIR": "/runpod-volume/.cache/torch-compile"})
+                                     "COMPILE_CACHE_DIR": "/runpod-volume/.cache/torch-compile", "QUANTIZE": "FP8"})
     assert (options.fuse_qkv, options.channels_last, options.vae_dtype, options.compile) == (False, False, "fp32",
                                                                                              True)
     assert (options.compile_mode, options.compile_scope) == ("reduce-overhead", "blocks")
     assert options.compile_cache_dir == "/runpod-volume/.cache/torch-compile"
+    assert options.quantize == "fp8"
 
 
 @pytest.mark.parametrize(
@@ -43,6 +44,7 @@ def test_env_overrides() -> None:
     [({"COMPILE": "maybe"}, "COMPILE must be 1 or 0"), ({"VAE_DTYPE": "fp8"}, "VAE_DTYPE must be one of"),
      ({"COMPILE_MODE": "fast"}, "COMPILE_MODE must be one of"),
      ({"COMPILE_SCOPE": "unet"}, "COMPILE_SCOPE must be one of full, blocks"),
+     ({"QUANTIZE": "int4"}, "QUANTIZE must be one of none, fp8"),
      ({"CUDA_GRAPHS": "1", "COMPILE": "1"}, "COMPILE_MODE=reduce-overhead")],
 )
 def test_bad_settings_are_refused(env: dict, words: str) -> None:
@@ -81,12 +83,6 @@ def test_cuda_set_keeps_the_picture(tiny_volume_source: Path) -> None:
     assert psnr > 35, psnr
 
 
-def _weight_bytes(model) -> int:
-    """Bytes of distinct storage behind a model's parameters: what it holds in memory."""
-    storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in model.parameters()}
-    return sum(storages.values())
-
-
 def test_fused_projections_hold_no_second_copy(tiny_volume_source: Path) -> None:
     """Fusing q/k/v must not leave the unfused weights resident beside the fused ones (VRAM)."""
     import torch
@@ -94,7 +90,7 @@ def test_fused_projections_hold_no_second_copy(tiny_volume_source: Path) -> None
     from model_loader import load_pipeline
 
     pipe, _ = load_pipeline(tiny_volume_source, "cpu")
-    before = _weight_bytes(pipe.unet) + _weight_bytes(pipe.vae)
+    before = weight_bytes(pipe.unet) + weight_bytes(pipe.vae)
     args, kwargs = unet_call_inputs(pipe.unet.config, 256, batch=1, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         plain = pipe.unet(*args, **kwargs).sample
@@ -102,7 +98,7 @@ def test_fused_projections_hold_no_second_copy(tiny_volume_source: Path) -> None
     applied = apply_speedups(pipe, SpeedOptions(), "cpu")
 
     assert applied["fuse_qkv"] is True
-    assert _weight_bytes(pipe.unet) + _weight_bytes(pipe.vae) == before
+    assert weight_bytes(pipe.unet) + weight_bytes(pipe.vae) == before
     attn = pipe.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1
     assert attn.to_k.weight.untyped_storage().data_ptr() == attn.to_qkv.weight.untyped_storage().data_ptr()
     with torch.inference_mode():
@@ -112,13 +108,11 @@ def test_fused_projections_hold_no_second_copy(tiny_volume_source: Path) -> None
 
 def test_fusing_sdxl_unet_releases_its_duplicate_gigabyte() -> None:
     """At SDXL's real size (built on the meta device from the published config, no weights)."""
-    import json
-
     import torch
     from diffusers import UNet2DConditionModel
 
     with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(json.loads((ASSETS / "unet.config.json").read_text()))
+        unet = UNet2DConditionModel.from_config(component_config("full", "unet"))
     unet.to(torch.float16).fuse_qkv_projections()
     assert share_fused_weights(unet) / 2**30 == pytest.approx(1.207, abs=0.001)
 
@@ -166,15 +160,14 @@ def test_after_warm_up_a_new_shape_runs_uncompiled_instead_of_compiling() -> Non
 def test_block_scope_traces_sdxl_unet_as_two_static_graphs() -> None:
     """COMPILE_SCOPE=blocks at SDXL's real size (meta device): only the transformer blocks are traced, as one
     static graph per block width, so a cached start re-traces two small graphs instead of the whole UNet."""
-    import json
     from types import SimpleNamespace
 
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(json.loads((ASSETS / "unet.config.json").read_text()))
-        vae = AutoencoderKL.from_config(json.loads((ASSETS / "vae.config.json").read_text()))
+        unet = UNet2DConditionModel.from_config(component_config("full", "unet"))
+        vae = AutoencoderKL.from_config(component_config("full", "vae"))
     graphs: list[tuple[str, list]] = []
 
     def counting_backend(graph: torch.fx.GraphModule, example_inputs: list) -> object:
@@ -208,16 +201,12 @@ def test_block_scope_compiles_and_keeps_the_latents(tiny_volume_source: Path, tm
     pipe, _ = load_pipeline(tiny_volume_source, "cpu")
     apply_speedups(pipe, SpeedOptions(), "cpu")
 
-    def latents() -> torch.Tensor:
-        return pipe("a lighthouse", width=256, height=256, num_inference_steps=2, output_type="latent",
-                    generator=torch.Generator("cpu").manual_seed(5)).images
-
-    plain = latents()
+    plain = draw_latents(pipe)
     options = SpeedOptions(fuse_qkv=False, compile=True, compile_scope="blocks",  # fused above already
                            compile_cache_dir=str(tmp_path / "cache"))
     try:
         applied = apply_speedups(pipe, options, "cpu")
-        compiled = latents()
+        compiled = draw_latents(pipe)
     finally:
         torch._dynamo.reset()
     assert (applied["compile"], applied["compile_scope"]) == ("default", "blocks")

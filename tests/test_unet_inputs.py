@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
+from sdxl_worker.synthetic_volume import component_config
 from sdxl_worker.unet_inputs import unet_call_inputs
-
-ASSETS = Path(__file__).resolve().parents[1] / "sdxl_worker" / "assets" / "sdxl-base-1.0"
 
 
 def test_sdxl_shapes() -> None:
-    config = json.loads((ASSETS / "unet.config.json").read_text())
+    config = component_config("full", "unet")
     (sample, timestep, text), kwargs = unet_call_inputs(config, 1024, dtype=torch.float16, device="meta")
     added = kwargs["added_cond_kwargs"]
     assert (sample.shape, timestep.shape, text.shape) == ((2, 4, 128, 128), (), (2, 77, 2048))
