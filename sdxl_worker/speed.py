@@ -151,11 +151,12 @@ def apply_speedups(pipe: Any, options: SpeedOptions, device: str, attention: str
         fp8 = False
     if fp8:
         cast_for_fp8(pipe)  # before fusing, like the VAE's cast below
-    if on_cuda and options.vae_dtype in ("auto", "bf16"):
+    vae_bf16 = on_cuda and options.vae_dtype in ("auto", "bf16")
+    if vae_bf16:
         # Before fusing: a dtype change after it would copy the shared q/k/v views apart again.
         pipe.vae.to(torch.bfloat16)
         applied["vae_dtype"] = "bf16"
-    if "vae_dtype" in applied or fp8:
+    if vae_bf16 or fp8:
         # The pipeline hands the VAE latents in the UNet's dtype (bfloat16 with fp8, else float16), which
         # stock diffusers casts only for an upcast float16 VAE; cast them at the VAE's first layer.
         first = pipe.vae.post_quant_conv if pipe.vae.config.get("use_post_quant_conv", True) else pipe.vae.decoder
