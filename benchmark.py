@@ -32,12 +32,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dev.synthetic_volume import build_volume, component_config
 from model_loader import load_pipeline, weight_files
-from sdxl_worker.offline import enforce_offline
-from sdxl_worker.prefetch import READ_BYTES, Prefetcher
-from sdxl_worker.speed import COMPILE_SCOPES, SpeedOptions, apply_speedups
-from sdxl_worker.synthetic_volume import build_volume, component_config
-from sdxl_worker.weights_layout import Variant
+from sdxl_worker.speed.options import COMPILE_SCOPES, SpeedOptions, apply_speedups
+from sdxl_worker.weights.layout import Variant
+from sdxl_worker.weights.offline import enforce_offline
+from sdxl_worker.weights.prefetch import READ_BYTES, Prefetcher
 from volume_check import check_volume
 
 PROMPT = "a photonic lighthouse on a cliff at dusk, volumetric light, detailed"
@@ -378,7 +378,7 @@ def meta_model(cls: Any, config: dict[str, Any], dtype: Any) -> Any:
     """A diffusers model on the meta device in `dtype`, q/k/v fused as the worker does: shapes only."""
     import torch
 
-    from sdxl_worker.speed import share_fused_weights
+    from sdxl_worker.speed.options import share_fused_weights
 
     with torch.device("meta"):
         model = cls.from_config(config).to(dtype)
@@ -398,8 +398,8 @@ def unet_flops(unet_config: dict[str, Any], size: int) -> dict[str, Any]:
     from diffusers import UNet2DConditionModel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from sdxl_worker.fp8_linear import is_fp8_layer
-    from sdxl_worker.unet_inputs import unet_call_inputs
+    from dev.unet_inputs import unet_call_inputs
+    from sdxl_worker.speed.fp8_linear import is_fp8_layer
 
     unet = meta_model(UNet2DConditionModel, unet_config, torch.float16)
     args, kwargs = unet_call_inputs(unet_config, size, dtype=torch.float16, device="meta")
@@ -428,8 +428,8 @@ def dynamo_tracing(scope: str, unet_config: dict[str, Any], vae_config: dict[str
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from sdxl_worker.speed import compile_models
-    from sdxl_worker.unet_inputs import unet_call_inputs
+    from dev.unet_inputs import unet_call_inputs
+    from sdxl_worker.speed.options import compile_models
 
     torch._dynamo.reset()
     unet = meta_model(UNet2DConditionModel, unet_config, torch.float16)

@@ -86,4 +86,4 @@ args=(--image "$image" --network-volume-id "$volume_id" --endpoint-name "$endpoi
       --flashboot "$flashboot" --container-disk-gb "$container_disk_gb")
 if [[ -n $max_pixels ]]; then args+=(--max-pixels "$max_pixels"); fi
 if [[ $dry_run == 1 ]]; then args+=(--dry-run); fi
-"$python" -m sdxl_worker.runpod_deploy "${args[@]}"
+"$python" -m dev.runpod_deploy "${args[@]}"

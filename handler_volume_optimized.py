@@ -27,17 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from model_loader import LoadRecord, load_pipeline
-from sdxl_worker.generation import generate
-from sdxl_worker.image_encoding import encode_image
-from sdxl_worker.job_schema import (
+from sdxl_worker.contract.generation import generate
+from sdxl_worker.contract.image_encoding import encode_image
+from sdxl_worker.contract.job_schema import (
     DEFAULT_MAX_PIXELS,
     JobInput,
     JobInputError,
     max_pixels_from_env,
     parse_job_input,
 )
-from sdxl_worker.schedulers import build_schedulers
-from sdxl_worker.speed import SpeedOptions, apply_speedups, freeze_compiled_shapes
+from sdxl_worker.contract.schedulers import build_schedulers
+from sdxl_worker.speed.options import SpeedOptions, apply_speedups, freeze_compiled_shapes
 from volume_check import check_volume
 
 log = logging.getLogger("worker")

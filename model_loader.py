@@ -28,10 +28,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdxl_worker.attention import configure_attention
-from sdxl_worker.offline import enforce_offline, require_local_path
-from sdxl_worker.prefetch import Prefetcher
-from sdxl_worker.weights_layout import Variant, variant_suffix
+from sdxl_worker.speed.attention import configure_attention
+from sdxl_worker.weights.layout import Variant, variant_suffix
+from sdxl_worker.weights.offline import enforce_offline, require_local_path
+from sdxl_worker.weights.prefetch import Prefetcher
 from volume_check import VolumeReport, check_volume, resolve_model_path
 
 log = logging.getLogger(__name__)

@@ -25,14 +25,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from sdxl_worker.safetensors_header import SafetensorsHeaderError, read_safetensors_header
-from sdxl_worker.weights_layout import (
+from sdxl_worker.weights.layout import (
     VARIANTS,
     WEIGHT_PREFIX,
     Variant,
     index_file_names,
     single_file_name,
 )
+from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError, read_safetensors_header
 
 DEFAULT_MODEL_PATH = "/runpod-volume/photonicfusion-sdxl"
 

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup_venv.sh
 if [[ -z "${MODEL_PATH:-}" ]]; then
   MODEL_PATH="$PWD/demo-volume/photonicfusion-sdxl"
-  .venv/bin/python -m sdxl_worker.synthetic_volume "$MODEL_PATH" --scale tiny --extras >/dev/null
+  .venv/bin/python -m dev.synthetic_volume "$MODEL_PATH" --scale tiny --extras >/dev/null
 fi
 export MODEL_PATH
 .venv/bin/python volume_check.py

@@ -29,11 +29,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from handler_volume_optimized import Worker
-from sdxl_worker.job_schema import JobInput, JobInputError, parse_job_input
-from tests.conftest import decode
-from tests.test_http_api import request, start_api, stop
+from sdxl_worker.contract.job_schema import JobInput, JobInputError, parse_job_input
+from tests.helpers import ROOT, decode, request, start_api, stop
 
-ROOT = Path(__file__).resolve().parents[1]
 GUARD = ROOT / "tests" / "guard"
 pytestmark = pytest.mark.slow
 
@@ -346,10 +344,9 @@ def test_sigterm_during_a_job_finishes_it_and_exits_cleanly(tiny_volume_source: 
     print(f"\nSIGTERM mid-job: the job completed, then the server shut down after {time.monotonic() - started:.1f} s")
 
 
-SERVING_HELPERS = ("generation", "image_encoding", "job_schema", "schedulers", "speed", "attention", "offline",
-                   "prefetch", "safetensors_header", "weights_layout")
+# Everything the image runs: the entry points and the whole package (dev tooling is not copied into it).
 RUNTIME_MODULES = ["handler_volume_optimized.py", "model_loader.py", "volume_check.py",
-                   *[f"sdxl_worker/{m}.py" for m in SERVING_HELPERS]]
+                   *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "sdxl_worker").rglob("*.py"))]
 FORBIDDEN_CALLS = {"eval", "exec", "system", "popen", "Popen", "check_output", "check_call", "spawnl", "execv"}
 
 

@@ -9,7 +9,7 @@ import pytest
 
 import handler_volume_optimized as handler_module
 from handler_volume_optimized import Worker, main
-from tests.conftest import decode
+from tests.helpers import decode
 
 SMALL = {"prompt": "a photonic lighthouse", "width": 256, "height": 256, "num_inference_steps": 3}
 
@@ -200,7 +200,7 @@ def test_self_test_cli(tiny_volume_source: Path, tmp_path: Path, monkeypatch: py
 def test_compiled_worker_freezes_shapes_after_its_warm_up(tiny_volume_source: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """With COMPILE=1 the warm-up compiles the usual job shape, then other shapes must not compile in a job."""
-    from sdxl_worker.speed import SpeedOptions
+    from sdxl_worker.speed.options import SpeedOptions
 
     events: list[str] = []
     real_warm_up = Worker.warm_up

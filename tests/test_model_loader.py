@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from model_loader import VolumeNotLoadable, load_pipeline, plan_load
-from sdxl_worker.offline import HubIdRefused
-from tests.conftest import MODELS, drop_variant
+from sdxl_worker.weights.offline import HubIdRefused
+from tests.helpers import MODELS, drop_variant
 from volume_check import check_volume
 
 

@@ -10,10 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MODELS, drop_variant
+from tests.helpers import MODELS, ROOT, drop_variant
 from volume_check import check_volume, main
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def fails(report) -> str:

@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.utils._pytree as pytree
 
-from sdxl_worker.cuda_graphs import GraphedForward, freeze_graphs, graph_unet
-from sdxl_worker.synthetic_volume import component_config
-from sdxl_worker.unet_inputs import unet_call_inputs
-from tests.conftest import draw_latents
+from dev.synthetic_volume import component_config
+from dev.unet_inputs import unet_call_inputs
+from sdxl_worker.speed.cuda_graphs import GraphedForward, freeze_graphs, graph_unet
+from tests.helpers import draw_latents
 
 
 class RecordingCapture:
@@ -60,7 +60,7 @@ def test_the_warm_up_shape_replays_and_draws_what_eager_draws(tiny_volume_source
 def test_samplers_with_other_timestep_dtypes_replay_the_same_graph(tiny_volume_source: Path) -> None:
     """Captured with Euler's float32 timesteps; DDIM and DPM++ (int64), DPM++ SDE (float64) draw as eager."""
     from model_loader import load_pipeline
-    from sdxl_worker.schedulers import build_schedulers
+    from sdxl_worker.contract.schedulers import build_schedulers
 
     pipe, _ = load_pipeline(tiny_volume_source, "cpu")
     schedulers = build_schedulers(pipe.scheduler)

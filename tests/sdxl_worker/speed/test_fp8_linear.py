@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdxl_worker.fp8_linear import fp8_unsupported_reason, is_fp8_layer
-from sdxl_worker.speed import SpeedOptions, apply_speedups, compile_models
-from tests.conftest import draw_latents, weight_bytes
+from sdxl_worker.speed.fp8_linear import fp8_unsupported_reason, is_fp8_layer
+from sdxl_worker.speed.options import SpeedOptions, apply_speedups, compile_models
+from tests.helpers import draw_latents, weight_bytes
 
 
 def _relative_difference(a, b) -> float:
@@ -25,7 +25,7 @@ def fp8_anywhere(monkeypatch: pytest.MonkeyPatch) -> None:
     """Lift the hardware gates, ours and torchao's, so the fp8 layers run on this CPU."""
     import torchao.quantization.quant_api as quant_api
 
-    monkeypatch.setattr("sdxl_worker.speed.fp8_unsupported_reason", lambda device: None)
+    monkeypatch.setattr("sdxl_worker.speed.options.fp8_unsupported_reason", lambda device: None)
     monkeypatch.setattr(quant_api, "_check_hardware_support", lambda granularity: None)
 
 

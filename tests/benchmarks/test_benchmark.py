@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 @pytest.mark.slow
@@ -90,7 +90,7 @@ def test_sdxl_unet_flops_match_the_published_count_and_fp8_covers_its_linear_wor
     """At SDXL's size (its published configs, meta device): 405.7 TFLOP for 30 steps at 1024x1024 with CFG,
     the compute floor's figure in the reference README; QUANTIZE=fp8 converts the layers doing the linear work."""
     from benchmark import unet_flops
-    from sdxl_worker.synthetic_volume import component_config
+    from dev.synthetic_volume import component_config
 
     flops = unet_flops(component_config("full", "unet"), 1024)
     assert flops["per_call_tflop"] * 30 == pytest.approx(405.7, abs=0.1)

@@ -6,7 +6,7 @@ memory of loading and sampling depend on shapes and bytes, not on weight values,
 published SDXL base 1.0 configs, shipped in sdxl_worker/assets) stands in for PhotonicFusion SDXL
 in benchmarks, and `tiny` (same structure, small widths) generates in seconds on a CPU.
 
-    python -m sdxl_worker.synthetic_volume OUT [--scale tiny|full] [--variants fp16,standard]
+    python -m dev.synthetic_volume OUT [--scale tiny|full] [--variants fp16,standard]
                                                [--seed 0] [--extras] [--shard-mb N] [--device cpu]
 
 The same arguments give the same bytes. The folder appears complete or not at all: it is written
@@ -25,9 +25,9 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from sdxl_worker.weights_layout import VARIANTS, Variant, index_file_names, shard_file_name, single_file_name
+from sdxl_worker.weights.layout import VARIANTS, Variant, index_file_names, shard_file_name, single_file_name
 
-ASSETS = Path(__file__).resolve().parent / "assets" / "sdxl-base-1.0"
+ASSETS = Path(__file__).resolve().parents[1] / "sdxl_worker" / "assets" / "sdxl-base-1.0"
 SCALES = ("tiny", "full")
 MODEL_COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae")
 STAMP = ".synthetic_volume.json"

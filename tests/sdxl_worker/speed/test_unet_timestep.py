@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sdxl_worker.speed import compile_models, freeze_compiled_shapes
-from sdxl_worker.unet_inputs import unet_call_inputs
-from sdxl_worker.unet_timestep import timestep_as_float32
+from dev.unet_inputs import unet_call_inputs
+from sdxl_worker.speed.options import compile_models, freeze_compiled_shapes
+from sdxl_worker.speed.unet_timestep import timestep_as_float32
 
 
 @pytest.fixture

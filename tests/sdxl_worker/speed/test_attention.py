@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from sdxl_worker.attention import configure_attention
+from sdxl_worker.speed.attention import configure_attention
 
 
 class Pipe:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sdxl_worker.synthetic_volume import ASSETS, build_volume, component_config, main
+from dev.synthetic_volume import ASSETS, build_volume, component_config, main
 from volume_check import check_volume
 
 

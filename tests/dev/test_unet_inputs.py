@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from sdxl_worker.synthetic_volume import component_config
-from sdxl_worker.unet_inputs import unet_call_inputs
+from dev.synthetic_volume import component_config
+from dev.unet_inputs import unet_call_inputs
 
 
 def test_sdxl_shapes() -> None:

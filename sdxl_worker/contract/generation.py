@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sdxl_worker.job_schema import JobInput
+from sdxl_worker.contract.job_schema import JobInput
 
 ProgressFn = Callable[[int, int], None]
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdxl_worker.speed import (
+from dev.synthetic_volume import component_config
+from dev.unet_inputs import unet_call_inputs
+from sdxl_worker.speed.options import (
     SpeedOptions,
     apply_speedups,
     compile_models,
@@ -16,9 +18,7 @@ from sdxl_worker.speed import (
     share_fused_weights,
     use_compile_cache,
 )
-from sdxl_worker.synthetic_volume import component_config
-from sdxl_worker.unet_inputs import unet_call_inputs
-from tests.conftest import draw_latents, weight_bytes
+from tests.helpers import draw_latents, weight_bytes
 
 
 def test_defaults_are_the_measured_ones() -> None:
@@ -223,7 +223,7 @@ def test_compile_says_where_its_cache_goes(tiny_volume_source: Path, monkeypatch
 
     pipe, _ = load_pipeline(tiny_volume_source, "cpu")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/runpod-volume/.cache/torch-compile/inductor")
-    with caplog.at_level(logging.INFO, logger="sdxl_worker.speed"):
+    with caplog.at_level(logging.INFO, logger="sdxl_worker.speed.options"):
         applied = apply_speedups(pipe, SpeedOptions(fuse_qkv=False, compile=True), "cpu")
     assert applied["compile_cache_dir"] == "/runpod-volume/.cache/torch-compile/inductor"
     assert "compiles from scratch" not in caplog.text
@@ -231,7 +231,7 @@ def test_compile_says_where_its_cache_goes(tiny_volume_source: Path, monkeypatch
     pipe, _ = load_pipeline(tiny_volume_source, "cpu")
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="sdxl_worker.speed"):
+    with caplog.at_level(logging.INFO, logger="sdxl_worker.speed.options"):
         applied = apply_speedups(pipe, SpeedOptions(fuse_qkv=False, compile=True), "cpu")
     assert "compile_cache_dir" not in applied
     assert "every cold start compiles from scratch" in caplog.text
@@ -239,7 +239,7 @@ def test_compile_says_where_its_cache_goes(tiny_volume_source: Path, monkeypatch
 
 def test_cuda_graphs_route_the_unet_through_one_graph_on_cuda_only(tiny_volume_source: Path) -> None:
     from model_loader import load_pipeline
-    from sdxl_worker.cuda_graphs import GraphedForward
+    from sdxl_worker.speed.cuda_graphs import GraphedForward
 
     assert SpeedOptions.from_env({"CUDA_GRAPHS": "1"}).cuda_graphs
     pipe, _ = load_pipeline(tiny_volume_source, "cpu")

@@ -10,7 +10,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from sdxl_worker.image_encoding import encode_image
+from sdxl_worker.contract.image_encoding import encode_image
 
 
 def _picture() -> Image.Image:

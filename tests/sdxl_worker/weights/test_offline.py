@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sdxl_worker.offline import HubIdRefused, enforce_offline, require_local_path
+from sdxl_worker.weights.offline import HubIdRefused, enforce_offline, require_local_path
 
 
 @pytest.mark.parametrize("reference", ["stabilityai/stable-diffusion-xl-base-1.0", "someone/PhotonicFusion_SDXL"])

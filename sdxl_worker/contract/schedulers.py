@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sdxl_worker.job_schema import SCHEDULERS
+from sdxl_worker.contract.job_schema import SCHEDULERS
 
 # name -> (diffusers class, config overrides)
 SCHEDULER_SPECS: dict[str, tuple[str, dict[str, Any]]] = {

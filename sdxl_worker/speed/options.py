@@ -55,9 +55,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdxl_worker.cuda_graphs import freeze_graphs, graph_unet
-from sdxl_worker.fp8_linear import cast_for_fp8, fp8_unsupported_reason, quantize_unet_fp8
-from sdxl_worker.unet_timestep import timestep_as_float32
+from sdxl_worker.speed.cuda_graphs import freeze_graphs, graph_unet
+from sdxl_worker.speed.fp8_linear import cast_for_fp8, fp8_unsupported_reason, quantize_unet_fp8
+from sdxl_worker.speed.unet_timestep import timestep_as_float32
 
 log = logging.getLogger(__name__)
 

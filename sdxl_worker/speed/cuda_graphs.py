@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from sdxl_worker.unet_timestep import timestep_as_float32
+from sdxl_worker.speed.unet_timestep import timestep_as_float32
 
 log = logging.getLogger(__name__)
 

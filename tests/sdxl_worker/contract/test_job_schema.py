@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sdxl_worker.job_schema import (
+from sdxl_worker.contract.job_schema import (
     DEFAULT_MAX_PIXELS,
     SCHEDULERS,
     JobInput,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sdxl_worker.safetensors_header import SafetensorsHeaderError, read_safetensors_header
+from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError, read_safetensors_header
 
 
 @pytest.fixture

@@ -1,0 +1,108 @@
+"""Helpers shared by the tests: the repository root, volume damage, image decoding, the local API."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ("text_encoder", "text_encoder_2", "unet", "vae")
+
+
+def drop_variant(volume: Path, variant: str, components: tuple[str, ...] = MODELS) -> None:
+    """Delete one weight set from some components, as an operator's partial upload would leave it."""
+    for component in components:
+        for path in (volume / component).glob("*.safetensors"):
+            is_fp16 = ".fp16." in path.name
+            if is_fp16 == (variant == "fp16"):
+                path.unlink()
+
+
+def decode(b64: str) -> Any:
+    """A reply's base64 image as a Pillow image (and proof that it is one)."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(base64.b64decode(b64)))
+    image.load()
+    return image
+
+
+def draw_latents(pipe: Any, size: int = 256, steps: int = 2, seed: int = 5) -> Any:
+    """A job's latents, as float32, from a fixed seed. No negative prompt, as in most jobs: SDXL then makes its
+    negative text embedding all zeros."""
+    import torch
+
+    return pipe("a lighthouse", width=size, height=size, num_inference_steps=steps, output_type="latent",
+                generator=torch.Generator("cpu").manual_seed(seed)).images.float()
+
+
+def weight_bytes(model: Any) -> int:
+    """Bytes of distinct storage behind a model's parameters: what it holds in memory (for a tensor subclass
+    such as an fp8 weight, the storage of its data and scales)."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    storages = {}
+    for param in model.parameters():
+        inner = [getattr(param, name) for name in param.__tensor_flatten__()[0]] \
+            if is_traceable_wrapper_subclass(param) else [param]
+        storages.update({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in inner})
+    return sum(storages.values())
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def request(base: str, path: str, body: object | None = None, timeout: float = 60) -> tuple[int, dict]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(base + path, data=data, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def start_api(model_path: Path, log_path: Path, extra_env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """The worker behind runpod's local API on a free loopback port, on the CPU; returns it and its base URL."""
+    port = free_port()
+    env = {**os.environ, "MODEL_PATH": str(model_path), "DEVICE": "cpu", **(extra_env or {})}
+    log = log_path.open("w")
+    process = subprocess.Popen(
+        [sys.executable, "handler_volume_optimized.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1",
+         "--rp_api_port", str(port)],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"API exited with {process.returncode}:\n{log_path.read_text()}")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return process, f"http://127.0.0.1:{port}"
+        time.sleep(0.3)
+    stop(process)
+    raise AssertionError(f"API did not listen within 120 s:\n{log_path.read_text()}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
