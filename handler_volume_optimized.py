@@ -1,9 +1,9 @@
 """RunPod serverless entrypoint: PhotonicFusion SDXL from a network volume, offline.
 
-Start: volume check -> load once -> warm-up generation -> runpod.serverless.start. A volume that
-cannot be served does not crash-loop the worker: it stays up and answers every job with an error
-naming the problem, so the operator sees it in the endpoint's results. Each job reads as
-validate -> generate -> encode.
+Start (`Worker.start`): settings -> volume check -> load plan -> load -> speed options -> warm-up ->
+freeze shapes, then runpod.serverless.start. A bad setting or a volume that cannot be served does not
+crash-loop the worker: it stays up and answers every job with the sentence naming the problem, so the
+operator sees it in the endpoint's results. Each job reads as validate -> generate -> encode.
 
     python handler_volume_optimized.py                       # serverless worker (RunPod)
     python handler_volume_optimized.py --test [--out FILE]   # self-test: check, load, one image
@@ -26,19 +26,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from model_loader import LoadRecord, load_pipeline
+from model_loader import LoadRecord, load_planned, plan_load, resolve_device
 from sdxl_worker.contract.generation import generate
 from sdxl_worker.contract.image_encoding import encode_image
-from sdxl_worker.contract.job_schema import (
-    DEFAULT_MAX_PIXELS,
-    JobInput,
-    JobInputError,
-    max_pixels_from_env,
-    parse_job_input,
-)
+from sdxl_worker.contract.job_schema import JobInput, JobInputError, parse_job_input
 from sdxl_worker.contract.schedulers import build_schedulers
-from sdxl_worker.speed.options import SpeedOptions, apply_speedups, freeze_compiled_shapes
-from volume_check import check_volume
+from sdxl_worker.settings import Settings, SettingsError
+from sdxl_worker.speed.options import SpeedReport, apply_speedups, freeze_compiled_shapes
+from volume_check import VolumeReport, check_volume
 
 log = logging.getLogger("worker")
 
@@ -62,69 +57,77 @@ class Worker:
         pipe: Any | None,
         record: LoadRecord | None,
         *,
-        max_pixels: int,
+        settings: Settings,
+        report: VolumeReport | None = None,
+        speed: SpeedReport | None = None,
         startup_error: str | None = None,
         refresh_on_error: bool = False,
         progress: ProgressSink = runpod_progress,
     ) -> None:
         self.pipe = pipe
         self.record = record
-        self.max_pixels = max_pixels
+        self.settings = settings
+        self.report = report
+        self.speed = speed or SpeedReport()
         self.startup_error = startup_error
         self.refresh_on_error = refresh_on_error
         self.progress = progress
         self.schedulers = build_schedulers(pipe.scheduler) if pipe is not None else {}
         self.largest_fit: tuple[int, int, int] | None = None  # (images, width, height) of the largest job done
-        self.speedups: dict[str, Any] = {}
         self.start_timings: dict[str, float] = {}
 
     @classmethod
-    def start(
-        cls,
-        model_path: str | None = None,
-        device: str | None = None,
-        warmup: bool = True,
-        speed: SpeedOptions | None = None,
-    ) -> Worker:
-        """Check, load, speed up and warm up; on failure return a worker that explains it to every job."""
-        try:
-            max_pixels = max_pixels_from_env()
-            speed = speed or SpeedOptions.from_env()
-        except ValueError as exc:
-            log.error("cannot serve: %s", exc)
-            return cls(None, None, max_pixels=DEFAULT_MAX_PIXELS, startup_error=f"bad setting: {exc}")
-        report = check_volume(model_path)
+    def start(cls, settings: Settings, *, warmup: bool = True) -> Worker:
+        """settings -> volume check -> load plan -> load -> speed options -> warm-up -> freeze shapes.
+
+        `settings` is step 1, parsed by the caller (`start_from_env`). Any failure returns a worker that
+        explains it to every job instead of crash-looping.
+        """
+        # 1. Settings: `settings`, already parsed and cross-checked, before the volume is touched.
+        # 2. Volume check, once: the load plan is made from its report.
+        report = check_volume(settings.model_path)
         for line in report.render().splitlines():
             log.info("%s", line)
         if not report.loadable:
             log.error("cannot serve: %s", report.summary())
-            return cls(None, None, max_pixels=max_pixels, startup_error=report.summary())
-        # The start is the one place a load error is caught: the worker must stay up to report it
-        # to callers instead of crash-looping; the traceback goes to the log in full.
+            return cls.cannot_serve(report.summary(), settings, report)
+        # The one place a load error is caught: the worker must stay up to report it to callers instead of
+        # crash-looping; the traceback goes to the log in full.
         try:
+            # 3. Load plan: which weight set, which dtype, which device.
+            plan = plan_load(report, resolve_device(settings.device))
+            # 4. Load.
             started = time.perf_counter()
-            pipe, record = load_pipeline(model_path, device, report=report)
+            pipe, record = load_planned(report, plan)
             loaded = time.perf_counter()
-            speedups = apply_speedups(pipe, speed, record.device, record.attention)
-            log.info("speed options applied: %s", speedups)
-            worker = cls(pipe, record, max_pixels=max_pixels)
-            worker.speedups = speedups
+            # 5. Speed options.
+            speed = apply_speedups(pipe, settings.speed, plan.device)
+            log.info("speed options applied: %s", ", ".join(speed.labels()) or "none")
+            worker = cls(pipe, record, settings=settings, report=report, speed=speed)
             worker.start_timings = {"load_s": loaded - started, "speedups_s": time.perf_counter() - loaded}
             if warmup:
+                # 6. Warm-up: the first job is not the slow one, and compiled or captured code gets its shape.
                 worker.start_timings["warm_up_s"] = worker.warm_up()
-                if speed.compile or speed.cuda_graphs:
+                # 7. Freeze shapes: no compiling or capturing inside a user's job.
+                if speed.shapes_frozen_after_warm_up:
                     freeze_compiled_shapes(pipe)
                     log.info("compiled or captured for the warm-up's shape; jobs of other shapes run eagerly")
         except Exception as exc:
             log.exception("loading the pipeline failed")
-            return cls(None, None, max_pixels=max_pixels, startup_error=f"loading failed: {_describe(exc)}",
-                       refresh_on_error=_cuda_unusable(exc))
+            return cls.cannot_serve(f"loading failed: {_describe(exc)}", settings, report, _cuda_unusable(exc))
         return worker
+
+    @classmethod
+    def cannot_serve(cls, problem: str, settings: Settings | None = None, report: VolumeReport | None = None,
+                     refresh: bool = False) -> Worker:
+        """A worker that answers every job with `problem` (and, with `refresh`, asks RunPod for a fresh worker)."""
+        return cls(None, None, settings=settings or Settings(), report=report, startup_error=problem,
+                   refresh_on_error=refresh)
 
     def warm_up(self) -> float:
         """One short generation at the size jobs use, so the first real job is not the slow one."""
         on_cuda = self.record.device.startswith("cuda")
-        size, steps = (min(1024, math.isqrt(self.max_pixels) // 8 * 8), 2) if on_cuda else (256, 1)
+        size, steps = (min(1024, math.isqrt(self.settings.max_pixels) // 8 * 8), 2) if on_cuda else (256, 1)
         started = time.perf_counter()
         job = {"prompt": "warm-up", "width": size, "height": size, "num_inference_steps": steps, "seed": 0}
         result = self.handle({"id": "warm-up", "input": job})
@@ -144,7 +147,7 @@ class Worker:
                 reply["refresh_worker"] = True
             return reply
         try:
-            params = parse_job_input(job.get("input") if isinstance(job, dict) else job, self.max_pixels)
+            params = parse_job_input(job.get("input") if isinstance(job, dict) else job, self.settings.max_pixels)
         except JobInputError as exc:
             log.info("job %s refused: %s", job_id, exc)
             return {"error": str(exc)}
@@ -231,22 +234,41 @@ def _cuda_unusable(exc: BaseException) -> bool:
     return False
 
 
-def self_test(model_path: str | None, out: Path | None) -> int:
-    """--test: volume check, load, one generation through the handler; ✅/❌ lines, exit 0 or 1."""
-    report = check_volume(model_path)
+def start_from_env(*, warmup: bool = True) -> Worker:
+    """Read the settings (the start's first step), set up logging at their level, then start the worker.
+
+    A bad setting leaves the worker up, answering every job with the sentence that names it.
+    """
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        configure_logging("INFO")
+        log.error("cannot serve: bad setting: %s", exc)
+        return Worker.cannot_serve(f"bad setting: {exc}")
+    configure_logging(settings.log_level)
+    return Worker.start(settings, warmup=warmup)
+
+
+def self_test(out: Path | None) -> int:
+    """--test: settings, volume check, load, one generation through the handler; ✅/❌ lines, exit 0 or 1."""
+    started = time.perf_counter()
+    worker = start_from_env(warmup=False)
+    report = worker.report
+    if report is None:
+        print(f"❌ settings: {worker.startup_error}")
+        return 1
     if not report.loadable:
         print(report.render())
         print(f"❌ volume check: {report.summary()}")
         return 1
     print(f"✅ volume check: {report.summary()} ({report.seconds:.2f} s)")
-    started = time.perf_counter()
-    worker = Worker.start(model_path, warmup=False)
     if worker.pipe is None:
         print(f"❌ load: {worker.startup_error}")
         return 1
     record = worker.record
-    print(f"✅ load: {record.variant} weights as {record.dtype} on {record.device}, attention {record.attention}, "
-          f"{record.bytes_read / 1e9:.2f} GB in {time.perf_counter() - started:.2f} s")
+    seconds = time.perf_counter() - started
+    print(f"✅ load: {record.variant} weights as {record.dtype} on {record.device}, "
+          f"attention {worker.speed.attention}, {record.bytes_read / 1e9:.2f} GB in {seconds:.2f} s")
     size, steps = (1024, 30) if record.device.startswith("cuda") else (256, 4)
     job = {"prompt": "a photonic lighthouse on a cliff at dusk, volumetric light", "width": size, "height": size,
            "num_inference_steps": steps, "seed": 0}
@@ -272,9 +294,9 @@ def self_test(model_path: str | None, out: Path | None) -> int:
     return 0
 
 
-def configure_logging() -> None:
+def configure_logging(level: str) -> None:
     logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+        level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stdout,
     )
@@ -285,15 +307,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test", action="store_true", help="self-test: check, load, generate one image, exit")
     parser.add_argument("--out", type=Path, help="with --test: save the image here")
     args, runpod_args = parser.parse_known_args(argv)
-    configure_logging()
     if args.out and not args.test:
         parser.error("--out goes with --test")
     if args.test:
-        return self_test(None, args.out)
+        return self_test(args.out)
     # runpod logs whole job results (base64 images) at INFO and DEBUG; keep its own logger at WARN.
     os.environ.setdefault("RUNPOD_LOG_LEVEL", "WARN")
     sys.argv = [sys.argv[0], *runpod_args]
-    worker = Worker.start()
+    worker = start_from_env()
     import runpod
 
     runpod.serverless.start({"handler": worker.handle})

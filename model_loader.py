@@ -28,11 +28,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdxl_worker.speed.attention import configure_attention
 from sdxl_worker.weights.layout import Variant, variant_suffix
 from sdxl_worker.weights.offline import enforce_offline, require_local_path
 from sdxl_worker.weights.prefetch import Prefetcher
-from volume_check import VolumeReport, check_volume, resolve_model_path
+from volume_check import VolumeReport, check_volume
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +65,10 @@ class LoadRecord:
     dtype: str
     variant: str
     variants: dict[str, str]
-    attention: str
     seconds: float
     bytes_read: int
     reasons: list[str] = field(default_factory=list)
-    # Each component's own load time, in load order, and for the weighted ones how far the prefetch readers
-    # were ahead of it when it finished (GB read beyond its last byte; negative: the loader got there first
-    # and read those bytes itself).
-    # Where a cold start's time goes beyond the raw read of the bytes: the loader's work or the disk.
+    # See LoadedComponents.
     components_s: dict[str, float] = field(default_factory=dict)
     prefetch_lead_gb: dict[str, float] = field(default_factory=dict)
 
@@ -111,98 +106,115 @@ def plan_load(report: VolumeReport, device: str) -> LoadPlan:
     return LoadPlan(device, dtype, variants, label, total, tuple(reasons))
 
 
-def default_device() -> str:
-    """CUDA when torch sees a GPU, else CPU; DEVICE overrides (e.g. DEVICE=cpu on a GPU host)."""
+def resolve_device(setting: str) -> str:
+    """The DEVICE setting as a torch device: `auto` is CUDA when torch sees a GPU, else the CPU."""
+    if setting != "auto":
+        return setting
     import torch
 
-    return os.environ.get("DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_pipeline(
-    path: str | os.PathLike[str] | None = None,
-    device: str | None = None,
-    *,
-    attention: str | None = None,
-    prefetch: bool = True,
-    report: VolumeReport | None = None,
-) -> tuple[Any, LoadRecord]:
-    """Check the volume (unless the caller just did: `report`), plan, and load."""
-    model_path = require_local_path(resolve_model_path(path))
-    enforce_offline()
-    import diffusers
+@dataclass
+class LoadedComponents:
+    """Each component as loaded, with its own load time and, for the weighted ones, the prefetch readers' lead."""
+
+    components: dict[str, Any]
+    # In load order. The lead is GB read beyond the component's last byte when it finished (negative: the
+    # loader got there first and read those bytes itself): where a cold start's time beyond the raw read goes.
+    seconds: dict[str, float]
+    prefetch_lead_gb: dict[str, float]
+
+
+def load_components(report: VolumeReport, plan: LoadPlan, *, prefetch: bool = True) -> LoadedComponents:
+    """Load every component the plan names, one after another, while the prefetch readers stream its files."""
     import torch
-    import transformers
 
-    # Per-file progress bars would flood the worker's log on every cold start.
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
-
-    started = time.perf_counter()
-    report = report if report is not None else check_volume(model_path)
-    device = device or default_device()
-    plan = plan_load(report, device)
-    for reason in plan.reasons:
-        log.warning("load plan: %s", reason)
-    log.info("loading %s (%s, %s on %s, %.2f GB)", model_path, plan.label, plan.dtype, device, plan.bytes_to_read / 1e9)
-
+    model_path = Path(report.model_path)
     dtype = getattr(torch, plan.dtype)
-    files = weight_files(model_path, report, plan.variants)
     # On the CPU, memory-mapped tensors stay backed by the volume's files: a file truncated or
     # replaced under a running worker would kill it with SIGBUS at the next job. Copy them instead.
     # On CUDA the weights are copied to the GPU anyway, and mapping is what lets prefetch help.
-    no_mmap = {} if device.startswith("cuda") else {"disable_mmap": True}
-    components: dict[str, Any] = {}
-    components_s: dict[str, float] = {}
-    lead_gb: dict[str, float] = {}
+    no_mmap = {} if plan.device.startswith("cuda") else {"disable_mmap": True}
+    loaded = LoadedComponents({}, {}, {})
     needed = 0
+    files = weight_files(model_path, report, plan.variants)
     with Prefetcher(files) if prefetch else nullcontext() as prefetcher:
         for name, component in report.components.items():
             began = time.perf_counter()
             cls = _component_class(component.library, component.class_name)
             if component.kind == "model":
-                # The fallback's float32 files are cast to float16 while loading, before the GPU copy:
-                # measured faster on an H200 (8.04 s cold) than moving float32 to the GPU and casting
-                # there (8.58 s), and it never holds a float32 copy in GPU memory.
-                components[name] = cls.from_pretrained(
+                # The fallback's float32 files are cast to float16 while loading, before the GPU copy: faster
+                # than casting on the GPU (benchmarks/RESULTS.md), and never a float32 copy in GPU memory.
+                loaded.components[name] = cls.from_pretrained(
                     model_path,
                     subfolder=name,
                     variant=variant_suffix(plan.variants[name]),
                     dtype=dtype,
-                    device_map=device,
+                    device_map=plan.device,
                     local_files_only=True,
                     use_safetensors=True,
                     **no_mmap,
                 )
             else:
-                components[name] = cls.from_pretrained(model_path, subfolder=name, local_files_only=True)
-            components_s[name] = round(time.perf_counter() - began, 3)
+                loaded.components[name] = cls.from_pretrained(model_path, subfolder=name, local_files_only=True)
+            loaded.seconds[name] = round(time.perf_counter() - began, 3)
             if component.kind == "model":
                 needed += component.weight_sets[plan.variants[name]].bytes
                 if prefetcher is not None:
-                    lead_gb[name] = round((prefetcher.bytes_read - needed) / 1e9, 2)
+                    loaded.prefetch_lead_gb[name] = round((prefetcher.bytes_read - needed) / 1e9, 2)
+    return loaded
+
+
+def assemble_pipeline(report: VolumeReport, components: Mapping[str, Any]) -> Any:
+    """The pipeline class model_index.json names, built from the loaded components and its own settings."""
+    import diffusers
 
     pipeline_cls = getattr(diffusers, report.pipeline_class)
     accepted = inspect.signature(pipeline_cls.__init__).parameters
     extra = {k: v for k, v in report.pipeline_config.items() if k in accepted}
     pipe = pipeline_cls(**components, **extra)
     pipe.set_progress_bar_config(disable=True)
-    backend = configure_attention(pipe, attention)
-    seconds = time.perf_counter() - started
+    return pipe
+
+
+def load_planned(report: VolumeReport, plan: LoadPlan, *, prefetch: bool = True) -> tuple[Any, LoadRecord]:
+    """Load what `plan` says from the checked volume, offline; the pipeline and how it was loaded."""
+    enforce_offline()
+    import diffusers
+    import transformers
+
+    # Per-file progress bars would flood the worker's log on every cold start.
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    for reason in plan.reasons:
+        log.warning("load plan: %s", reason)
+    log.info("loading %s (%s, %s on %s, %.2f GB)", report.model_path, plan.label, plan.dtype, plan.device,
+             plan.bytes_to_read / 1e9)
+    started = time.perf_counter()
+    loaded = load_components(report, plan, prefetch=prefetch)
+    pipe = assemble_pipeline(report, loaded.components)
     record = LoadRecord(
-        model_path=str(model_path),
-        device=device,
+        model_path=report.model_path,
+        device=plan.device,
         dtype=plan.dtype,
         variant=plan.label,
         variants=dict(plan.variants),
-        attention=backend,
-        seconds=round(seconds, 3),
+        seconds=round(time.perf_counter() - started, 3),
         bytes_read=plan.bytes_to_read,
         reasons=list(plan.reasons),
-        components_s=components_s,
-        prefetch_lead_gb=lead_gb,
+        components_s=loaded.seconds,
+        prefetch_lead_gb=loaded.prefetch_lead_gb,
     )
-    log.info("loaded in %.2f s: %s", seconds, record.to_dict())
+    log.info("loaded in %.2f s: %s", record.seconds, record.to_dict())
     return pipe, record
+
+
+def load_pipeline(path: str | os.PathLike[str], device: str = "auto", *,
+                  prefetch: bool = True) -> tuple[Any, LoadRecord]:
+    """Check the volume at `path`, plan and load: the whole path in one call, for tools and tests."""
+    report = check_volume(require_local_path(path))
+    return load_planned(report, plan_load(report, resolve_device(device)), prefetch=prefetch)
 
 
 def weight_files(model_path: Path, report: VolumeReport, variants: Mapping[str, Variant]) -> list[Path]:

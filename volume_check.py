@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from sdxl_worker.settings import DEFAULT_MODEL_PATH, setting_from_env
 from sdxl_worker.weights.layout import (
     VARIANTS,
     WEIGHT_PREFIX,
@@ -34,8 +35,6 @@ from sdxl_worker.weights.layout import (
 )
 from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError, read_safetensors_header
 
-DEFAULT_MODEL_PATH = "/runpod-volume/photonicfusion-sdxl"
-
 Status = Literal["ok", "warn", "fail"]
 ICONS: dict[str, str] = {"ok": "✅", "warn": "⚠️", "fail": "❌"}
 ComponentKind = Literal["model", "tokenizer", "scheduler", "processor"]
@@ -43,11 +42,6 @@ ComponentKind = Literal["model", "tokenizer", "scheduler", "processor"]
 # Components a StableDiffusionXLPipeline cannot generate without.
 SDXL_REQUIRED = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 SUPPORTED_PIPELINES = ("StableDiffusionXLPipeline",)
-
-
-def resolve_model_path(path: str | os.PathLike[str] | None = None) -> Path:
-    """The folder to check: the argument, else $MODEL_PATH, else the RunPod default."""
-    return Path(path or os.environ.get("MODEL_PATH") or DEFAULT_MODEL_PATH)
 
 
 @dataclass
@@ -175,10 +169,10 @@ class VolumeReport:
         return "\n".join(lines)
 
 
-def check_volume(path: str | os.PathLike[str] | None = None) -> VolumeReport:
+def check_volume(path: str | os.PathLike[str]) -> VolumeReport:
     """Check the diffusers layout at `path` (see module docstring) without reading any tensor."""
     started = time.perf_counter()
-    model_path = resolve_model_path(path)
+    model_path = Path(path)
     volume_root = model_path.parent
     report = VolumeReport(model_path=str(model_path), volume_root=str(volume_root))
     report.free_bytes = {"volume": _free_bytes(volume_root), "container root /": _free_bytes(Path("/"))}
@@ -467,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("path", nargs="?", help=f"model folder (default: $MODEL_PATH or {DEFAULT_MODEL_PATH})")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
-    report = check_volume(args.path)
+    report = check_volume(args.path or setting_from_env("model_path"))
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

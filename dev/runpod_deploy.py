@@ -1,6 +1,7 @@
 """Create or update the RunPod serverless template and endpoint for the worker, with the runpod SDK.
 
-Called by deploy_volume_optimized.sh after the image is pushed. Re-running updates, never
+The Python half of deploy_volume_optimized.sh, which owns its flags and their defaults: the script calls it
+once to check them before anything runs, builds and pushes the image, then calls it to deploy. Re-running updates, never
 duplicates: the template's name is derived from the image and the settings, so the same inputs find
 the same template, and an endpoint with the same name gets the new template instead of a twin.
 The API key comes from RUNPOD_API_KEY only (never argv) and is never printed.
@@ -15,9 +16,12 @@ import os
 import re
 import sys
 from dataclasses import asdict, dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
-VOLUME_MOUNT_PATH = "/runpod-volume"
+from sdxl_worker.settings import DEFAULT_MODEL_PATH
+
+VOLUME_MOUNT_PATH = str(Path(DEFAULT_MODEL_PATH).parent)
 TEMPLATES_QUERY = "query { myself { podTemplates { id name imageName isServerless } } }"
 
 
@@ -32,7 +36,7 @@ class DeploySettings:
     idle_timeout: int = 5
     flashboot: bool = True
     container_disk_gb: int = 20
-    model_path: str = f"{VOLUME_MOUNT_PATH}/photonicfusion-sdxl"
+    model_path: str = DEFAULT_MODEL_PATH
     max_pixels: int | None = None
     allowed_cuda_versions: str = "13.0"
 
@@ -132,30 +136,65 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--image", required=True)
-    parser.add_argument("--network-volume-id", required=True)
-    parser.add_argument("--endpoint-name", default=DeploySettings.endpoint_name)
-    parser.add_argument("--gpu-ids", default=DeploySettings.gpu_ids)
-    parser.add_argument("--workers-min", type=int, default=DeploySettings.workers_min)
-    parser.add_argument("--workers-max", type=int, default=DeploySettings.workers_max)
-    parser.add_argument("--idle-timeout", type=int, default=DeploySettings.idle_timeout)
-    parser.add_argument("--flashboot", choices=("on", "off"), default="on")
-    parser.add_argument("--container-disk-gb", type=int, default=DeploySettings.container_disk_gb)
-    parser.add_argument("--model-path", default=DeploySettings.model_path)
-    parser.add_argument("--max-pixels", type=int)
-    parser.add_argument("--dry-run", action="store_true")
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line under the shell script's name, exit 2: the script's own error format."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments: "):
+            message = f"unknown flag {message.removeprefix('unrecognized arguments: ')} (see --help)"
+        self.exit(2, f"deploy_volume_optimized.sh: {message}\n")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The flags and their defaults, each flag also an environment variable (the flag wins)."""
+    env = os.environ
+    d = DeploySettings
+    parser = OneLineParser(prog="deploy_volume_optimized.sh", description=(
+        "Build and push the worker image, then create or update the RunPod serverless template and endpoint "
+        "with the network volume attached. Re-running updates, never duplicates. RUNPOD_API_KEY comes from the "
+        "environment only and is never printed."))
+    parser.add_argument("--image", default=env.get("IMAGE"), help="IMAGE: name:tag to build, push and deploy")
+    parser.add_argument("--volume-id", default=env.get("NETWORK_VOLUME_ID"), help="NETWORK_VOLUME_ID")
+    parser.add_argument("--endpoint-name", default=env.get("ENDPOINT_NAME", d.endpoint_name), help="ENDPOINT_NAME")
+    parser.add_argument("--gpu-types", default=env.get("GPU_TYPES", d.gpu_ids), help="GPU_TYPES: RunPod GPU ids")
+    parser.add_argument("--workers-min", type=int, default=env.get("WORKERS_MIN", d.workers_min), help="WORKERS_MIN")
+    parser.add_argument("--workers-max", type=int, default=env.get("WORKERS_MAX", d.workers_max), help="WORKERS_MAX")
+    parser.add_argument("--idle-timeout", type=int, default=env.get("IDLE_TIMEOUT", d.idle_timeout),
+                        help="IDLE_TIMEOUT, seconds")
+    parser.add_argument("--flashboot", choices=("on", "off"), default=env.get("FLASHBOOT", "on"), help="FLASHBOOT")
+    parser.add_argument("--container-disk-gb", type=int, default=env.get("CONTAINER_DISK_GB", d.container_disk_gb),
+                        help="CONTAINER_DISK_GB")
+    parser.add_argument("--model-path", default=d.model_path, help="the worker's MODEL_PATH on the volume")
+    parser.add_argument("--max-pixels", type=int, default=env.get("MAX_PIXELS"), help="MAX_PIXELS for the worker")
+    parser.add_argument("--skip-build", action="store_true", help="push nothing; deploy an image already pushed")
+    parser.add_argument("--dry-run", action="store_true", help="print every command and API request, change nothing")
+    parser.add_argument("--check", action="store_true", help=argparse.SUPPRESS)  # the shell's preflight
     args = parser.parse_args(argv)
-    api_key = os.environ.get("RUNPOD_API_KEY", "")
-    if not api_key and not args.dry_run:
-        print("runpod_deploy: RUNPOD_API_KEY is not set", file=sys.stderr)
-        return 2
+    if not args.image:
+        parser.error("IMAGE (or --image name:tag) is required")
+    if ":" not in args.image:
+        parser.error(f"IMAGE must carry a tag (name:tag), got '{args.image}'")
+    if not args.volume_id:
+        parser.error("NETWORK_VOLUME_ID (or --volume-id) is required")
+    if not args.dry_run and not env.get("RUNPOD_API_KEY"):
+        parser.error("RUNPOD_API_KEY is not set")
+    for name in ("workers_min", "workers_max", "idle_timeout", "container_disk_gb"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
+    if args.workers_min > args.workers_max:
+        parser.error(f"--workers-min ({args.workers_min}) is above --workers-max ({args.workers_max})")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.check:
+        return 0
     settings = DeploySettings(
         image=args.image,
-        network_volume_id=args.network_volume_id,
+        network_volume_id=args.volume_id,
         endpoint_name=args.endpoint_name,
-        gpu_ids=args.gpu_ids,
+        gpu_ids=args.gpu_types,
         workers_min=args.workers_min,
         workers_max=args.workers_max,
         idle_timeout=args.idle_timeout,
@@ -164,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         model_path=args.model_path,
         max_pixels=args.max_pixels,
     )
-    endpoint_id = deploy(settings, api_key, dry_run=args.dry_run)
+    endpoint_id = deploy(settings, os.environ.get("RUNPOD_API_KEY", ""), dry_run=args.dry_run)
     say(f"ENDPOINT_ID={endpoint_id}")
     say(f"smoke test: ENDPOINT_ID={endpoint_id} RUNPOD_API_KEY=\"$RUNPOD_API_KEY\" bash smoke_test.sh")
     return 0

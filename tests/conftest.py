@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from dev.synthetic_volume import build_volume
+from tests.helpers import cpu_settings
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +61,6 @@ def worker(tiny_volume_source: Path):
     """One worker loaded on the CPU for the session, as the handler starts it (warm-up included)."""
     from handler_volume_optimized import Worker
 
-    started = Worker.start(str(tiny_volume_source), "cpu", warmup=True)
+    started = Worker.start(cpu_settings(tiny_volume_source), warmup=True)
     assert started.pipe is not None, started.startup_error
     return started

@@ -106,3 +106,10 @@ def stop(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def cpu_settings(model_path: Path | str, **fields: Any) -> Any:
+    """The worker's settings for a model folder on the CPU, defaults for the rest (`fields` override them)."""
+    from sdxl_worker.settings import Settings
+
+    return Settings(model_path=str(model_path), device="cpu", **fields)

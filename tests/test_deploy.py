@@ -181,3 +181,27 @@ def test_missing_docker_fails_before_any_command(runpod_api, tmp_path: Path) -> 
                          env={**BASE, "PATH": str(empty), "PYTHON": sys.executable, "RUNPOD_API_BASE_URL": url})
     assert run.returncode == 2 and "docker is not installed" in run.stderr
     assert fake.requests == []
+
+
+def test_dry_run_needs_no_docker(runpod_api, tmp_path: Path) -> None:
+    """A dry run prints the docker commands it would run: it must work where docker is not installed."""
+    fake, url = runpod_api
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    (empty / "bash").symlink_to("/bin/bash")
+    run = subprocess.run(["bash", "deploy_volume_optimized.sh", "--dry-run"], cwd=ROOT, capture_output=True,
+                         text=True, env={**BASE, "PATH": str(empty), "PYTHON": sys.executable,
+                                         "RUNPOD_API_BASE_URL": url})
+    assert run.returncode == 0, run.stderr
+    assert "+ docker build --platform linux/amd64" in run.stdout and "ENDPOINT_ID=<endpoint id>" in run.stdout
+    assert fake.requests == []
+
+
+def test_help_lists_every_flag_with_its_variable() -> None:
+    run = subprocess.run(["bash", "deploy_volume_optimized.sh", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         env={"PATH": os.environ["PATH"], "PYTHON": sys.executable})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("usage: deploy_volume_optimized.sh")
+    for flag, variable in (("--workers-max", "WORKERS_MAX"), ("--gpu-types", "GPU_TYPES"),
+                           ("--volume-id", "NETWORK_VOLUME_ID"), ("--dry-run", None), ("--skip-build", None)):
+        assert flag in run.stdout and (variable is None or variable in run.stdout)

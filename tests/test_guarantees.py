@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from handler_volume_optimized import Worker
 from sdxl_worker.contract.job_schema import JobInput, JobInputError, parse_job_input
-from tests.helpers import ROOT, decode, request, start_api, stop
+from tests.helpers import ROOT, cpu_settings, decode, request, start_api, stop
 
 GUARD = ROOT / "tests" / "guard"
 pytestmark = pytest.mark.slow
@@ -211,7 +211,7 @@ def test_jobs_keep_no_memory(tiny_volume_source: Path) -> None:
         status = Path("/proc/self/status").read_text()
         return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
 
-    worker = Worker.start(str(tiny_volume_source), "cpu")
+    worker = Worker.start(cpu_settings(tiny_volume_source))
     worker.progress = lambda job, update: None
     rng = random.Random(3)
     schedulers = ["default", "euler_ancestral", "dpmpp_2m", "ddim", "unipc"]
@@ -295,16 +295,11 @@ def test_fuzz_handler_never_raises(fuzz_worker: Worker, raw: object) -> None:
 @pytest.fixture(scope="module")
 def fuzz_worker(tiny_volume_source: Path) -> Worker:
     """A real worker whose MAX_PIXELS keeps the valid jobs the fuzzer finds small enough for a CPU."""
-    os.environ["MAX_PIXELS"] = str(272 * 272)
-    try:
-        worker = Worker.start(str(tiny_volume_source), "cpu", warmup=False)
-    finally:
-        del os.environ["MAX_PIXELS"]
-    return worker
+    return Worker.start(cpu_settings(tiny_volume_source, max_pixels=272 * 272), warmup=False)
 
 
 def test_files_removed_or_truncated_after_start(volume: Path) -> None:
-    worker = Worker.start(str(volume), "cpu", warmup=False)
+    worker = Worker.start(cpu_settings(volume), warmup=False)
     job = {"id": "after", "input": {"prompt": "x", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 3}}
     before = worker.handle(job)
     shutil.rmtree(volume / "unet")

@@ -9,7 +9,7 @@ import pytest
 
 import handler_volume_optimized as handler_module
 from handler_volume_optimized import Worker, main
-from tests.helpers import decode
+from tests.helpers import cpu_settings, decode
 
 SMALL = {"prompt": "a photonic lighthouse", "width": 256, "height": 256, "num_inference_steps": 3}
 
@@ -151,7 +151,7 @@ def test_unusable_volume_answers_every_job_with_the_problem(volume: Path) -> Non
     import shutil
 
     shutil.rmtree(volume / "unet")
-    broken = Worker.start(str(volume), "cpu")
+    broken = Worker.start(cpu_settings(volume))
     assert broken.pipe is None
     for job in ({"id": "a", "input": SMALL}, {"id": "b", "input": {"prompt": ""}}):
         reply = broken.handle(job)
@@ -161,17 +161,18 @@ def test_unusable_volume_answers_every_job_with_the_problem(volume: Path) -> Non
 
 
 def test_bad_operator_setting_is_reported_to_every_job(tiny_volume_source: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MODEL_PATH", str(tiny_volume_source))
     monkeypatch.setenv("VAE_DTYPE", "fp8")
-    broken = Worker.start(str(tiny_volume_source), "cpu")
+    broken = handler_module.start_from_env()
     assert broken.handle({"id": "a", "input": SMALL})["error"].startswith(
         "This worker cannot serve jobs: bad setting: VAE_DTYPE must be one of auto, bf16, fp32")
     monkeypatch.setenv("VAE_DTYPE", "auto")
     monkeypatch.setenv("MAX_PIXELS", "lots")
-    assert "MAX_PIXELS must be a whole number" in Worker.start(str(tiny_volume_source), "cpu").startup_error
+    assert "MAX_PIXELS must be a whole number" in handler_module.start_from_env().startup_error
 
 
 def test_missing_volume_root_named(tmp_path: Path) -> None:
-    broken = Worker.start(str(tmp_path / "runpod-volume" / "photonicfusion-sdxl"), "cpu")
+    broken = Worker.start(cpu_settings(tmp_path / "runpod-volume" / "photonicfusion-sdxl"))
     assert "is the network volume attached" in broken.handle({"id": "a", "input": SMALL})["error"]
 
 
@@ -200,16 +201,17 @@ def test_self_test_cli(tiny_volume_source: Path, tmp_path: Path, monkeypatch: py
 def test_compiled_worker_freezes_shapes_after_its_warm_up(tiny_volume_source: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """With COMPILE=1 the warm-up compiles the usual job shape, then other shapes must not compile in a job."""
-    from sdxl_worker.speed.options import SpeedOptions
+    from sdxl_worker.speed.options import SpeedReport
 
     events: list[str] = []
     real_warm_up = Worker.warm_up
-    monkeypatch.setattr(handler_module, "apply_speedups", lambda *args: {"compile": "default"})
+    monkeypatch.setattr(handler_module, "apply_speedups", lambda *args: SpeedReport(compile_mode="default"))
     monkeypatch.setattr(Worker, "warm_up", lambda self: events.append("warm-up") or real_warm_up(self))
     monkeypatch.setattr(handler_module, "freeze_compiled_shapes", lambda pipe: events.append("freeze"))
 
-    assert Worker.start(str(tiny_volume_source), "cpu", speed=SpeedOptions(compile=True)).pipe is not None
+    assert Worker.start(cpu_settings(tiny_volume_source)).pipe is not None
     assert events == ["warm-up", "freeze"]
     events.clear()
-    Worker.start(str(tiny_volume_source), "cpu", speed=SpeedOptions())
+    monkeypatch.setattr(handler_module, "apply_speedups", lambda *args: SpeedReport())
+    Worker.start(cpu_settings(tiny_volume_source))
     assert events == ["warm-up"]

@@ -8,7 +8,6 @@ naming the field and the rule (`JobInputError`), never a traceback.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -21,6 +20,8 @@ OutputFormat = Literal["png", "jpeg", "webp"]
 
 # 1536 x 1536: SDXL's quality falls off past ~1.5 MP and memory grows with it; raise with MAX_PIXELS.
 DEFAULT_MAX_PIXELS = 1536 * 1536
+MIN_SIDE, MAX_SIDE = 256, 2048
+MIN_PIXELS = MIN_SIDE * MIN_SIDE
 MAX_PROMPT_CHARS = 2000
 DEFAULT_QUALITY = 90
 
@@ -36,8 +37,8 @@ class JobInput(BaseModel):
 
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
-    width: int = Field(default=1024, ge=256, le=2048, multiple_of=8)
-    height: int = Field(default=1024, ge=256, le=2048, multiple_of=8)
+    width: int = Field(default=1024, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8)
+    height: int = Field(default=1024, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8)
     num_inference_steps: int = Field(default=30, ge=1, le=100)
     guidance_scale: float = Field(default=7.0, ge=0.0, le=30.0, allow_inf_nan=False)
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
@@ -68,19 +69,6 @@ class JobInput(BaseModel):
     @property
     def encode_quality(self) -> int:
         return DEFAULT_QUALITY if self.quality is None else self.quality
-
-
-def max_pixels_from_env() -> int:
-    """MAX_PIXELS from the environment (an operator's setting), else the default."""
-    raw = os.environ.get("MAX_PIXELS")
-    if raw is None:
-        return DEFAULT_MAX_PIXELS
-    if not raw.strip().isdigit():
-        raise ValueError(f"MAX_PIXELS must be a whole number of pixels, not {raw!r}")
-    value = int(raw)
-    if value < 256 * 256:
-        raise ValueError(f"MAX_PIXELS={raw} is below the smallest image the contract allows (256x256)")
-    return value
 
 
 def parse_job_input(raw: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> JobInput:

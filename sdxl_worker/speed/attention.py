@@ -1,26 +1,20 @@
-"""Choose the attention implementation: PyTorch SDPA unless xformers is asked for and works.
+"""The attention implementation: PyTorch SDPA unless xformers is asked for and works.
 
-On torch >= 2, diffusers already uses scaled_dot_product_attention, and xformers measured no faster
-here, so it is opt-in (ATTENTION_BACKEND=xformers) for images that carry it. When asked for but not
-importable or not working on this device, the worker says so and keeps SDPA rather than failing.
+On torch >= 2, diffusers already uses scaled_dot_product_attention, and xformers measured no faster, so
+it is opt-in (ATTENTION_BACKEND=xformers) for images that carry it. When asked for but not importable or
+not working on this device, the worker says so and keeps SDPA rather than failing its start.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("sdpa", "xformers")
 
-
-def configure_attention(pipe: object, requested: str | None = None) -> str:
-    """Apply the requested backend to `pipe` and return the one in use."""
-    backend = (requested or os.environ.get("ATTENTION_BACKEND") or "sdpa").strip().lower()
-    if backend not in BACKENDS:
-        raise ValueError(f"ATTENTION_BACKEND must be one of {', '.join(BACKENDS)}, not {backend!r}")
+def configure_attention(pipe: object, backend: str) -> str:
+    """Apply `backend` ("sdpa" or "xformers", as the settings allow) to `pipe`; return the one in use."""
     if backend == "sdpa":
         return "sdpa"
     if importlib.util.find_spec("xformers") is None:

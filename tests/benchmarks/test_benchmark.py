@@ -1,8 +1,5 @@
-"""The benchmark's smoke run at tiny scale on CPU: every stage runs and the table is printed (no timing asserts).
-
-The compile stages run with COMPILE_SCOPE=blocks only: the whole-UNet compile takes about a minute on a
-2-core CPU, and it is the same stage code.
-"""
+"""The benchmark: its suites are valid worker settings, its report and chart show every kind of result, and
+every stage kind runs at tiny scale on the CPU (no timing asserted: the figures are the benchmark's output)."""
 
 from __future__ import annotations
 
@@ -13,86 +10,125 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT
+from benchmarks.chart import draw_chart
+from benchmarks.report import render
+from benchmarks.results import Failure, GenerationResult, Run, Spread, StockGeneration
+from benchmarks.scenarios import SUITES
+from sdxl_worker.settings import Settings
+from tests.helpers import ROOT, decode
+
+
+def generation(stock: tuple[float, ...], ours: tuple[float, ...], **fields: object) -> GenerationResult:
+    values = dict(applied=("fuse_qkv",), start_s=2.9, warm_up_s=0.9, first_job_s=1.8, stock=Spread(stock),
+                  ours=Spread(ours), ours_total=Spread(tuple(o + 0.15 for o in ours)), peak_vram_gib=8.95,
+                  peak_reserved_gib=12.39, latents_max_abs_diff=0.0, image_psnr_db=50.77)
+    return GenerationResult(**{**values, **fields})
+
+
+RUN_SETTINGS = {"size": 1024, "steps": 30, "suite": ["gpu-check"], "device": "cuda"}
+
+
+@pytest.mark.parametrize("suite", sorted(SUITES))
+def test_every_scenario_is_a_valid_worker_setting(suite: str) -> None:
+    """A typo in a scenario would otherwise surface as a failed stage on a GPU, costing device time."""
+    for scenario in SUITES[suite]:
+        assert scenario.stages, scenario
+        Settings.from_env(dict(scenario.settings))
+
+
+def test_a_ratio_is_called_only_when_every_interleaved_pair_agrees() -> None:
+    assert generation((1.80, 1.75, 1.74), (1.45, 1.44, 1.46)).verdict == "faster"
+    assert generation((1.00, 1.00, 1.00), (1.10, 1.20, 1.05)).verdict == "slower"
+    # A host whose load came and went: stock's own runs spread 22.9-75.1 s, ours in between.
+    noisy = generation((22.9, 75.1, 30.0), (60.1, 24.0, 31.0))
+    assert noisy.verdict == "inconclusive"
+    assert "| inconclusive |" in render(Run(RUN_SETTINGS, entries=[("ours", noisy)]))
+
+
+def test_the_report_has_a_row_per_scenario_and_keeps_failures() -> None:
+    """A stage that fails on a GPU run is a finding: the table must say so, not drop the row."""
+    run = Run(RUN_SETTINGS, entries=[
+        ("stock diffusers", StockGeneration(2.48, 11.52, 15.51)),
+        ("ours", generation((1.74, 1.75, 1.76), (1.44, 1.45, 1.46))),
+        ("ours compiled blocks", Failure("generation", "BackendCompilerFailed: no kernel\ntraceback")),
+    ])
+    text = render(run)
+    assert "| stock diffusers | | | | | | 2.48 s | | 11.52 GiB (15.51) | |" in text
+    assert ("| ours | fuse_qkv | 1.750 s (1.740-1.760) | 1.450 s (1.440-1.460) | 0.83 (0.83-0.83) | faster | 1.8 s | "
+            "2.9 s | 8.95 GiB (12.39) | 0.0 / 50.77 dB |") in text
+    assert "| ours compiled blocks | generation | BackendCompilerFailed: no kernel |" in text
+
+
+def test_the_chart_draws_each_scenario(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    run = Run(RUN_SETTINGS, entries=[("ours", generation((1.75,), (1.45,))), ("eager", generation((1.75,), (1.7,)))])
+    assert draw_chart(run, tmp_path / "chart.png")
+    pixels = np.asarray(Image.open(tmp_path / "chart.png").convert("RGB"))
+    blue = int((pixels == (32, 110, 200)).all(axis=-1).sum())
+    assert blue > 2 * 18 * 100  # two bars of ours, each 18 pixels high and longer than 100
+    assert not draw_chart(Run(RUN_SETTINGS), tmp_path / "empty.png")
 
 
 @pytest.mark.slow
-def test_tiny_benchmark_runs_every_stage(tmp_path: Path) -> None:
+def test_smoke_suite_runs_every_stage_at_tiny_scale(tmp_path: Path) -> None:
     run = subprocess.run(
-        [sys.executable, "benchmark.py", "--scale", "tiny", "--device", "cpu", "--size", "256", "--steps", "2",
-         "--runs", "1", "--no-drop-caches", "--out", str(tmp_path / "out"), "--volume-dir", str(tmp_path / "vol"),
-         "--ours", "nofuse:FUSE_QKV=0", "--ours", "fp8:QUANTIZE=fp8", "--compile", "--compile-scope", "blocks",
-         "--profile"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "benchmarks", "--scale", "tiny", "--device", "cpu", "--suite", "smoke", "--runs", "2",
+         "--no-drop-caches", "--out", str(tmp_path / "out"), "--volume-dir", str(tmp_path / "vol")],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    results = json.loads((tmp_path / "out" / "benchmark.json").read_text())
-    for key in ("environment", "volume", "load_fp16", "load_standard", "generation_stock", "generation_ours",
-                "generation_ours_nofuse", "attention_kernels"):
-        assert key in results
-    profiled = results["generation_ours"]["profile"]
-    assert profiled["top"] and profiled["busy_s"] > 0 and sum(k["share"] for k in profiled["top"]) <= 1.001
-    compiled, cached = results["generation_ours_compiled_blocks"], results["compile_warm_cache_blocks"]
-    assert "error" not in compiled and "error" not in cached, (compiled, cached)
-    assert compiled["speedups"]["compile_scope"] == "blocks"
-    assert cached["compile_s_estimate"] > 0 and cached["priming_process_compile_s_estimate"] > 0
-    assert results["load_fp16"]["cache_drop"] == "fadvise DONTNEED"
-    assert results["generation_ours_nofuse"]["speedups"] == {}
-    assert results["generation_ours"]["image_psnr_db_vs_stock"] == "identical" or \
-        results["generation_ours"]["image_psnr_db_vs_stock"] > 40
-    table = (tmp_path / "out" / "benchmark.md").read_text()
-    assert "| load cold, fp16 variant |" in table and "| warm generation (ours; inference) |" in table
-    assert "| compile at a cold start with the cache on the volume (blocks;" in table
-    assert "One warm job under the profiler (ours): CPU ops (self time) busy" in table
-    assert "| self 640ch |" in table  # the SDPA kernel timings, one row per UNet attention shape
-    # What each stage ran with; an option the device cannot run says so instead of passing for measured.
-    assert "| options applied (ours nofuse) | n/a | none |" in table
-    assert "| options applied (ours fp8) | n/a | fuse_qkv, QUANTIZE skipped |" in table
-    assert table in run.stdout
-
-
-def test_a_failed_stage_shows_in_the_table() -> None:
-    """A compile that fails on a GPU run is a finding: the table must say so, not drop the row."""
-    from benchmark import table
-
-    results = {"settings": {"size": 1024, "steps": 30}, "environment": {"gpu": "H200"},
-               "generation_stock": {"warm_median_s": 2.0, "first_call_s": 6.0, "peak_vram_gib": 11.5},
-               "generation_ours_compiled_blocks": {"error": "BackendCompilerFailed: no kernel\ntraceback"},
-               "compile_warm_cache": {"error": "Traceback (most recent call last):\nRuntimeError: cache broke\n"}}
-    text = table(results)
-    assert "| ours compiled blocks: failed | | BackendCompilerFailed: no kernel | |" in text
-    assert "(full; first call - second call): failed | | RuntimeError: cache broke | |" in text
-
-
-@pytest.mark.slow
-def test_tracing_only_compares_the_compile_scopes(tmp_path: Path) -> None:
-    """`--tracing-only`: Dynamo's tracing per COMPILE_SCOPE and the UNet's FLOPs, on the meta device, no volume
-    built, no weights."""
-    run = subprocess.run(
-        [sys.executable, "benchmark.py", "--tracing-only", "--scale", "tiny", "--size", "256", "--out",
-         str(tmp_path / "out"), "--volume-dir", str(tmp_path / "vol")],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    results = json.loads((tmp_path / "out" / "benchmark.json").read_text())
-    tracing = results["dynamo_tracing"]
+    results = json.loads((tmp_path / "out" / "benchmark.json").read_text())["results"]
+    kinds = {(r["scenario"], r["kind"]) for r in results}
+    assert {("loads: fp16", "LoadResult"), ("loads: standard", "LoadResult"), ("attention kernels", "AttentionResult"),
+            ("stock diffusers", "StockGeneration"), ("ours", "GenerationResult"),
+            ("ours nofuse", "GenerationResult"), ("ours fp8", "GenerationResult"),
+            ("ours compiled blocks", "GenerationResult"), ("ours compiled blocks", "CachedStart"),
+            ("UNet FLOPs", "FlopsResult"), ("Dynamo tracing", "TracingResult")} == kinds
+    by_name = {(r["scenario"], r["kind"]): r for r in results}
+    ours = by_name["ours", "GenerationResult"]
+    assert ours["profile"]["top"] and ours["profile"]["busy_s"] > 0
+    assert len(ours["ours"]["runs"]) == len(ours["stock"]["runs"]) == 2  # interleaved, one each per round
+    assert ours["image_psnr_db"] is None or ours["image_psnr_db"] > 40
+    # What each scenario ran with; an option the device cannot run says so instead of passing for measured.
+    assert by_name["ours nofuse", "GenerationResult"]["applied"] == []
+    assert by_name["ours fp8", "GenerationResult"]["applied"] == ["fuse_qkv", "QUANTIZE skipped"]
+    compiled = by_name["ours compiled blocks", "GenerationResult"]
+    assert "compile=default, compile_scope=blocks" in compiled["applied"]
+    cached = by_name["ours compiled blocks", "CachedStart"]
+    assert cached["first_call_s"] > cached["second_call_s"] and cached["priming_compile_s"] > 0
+    assert by_name["loads: fp16", "LoadResult"]["cache_drop"] == "fadvise DONTNEED"
+    tracing = by_name["Dynamo tracing", "TracingResult"]["scopes"]
     assert tracing["blocks"]["traced_nodes"] < tracing["full"]["traced_nodes"]
-    assert tracing["full"]["unet_graphs"] == 1 and tracing["blocks"]["unet_graphs"] >= 1
+    flops = by_name["UNet FLOPs", "FlopsResult"]
+    assert sum(flops["share_by_op"].values()) == pytest.approx(1, abs=1e-3)
+    table = (tmp_path / "out" / "benchmark.md").read_text()
+    assert "| ours nofuse | none |" in table and "| ours fp8 | fuse_qkv, QUANTIZE skipped |" in table
+    assert "One warm job under the profiler (ours): CPU ops (self time) busy" in table
+    assert "| self 640ch |" in table and "| blocks |" in table
+    assert table in run.stdout
+    assert decode(__import__("base64").b64encode((tmp_path / "out" / "benchmark.png").read_bytes())).size[0] == 900
+
+
+@pytest.mark.slow
+def test_meta_suite_needs_no_volume(tmp_path: Path) -> None:
+    """FLOPs and Dynamo tracing from the configs on the meta device: no volume built, no weights."""
+    run = subprocess.run([sys.executable, "-m", "benchmarks", "--suite", "meta", "--scale", "tiny", "--out",
+                          str(tmp_path / "out"), "--volume-dir", str(tmp_path / "vol")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
     assert not (tmp_path / "vol").exists()
-    assert "| Dynamo tracing at a start, COMPILE_SCOPE=blocks" in run.stdout
-    flops = results["unet_flops"]
-    assert flops["per_call_tflop"] > 0 and sum(flops["share_by_op"].values()) == pytest.approx(1, abs=1e-3)
-    assert {"addmm", "convolution"} <= set(flops["share_by_op"])
-    assert "| UNet FLOPs per call, batch 2" in run.stdout
+    assert "UNet FLOPs per call, batch 2" in run.stdout and "| full |" in run.stdout
 
 
 def test_sdxl_unet_flops_match_the_published_count_and_fp8_covers_its_linear_work() -> None:
     """At SDXL's size (its published configs, meta device): 405.7 TFLOP for 30 steps at 1024x1024 with CFG,
     the compute floor's figure in the reference README; QUANTIZE=fp8 converts the layers doing the linear work."""
-    from benchmark import unet_flops
+    from benchmarks.stages.flops import unet_flops
     from dev.synthetic_volume import component_config
 
     flops = unet_flops(component_config("full", "unet"), 1024)
-    assert flops["per_call_tflop"] * 30 == pytest.approx(405.7, abs=0.1)
-    assert flops["linear_share"] == pytest.approx(0.644, abs=0.001)
-    assert flops["fp8_layers_share_of_linear"] > 0.9999
+    assert flops.per_call_tflop * 30 == pytest.approx(405.7, abs=0.1)
+    assert flops.linear_share == pytest.approx(0.644, abs=0.001)
+    assert flops.fp8_layers_share_of_linear > 0.9999

@@ -9,7 +9,6 @@ from sdxl_worker.contract.job_schema import (
     SCHEDULERS,
     JobInput,
     JobInputError,
-    max_pixels_from_env,
     parse_job_input,
 )
 
@@ -127,13 +126,3 @@ def test_several_errors_in_one_sentence() -> None:
     message = refused({"prompt": "x", "width": 7, "num_images": 9})
     assert message.count(";") >= 1 and message.endswith(".")
     assert "width:" in message and "num_images:" in message
-
-
-def test_max_pixels_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("MAX_PIXELS", raising=False)
-    assert max_pixels_from_env() == DEFAULT_MAX_PIXELS
-    monkeypatch.setenv("MAX_PIXELS", "4194304")
-    assert max_pixels_from_env() == 4194304
-    monkeypatch.setenv("MAX_PIXELS", "100")
-    with pytest.raises(ValueError, match="MAX_PIXELS=100"):
-        max_pixels_from_env()

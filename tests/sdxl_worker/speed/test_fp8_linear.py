@@ -50,7 +50,8 @@ def test_skipped_with_its_reason_where_fp8_cannot_run(tiny_volume_source: Path) 
 
     pipe, _ = load_pipeline(tiny_volume_source, "cpu")
     applied = apply_speedups(pipe, SpeedOptions(fuse_qkv=False, quantize="fp8"), "cpu")
-    assert "quantize" not in applied and "compute capability 8.9" in applied["quantize_skipped"]
+    (setting, reason), = applied.skipped
+    assert applied.fp8_layers == 0 and setting == "QUANTIZE" and "compute capability 8.9" in reason
     assert pipe.unet.dtype == torch.float32
     assert all(type(p) is torch.nn.Parameter for p in pipe.unet.parameters())
 
@@ -80,7 +81,7 @@ def test_fp8_unet_draws_near_the_16_bit_one(tiny_volume_source: Path, fp8_anywhe
     pipe, _ = load_pipeline(tiny_volume_source, "cpu")
     before = weight_bytes(pipe.unet)
     applied = apply_speedups(pipe, SpeedOptions(quantize="fp8"), "cpu")
-    assert applied["quantize"] == "fp8" and applied["fp8_layers"] > 0
+    assert applied.fp8_layers > 0 and applied.labels()[-1].startswith("quantize=fp8")
     assert pipe.unet.dtype == pipe.text_encoder_2.dtype == torch.bfloat16
     attn = pipe.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1
     assert type(attn.to_qkv.weight).__name__ == "Float8Tensor"

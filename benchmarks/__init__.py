@@ -1,0 +1,1 @@
+"""Stock diffusers against this worker, one machine, one run: `python -m benchmarks` (see cli.py)."""

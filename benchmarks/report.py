@@ -1,0 +1,134 @@
+"""The markdown report of a run: one table per kind of result, rendered from the typed results."""
+
+from __future__ import annotations
+
+from benchmarks.results import (
+    AttentionResult,
+    CachedStart,
+    Failure,
+    FlopsResult,
+    GenerationResult,
+    LoadResult,
+    Run,
+    Spread,
+    StockGeneration,
+    TracingResult,
+)
+
+
+def render(run: Run) -> str:
+    settings, env = run.settings, run.environment
+    device = (env.gpu or env.device) if env else settings.get("device")
+    versions = f"torch {env.torch}, diffusers {env.diffusers}; " if env else ""
+    lines = [f"Device: {device}; {versions}{settings['size']}x{settings['size']}, {settings['steps']} steps, CFG 7; "
+             f"suites: {', '.join(settings['suite'])}"]
+    lines += _generation(run) + _cached_starts(run) + _loads(run) + _profiles(run) + _attention(run) + _meta(run)
+    failures = run.of(Failure)
+    if failures:
+        lines += ["", "| failed | stage | error |", "| --- | --- | --- |"]
+        lines += [f"| {name} | {f.stage} | {_one_line(f.error)} |" for name, f in failures]
+    return "\n".join(lines)
+
+
+def _generation(run: Run) -> list[str]:
+    stock = run.of(StockGeneration)
+    results = run.of(GenerationResult)
+    if not results and not stock:
+        return []
+    lines = ["", "Warm jobs, interleaved with stock diffusers' on the same seeds (inference seconds: median, range); "
+             "ours/stock per interleaved pair; a verdict only when every pair agrees.", "",
+             "| scenario | options applied | stock | ours | ours/stock | verdict | first job | start | peak VRAM "
+             "(reserved) | vs stock: latents max diff / PSNR |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, alone in stock:
+        memory = _gib(alone.peak_vram_gib, alone.peak_reserved_gib)
+        lines.append(f"| {name} | | | | | | {alone.first_call_s} s | | {memory} | |")
+    for name, g in results:
+        psnr = "identical" if g.image_psnr_db is None else f"{g.image_psnr_db} dB"
+        ratios = g.ratios
+        lines.append(
+            f"| {name} | {', '.join(g.applied) or 'none'} | {_spread(g.stock)} | {_spread(g.ours)} | "
+            f"{ratios.median:.2f} ({ratios.low:.2f}-{ratios.high:.2f}) | {g.verdict} | {g.first_job_s} s | "
+            f"{g.start_s} s | {_gib(g.peak_vram_gib, g.peak_reserved_gib)} | {g.latents_max_abs_diff} / {psnr} |")
+    return lines
+
+
+def _cached_starts(run: Run) -> list[str]:
+    results = run.of(CachedStart)
+    if not results:
+        return []
+    lines = ["", "A fresh process with the compile cache filled (a later cold start): the first call's extra time.", "",
+             "| scenario | load | first call | second call | compile with the cache | first process (filling it) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {name} | {c.load_s} s | {c.first_call_s} s | {c.second_call_s} s | **{c.compile_s} s** | "
+              f"{c.priming_compile_s} s |" for name, c in results]
+    return lines
+
+
+def _loads(run: Run) -> list[str]:
+    results = run.of(LoadResult)
+    if not results:
+        return []
+    lines = ["", "| load plan | bytes | raw read (parallel readers) | stock cold / warm | ours cold / warm | "
+             "cold / raw read: stock, ours | ours cold by component: s (prefetch lead GB) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in results:
+        parts = ", ".join(f"{c} {s}" + (f" ({r.ours_cold_prefetch_lead_gb[c]})" if c in r.ours_cold_prefetch_lead_gb
+                                        else "") for c, s in r.ours_cold_components_s.items())
+        cells = [f"{name} (ours loaded: {r.ours_variant}; cache: {r.cache_drop})", f"{r.bytes / 1e9:.2f} GB",
+                 f"{r.raw_read_s} s ({r.raw_read_parallel_s} s)", f"{r.stock_cold_s} / {r.stock_warm_s} s",
+                 f"{r.ours_cold_s} / {r.ours_warm_s} s",
+                 f"{r.stock_cold_s / r.raw_read_s:.2f}x, {r.ours_cold_s / r.raw_read_s:.2f}x", parts]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _profiles(run: Run) -> list[str]:
+    lines = []
+    for name, g in run.of(GenerationResult):
+        if g.profile is None:
+            continue
+        p = g.profile
+        lines += ["", f"One warm job under the profiler ({name}): {p.what} busy {p.busy_s} s of {p.wall_s} s wall", "",
+                  "| kernel | ms | calls | share |", "| --- | --- | --- | --- |"]
+        lines += [f"| `{k.name[:90]}` | {k.ms} | {k.calls} | {k.share:.1%} |" for k in p.top]
+    return lines
+
+
+def _attention(run: Run) -> list[str]:
+    lines = []
+    for _, a in run.of(AttentionResult):
+        kernels = list(next(iter(a.shapes.values())))
+        lines += ["", "SDPA kernels on the UNet's attention shapes (batch 2, head width 64): ms (TFLOP/s)", "",
+                  "| shape | " + " | ".join(kernels) + " |", "| --- |" + " --- |" * len(kernels)]
+        for shape, timings in a.shapes.items():
+            cells = [f"{t.ms} ({t.tflops})" if t else "unsupported" for t in timings.values()]
+            lines.append(f"| {shape} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _meta(run: Run) -> list[str]:
+    lines = []
+    for _, f in run.of(FlopsResult):
+        shares = ", ".join(f"{op} {share:.1%}" for op, share in f.share_by_op.items())
+        lines += ["", f"UNet FLOPs per call, batch 2 (meta device): {f.per_call_tflop} TFLOP; by op: {shares}; "
+                  f"linear {f.linear_share:.1%}, of which QUANTIZE=fp8's layers {f.fp8_layers_share_of_linear:.3%}"]
+    for _, t in run.of(TracingResult):
+        lines += ["", "Dynamo tracing at a start, by COMPILE_SCOPE (meta device, this host's CPU):", "",
+                  "| scope | UNet | UNet graphs | VAE decoder | traced nodes |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {scope} | {r['unet_s']} s | {r['unet_graphs']} | {r['vae_decoder_s']} s | {r['traced_nodes']} |"
+                  for scope, r in t.scopes.items()]
+    return lines
+
+
+def _spread(spread: Spread) -> str:
+    return f"{spread.median:.3f} s ({spread.low:.3f}-{spread.high:.3f})"
+
+
+def _gib(vram: float | None, reserved: float | None) -> str:
+    return "n/a" if vram is None else f"{vram} GiB ({reserved})"
+
+
+def _one_line(text: str) -> str:
+    """An error's first line (its message), cut to fit a table cell."""
+    return (text.strip().splitlines() or [""])[0][:200]

@@ -1,0 +1,193 @@
+"""Typed results of a benchmark run: what each stage measured, saved as JSON and rendered by report.py."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Repeated measurements of one quantity: their median and range."""
+
+    runs: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.runs)
+
+    @property
+    def low(self) -> float:
+        return min(self.runs)
+
+    @property
+    def high(self) -> float:
+        return max(self.runs)
+
+
+@dataclass(frozen=True)
+class Environment:
+    python: str
+    torch: str
+    diffusers: str
+    transformers: str
+    device: str
+    cpu_count: int | None
+    gpu: str | None = None
+    cuda: str | None = None
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """One load plan: its bytes read raw, and stock's and our loader's load, cold and warm."""
+
+    plan: str
+    bytes: int
+    cache_drop: str
+    raw_read_s: float
+    raw_read_parallel_s: float
+    stock_cold_s: float
+    stock_warm_s: float
+    ours_cold_s: float
+    ours_warm_s: float
+    ours_variant: str
+    ours_cold_components_s: dict[str, float]
+    ours_cold_prefetch_lead_gb: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Kernel:
+    name: str
+    ms: float
+    calls: int
+    share: float
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One warm job under torch.profiler: how busy the device was, and with what."""
+
+    what: str
+    wall_s: float
+    busy_s: float
+    top: tuple[Kernel, ...]
+
+
+@dataclass(frozen=True)
+class StockGeneration:
+    """Stock diffusers alone, before any scenario of ours is loaded beside it."""
+
+    first_call_s: float
+    peak_vram_gib: float | None
+    peak_reserved_gib: float | None
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """A scenario's worker against stock diffusers, their warm jobs interleaved on the same seeds.
+
+    Interleaved (stock, ours, stock, ours, ...) so that load coming and going on a shared host falls on both;
+    `ratios` pairs each of ours with the stock run just before it.
+    """
+
+    applied: tuple[str, ...]
+    start_s: float
+    warm_up_s: float
+    first_job_s: float
+    stock: Spread
+    ours: Spread
+    ours_total: Spread
+    peak_vram_gib: float | None
+    peak_reserved_gib: float | None
+    latents_max_abs_diff: float
+    image_psnr_db: float | None  # None: identical images
+    profile: Profile | None = None
+
+    @property
+    def ratios(self) -> Spread:
+        return Spread(tuple(o / s for o, s in zip(self.ours.runs, self.stock.runs, strict=True)))
+
+    @property
+    def verdict(self) -> str:
+        """"faster" or "slower" when every interleaved pair agrees; else "inconclusive" (noise exceeds the gap)."""
+        ratios = self.ratios
+        if ratios.high < 1:
+            return "faster"
+        if ratios.low > 1:
+            return "slower"
+        return "inconclusive"
+
+
+@dataclass(frozen=True)
+class CachedStart:
+    """A fresh process with the compile cache filled, as a later cold start (run twice, the second measured)."""
+
+    load_s: float
+    first_call_s: float
+    second_call_s: float
+    priming_compile_s: float
+    compile_times: str
+
+    @property
+    def compile_s(self) -> float:
+        return round(self.first_call_s - self.second_call_s, 3)
+
+
+@dataclass(frozen=True)
+class KernelTiming:
+    ms: float
+    tflops: float
+
+
+@dataclass(frozen=True)
+class AttentionResult:
+    """Each SDPA kernel on each of the UNet's attention shapes: a timing, or None where it cannot run."""
+
+    shapes: dict[str, dict[str, KernelTiming | None]]
+
+
+@dataclass(frozen=True)
+class FlopsResult:
+    per_call_tflop: float
+    share_by_op: dict[str, float]
+    linear_share: float
+    fp8_layers_share_of_linear: float
+
+
+@dataclass(frozen=True)
+class TracingResult:
+    """Dynamo's first call per compile scope, on the meta device: UNet and VAE decoder seconds, graphs, nodes."""
+
+    scopes: dict[str, dict[str, float]]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A stage that failed on this machine: a finding, kept in the report with its error."""
+
+    stage: str
+    error: str
+
+
+Result = (LoadResult | StockGeneration | GenerationResult | CachedStart | AttentionResult | FlopsResult
+          | TracingResult | Failure)
+
+
+@dataclass
+class Run:
+    """Everything one run measured, in order: (scenario name, result) pairs."""
+
+    settings: dict[str, Any]
+    environment: Environment | None = None
+    entries: list[tuple[str, Result]] = field(default_factory=list)
+    total_s: float | None = None
+
+    def of(self, kind: type) -> list[tuple[str, Any]]:
+        return [(name, result) for name, result in self.entries if isinstance(result, kind)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"settings": self.settings, "environment": asdict(self.environment) if self.environment else None,
+                "results": [{"scenario": name, "kind": type(result).__name__, **asdict(result)}
+                            for name, result in self.entries],
+                "total_s": self.total_s}

@@ -1,0 +1,70 @@
+"""What a benchmark run measures, as data: suites of scenarios, each a name, worker settings and its stages.
+
+A scenario's `settings` are worker environment variables over the defaults (never the caller's own
+environment, so a run measures what it says). Stages:
+
+- `loads`: raw sequential and parallel reads of each load plan's bytes, then stock `from_pretrained` against
+  the worker's loader, cold and warm page cache, for the fp16 variant and for the standard-files fallback;
+- `attention`: each SDPA kernel on the UNet's attention shapes;
+- `generation`: the worker started with `settings`, its warm jobs interleaved with stock diffusers' on the
+  same seeds, first job, peak memory, and how far its output is from stock's;
+- `profile`: one warm job of the scenario under torch.profiler (kernel time, top kernels);
+- `cached_start`: with COMPILE=1, a fresh process with the compile cache filled, as a later cold start;
+- `flops`, `tracing`: the meta device alone, from the scale's configs: the UNet's FLOPs by op, and Dynamo's
+  tracing per compile scope (CPU work that no compile cache skips).
+
+To measure something new, add a scenario here; the report and chart pick it up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+Stage = Literal["loads", "attention", "generation", "profile", "cached_start", "flops", "tracing"]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    stages: tuple[Stage, ...]
+    settings: Mapping[str, str] = field(default_factory=dict)
+
+
+LOADS = Scenario("loads", ("loads",))
+ATTENTION = Scenario("attention kernels", ("attention",))
+FLOPS = Scenario("UNet FLOPs", ("flops",))
+TRACING = Scenario("Dynamo tracing", ("tracing",))
+COMPILED_BLOCKS = {"COMPILE": "1", "COMPILE_SCOPE": "blocks"}
+
+SUITES: dict[str, tuple[Scenario, ...]] = {
+    # The GPU check: every speed option built so far, each against stock on the same machine.
+    "gpu-check": (
+        ATTENTION,
+        Scenario("ours", ("generation", "profile")),
+        Scenario("ours with CUDA graphs", ("generation", "profile"), {"CUDA_GRAPHS": "1"}),
+        Scenario("ours compiled blocks", ("generation", "profile", "cached_start"), COMPILED_BLOCKS),
+    ),
+    # What earlier GPU checks measured already (benchmarks/RESULTS.md): the loads, the whole-UNet compile.
+    "loads": (LOADS,),
+    "compile-full": (
+        Scenario("ours compiled", ("generation", "profile", "cached_start"),
+                 {"COMPILE": "1", "COMPILE_MODE": "reduce-overhead"}),
+    ),
+    "fp8": (Scenario("ours fp8 with CUDA graphs", ("generation", "profile"), {"QUANTIZE": "fp8", "CUDA_GRAPHS": "1"}),
+            Scenario("ours fp8 compiled blocks", ("generation", "profile"), {"QUANTIZE": "fp8", **COMPILED_BLOCKS})),
+    # Figures from the meta device, on any machine: no volume, no GPU.
+    "meta": (FLOPS, TRACING),
+    # Every stage kind once, for the CI smoke run at tiny scale on the CPU.
+    "smoke": (
+        LOADS,
+        ATTENTION,
+        Scenario("ours", ("generation", "profile")),
+        Scenario("ours nofuse", ("generation",), {"FUSE_QKV": "0"}),
+        Scenario("ours fp8", ("generation",), {"QUANTIZE": "fp8"}),
+        Scenario("ours compiled blocks", ("generation", "cached_start"), COMPILED_BLOCKS),
+        FLOPS,
+        TRACING,
+    ),
+}

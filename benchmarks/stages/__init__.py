@@ -1,0 +1,1 @@
+"""One module per kind of stage; each returns typed results (benchmarks/results.py)."""

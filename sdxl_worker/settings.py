@@ -1,0 +1,137 @@
+"""Every operator setting the worker reads, parsed from the environment and cross-checked once, at start.
+
+This is the one module that reads the worker's settings from the environment, and it does so before the
+volume is touched: a typo in any variable is one sentence at start, naming the variable, the value and
+what is allowed, instead of a failure after every weight has been read. The worker then answers every
+job with that sentence. Variables are the fields' names in capitals (the speed options' too); an unset
+or empty variable takes the default. README's environment table is generated from these fields.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import types
+from collections.abc import Mapping
+from typing import Any, Literal, Union, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
+
+from sdxl_worker.contract.job_schema import DEFAULT_MAX_PIXELS, MIN_PIXELS
+from sdxl_worker.speed.options import SpeedOptions
+
+DEFAULT_MODEL_PATH = "/runpod-volume/photonicfusion-sdxl"
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+class SettingsError(ValueError):
+    """A setting the worker cannot run with; str() is the one sentence to log and to answer jobs with."""
+
+
+class Settings(BaseModel):
+    """The worker's settings; `Settings.from_env()` reads them, `Settings(...)` builds them in code."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_path: str = Field(DEFAULT_MODEL_PATH, min_length=1, description=(
+        "The model folder on the network volume (RunPod mounts it at /runpod-volume). A hub id is refused: "
+        "the worker never downloads."))
+    device: str = Field("auto", pattern=DEVICE_PATTERN, description=(
+        "`auto`: `cuda` when PyTorch sees a GPU, else `cpu`; or `cuda`, `cuda:N`, `cpu`."))
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=MIN_PIXELS, description=(
+        "Cap on width x height of each image a job asks for (1536x1536 by default)."))
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description=(
+        "The worker's log level. One line per job: id, size, steps, timings and a 40-character prompt prefix."))
+    speed: SpeedOptions = Field(default_factory=SpeedOptions)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """The settings an operator set in the environment (or in `env`), defaults for the rest."""
+        env = os.environ if env is None else env
+        return _validate(cls, _values(cls, env))
+
+
+def setting_from_env(name: str, env: Mapping[str, str] | None = None) -> Any:
+    """One top-level setting alone (the volume check's MODEL_PATH), whatever the other variables hold."""
+    env = os.environ if env is None else env
+    field = Settings.model_fields[name]
+    raw = env.get(name.upper(), "").strip()
+    return _parse(name.upper(), raw, field.annotation) if raw else field.get_default(call_default_factory=True)
+
+
+def environment_fields(model: type[BaseModel] = Settings) -> list[tuple[str, FieldInfo]]:
+    """(variable, field) for every setting, in the order README's environment table lists them."""
+    rows: list[tuple[str, FieldInfo]] = []
+    for name, field in model.model_fields.items():
+        rows += environment_fields(field.annotation) if _is_model(field.annotation) else [(name.upper(), field)]
+    return rows
+
+
+def _values(model: type[BaseModel], env: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        if _is_model(field.annotation):
+            values[name] = _values(field.annotation, env)
+            continue
+        raw = env.get(name.upper(), "").strip()
+        if raw:
+            values[name] = _parse(name.upper(), raw, field.annotation)
+    return values
+
+
+def _validate(model: type[BaseModel], values: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise SettingsError(_sentence(exc)) from None
+
+
+def _parse(variable: str, raw: str, annotation: Any) -> Any:
+    """The variable's text as the field's type, or SettingsError naming the variable, the value and the rule."""
+    options = [a for a in get_args(annotation) if a is not type(None)] if _is_optional(annotation) else [annotation]
+    kind = options[0]
+    if get_origin(kind) is Literal:
+        choices = get_args(kind)
+        by_lower = {str(c).lower(): c for c in choices}
+        if raw.lower() in by_lower:
+            return by_lower[raw.lower()]
+        raise SettingsError(f"{variable} must be one of {', '.join(map(str, choices))}, not {raw!r}")
+    if kind is bool:
+        if raw.lower() in TRUE_WORDS:
+            return True
+        if raw.lower() in FALSE_WORDS:
+            return False
+        if _is_optional(annotation) and raw.lower() == "auto":
+            return None
+        also = ", 0 or auto" if _is_optional(annotation) else " or 0"
+        raise SettingsError(f"{variable} must be 1{also}, not {raw!r}")
+    if kind is int:
+        if not re.fullmatch(r"\d+", raw):
+            raise SettingsError(f"{variable} must be a whole number, not {raw!r}")
+        return int(raw)
+    return raw
+
+
+def _sentence(exc: ValidationError) -> str:
+    """One line for the first error: the variable, the value, what is allowed."""
+    error = exc.errors(include_url=False)[0]
+    message = error["msg"].removeprefix("Value error, ")
+    location = [str(part) for part in error["loc"] if part != "speed"]
+    if not location:  # a cross-check between settings: its message names the variables
+        return message
+    variable = location[-1].upper()
+    if error["type"] == "string_pattern_mismatch" and variable == "DEVICE":
+        message = "must be auto, cpu, cuda or cuda:N"
+    return f"{variable}={error.get('input')!r} is refused: {message[0].lower()}{message[1:]}"
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _is_optional(annotation: Any) -> bool:
+    return get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(annotation)
+

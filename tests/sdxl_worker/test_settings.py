@@ -1,0 +1,106 @@
+"""The settings: read once from the environment, defaults as measured, every bad value one sentence."""
+
+from __future__ import annotations
+
+import ast
+
+import pytest
+
+from sdxl_worker.contract.job_schema import DEFAULT_MAX_PIXELS
+from sdxl_worker.settings import DEFAULT_MODEL_PATH, Settings, SettingsError, environment_fields, setting_from_env
+from sdxl_worker.speed.options import SpeedOptions
+from tests.helpers import ROOT
+
+
+def test_defaults_are_the_measured_ones() -> None:
+    settings = Settings.from_env({})
+    assert (settings.model_path, settings.device, settings.max_pixels, settings.log_level) == (
+        DEFAULT_MODEL_PATH, "auto", DEFAULT_MAX_PIXELS, "INFO")
+    assert settings.speed == SpeedOptions(attention_backend="sdpa", fuse_qkv=True, channels_last=True,
+                                          vae_dtype="auto", cudnn_benchmark=False, compile=False,
+                                          compile_mode="default", compile_scope="full", compile_cache_dir=None,
+                                          cuda_graphs=False, quantize="none")
+
+
+def test_env_overrides() -> None:
+    settings = Settings.from_env({
+        "MODEL_PATH": "/runpod-volume/other", "DEVICE": "cuda:1", "MAX_PIXELS": "4194304", "LOG_LEVEL": "debug",
+        "FUSE_QKV": "0", "CHANNELS_LAST": "false", "VAE_DTYPE": "FP32", "COMPILE": "yes",
+        "COMPILE_MODE": "reduce-overhead", "COMPILE_SCOPE": "Blocks",
+        "COMPILE_CACHE_DIR": "/runpod-volume/.cache/torch-compile", "QUANTIZE": "FP8", "ATTENTION_BACKEND": "xformers"})
+    assert (settings.model_path, settings.device, settings.max_pixels, settings.log_level) == (
+        "/runpod-volume/other", "cuda:1", 4194304, "DEBUG")
+    options = settings.speed
+    assert (options.fuse_qkv, options.channels_last, options.vae_dtype, options.compile) == (False, False, "fp32",
+                                                                                             True)
+    assert (options.compile_mode, options.compile_scope) == ("reduce-overhead", "blocks")
+    assert options.compile_cache_dir == "/runpod-volume/.cache/torch-compile"
+    assert (options.quantize, options.attention_backend) == ("fp8", "xformers")
+
+
+def test_empty_variables_take_the_default() -> None:
+    assert Settings.from_env({"COMPILE": "", "MAX_PIXELS": "  ", "MODEL_PATH": ""}) == Settings()
+
+
+@pytest.mark.parametrize(
+    ("env", "sentence"),
+    [({"COMPILE": "maybe"}, "COMPILE must be 1 or 0, not 'maybe'"),
+     ({"VAE_DTYPE": "fp8"}, "VAE_DTYPE must be one of auto, bf16, fp32, not 'fp8'"),
+     ({"COMPILE_MODE": "fast"}, "COMPILE_MODE must be one of default, reduce-overhead, max-autotune-no-cudagraphs, "
+                                "not 'fast'"),
+     ({"COMPILE_SCOPE": "unet"}, "COMPILE_SCOPE must be one of full, blocks, not 'unet'"),
+     ({"QUANTIZE": "int4"}, "QUANTIZE must be one of none, fp8, not 'int4'"),
+     ({"ATTENTION_BACKEND": "flash"}, "ATTENTION_BACKEND must be one of sdpa, xformers, not 'flash'"),
+     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, not 'LOUD'"),
+     ({"MAX_PIXELS": "lots"}, "MAX_PIXELS must be a whole number, not 'lots'"),
+     ({"MAX_PIXELS": "100"}, "MAX_PIXELS=100 is refused: input should be greater than or equal to 65536"),
+     ({"DEVICE": "gpu"}, "DEVICE='gpu' is refused: must be auto, cpu, cuda or cuda:N"),
+     ({"CUDA_GRAPHS": "1", "COMPILE": "1"}, "CUDA_GRAPHS=1 and COMPILE=1 exclude each other: for compiled code "
+                                            "with CUDA graphs, use COMPILE=1 COMPILE_MODE=reduce-overhead")],
+)
+def test_bad_settings_are_one_sentence_naming_the_variable(env: dict, sentence: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env)
+    assert str(caught.value) == sentence
+
+
+def test_one_setting_reads_alone_whatever_the_others_hold() -> None:
+    """The volume check reads MODEL_PATH alone: a bad speed option is the worker's to report, not the check's."""
+    env = {"MODEL_PATH": "/runpod-volume/mine", "COMPILE": "maybe"}
+    assert setting_from_env("model_path", env) == "/runpod-volume/mine"
+    assert setting_from_env("model_path", {}) == DEFAULT_MODEL_PATH
+    with pytest.raises(SettingsError, match="LOG_LEVEL must be one of"):
+        setting_from_env("log_level", {"LOG_LEVEL": "chatty"})
+
+
+def test_every_setting_has_one_variable_and_a_description() -> None:
+    variables = [name for name, _ in environment_fields()]
+    assert len(variables) == len(set(variables))
+    assert {"MODEL_PATH", "DEVICE", "MAX_PIXELS", "LOG_LEVEL", "ATTENTION_BACKEND", "COMPILE", "CUDA_GRAPHS",
+            "QUANTIZE", "COMPILE_CACHE_DIR"} <= set(variables)
+    assert all(field.description for _, field in environment_fields())
+
+
+def test_no_other_module_reads_the_settings_variables() -> None:
+    """Settings are read in one place: a variable read elsewhere would bypass the start's checks."""
+    variables = {name for name, _ in environment_fields()}
+    modules = [*ROOT.glob("*.py"), *(ROOT / "sdxl_worker").rglob("*.py")]
+    readers = [f"{path.relative_to(ROOT)}:{line} reads {name}" for path in modules if path.name != "settings.py"
+               for line, name in _environment_reads(ast.parse(path.read_text())) if name in variables]
+    assert readers == []
+    snippet = 'os.environ.get("COMPILE")\nos.environ["DEVICE"]\nos.environ["TRITON_CACHE_DIR"] = "/x"\n'
+    assert _environment_reads(ast.parse(snippet)) == [(1, "COMPILE"), (2, "DEVICE")]  # reads, not writes
+
+
+def _environment_reads(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, variable) of each os.environ.get(...), os.getenv(...) and os.environ[...] read in `tree`."""
+    reads = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            called = ast.unparse(node.func)
+            if called in ("os.environ.get", "os.getenv", "environ.get", "getenv"):
+                reads.append((node.lineno, node.args[0].value))
+        elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and \
+                ast.unparse(node.value) in ("os.environ", "environ") and isinstance(node.slice, ast.Constant):
+            reads.append((node.lineno, node.slice.value))
+    return reads
