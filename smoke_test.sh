@@ -5,7 +5,8 @@
 #   bash smoke_test.sh http://127.0.0.1:8000/runsync
 #   ENDPOINT_ID=abc123 RUNPOD_API_KEY=... bash smoke_test.sh    # a deployed endpoint
 #
-# WIDTH, HEIGHT and STEPS set the job (default 512x512, 4 steps). Exit 0 when the image checks out.
+# WIDTH, HEIGHT and STEPS set the job (default 512x512, 4 steps). A local server still starting is waited for
+# (up to 2 minutes). Exit 0 when the image checks out.
 set -euo pipefail
 
 width=${WIDTH:-512}
@@ -28,12 +29,18 @@ for tool in curl python3; do
   command -v "$tool" >/dev/null || { echo "smoke_test.sh: $tool is required" >&2; exit 2; }
 done
 
+# A local API still loading the model refuses connections: wait for it. (A remote endpoint is not retried: a
+# retried POST could run the job twice.)
+wait_for_server=()
+if [[ $url == http://127.0.0.1:* || $url == http://localhost:* ]]; then
+  wait_for_server=(--retry-connrefused --retry 120 --retry-delay 1)
+fi
 body=$(printf '{"input": {"prompt": "smoke test: a lighthouse at dusk", "width": %d, "height": %d, "num_inference_steps": %d, "seed": 1}}' \
   "$width" "$height" "$steps")
 echo "POST $url (${width}x${height}, ${steps} steps)"
 reply_file=$(mktemp)
 trap 'rm -f "$reply_file"' EXIT
-curl --silent --show-error --max-time 600 -X POST "${headers[@]}" --data "$body" --output "$reply_file" "$url"
+curl --silent --show-error --max-time 600 "${wait_for_server[@]}" -X POST "${headers[@]}" --data "$body" --output "$reply_file" "$url"
 
 python3 - "$width" "$height" "$reply_file" <<'PY'
 import base64, json, struct, sys

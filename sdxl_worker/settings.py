@@ -39,8 +39,8 @@ class Settings(BaseModel):
     model_path: str = Field(DEFAULT_MODEL_PATH, min_length=1, description=(
         "The model folder on the network volume (RunPod mounts it at /runpod-volume). A hub id is refused: "
         "the worker never downloads."))
-    device: str = Field("auto", pattern=DEVICE_PATTERN, description=(
-        "`auto`: `cuda` when PyTorch sees a GPU, else `cpu`; or `cuda`, `cuda:N`, `cpu`."))
+    device: str = Field("auto", pattern=DEVICE_PATTERN, examples=["auto", "cpu", "cuda", "cuda:N"], description=(
+        "`auto`: `cuda` when PyTorch sees a GPU, else `cpu`."))
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=MIN_PIXELS, description=(
         "Cap on width x height of each image a job asks for (1536x1536 by default)."))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description=(

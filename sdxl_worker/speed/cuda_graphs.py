@@ -1,10 +1,10 @@
 """Replay the UNet's forward as one CUDA graph: the same eager kernels, without the CPU launching each one.
 
-Eager SDXL measured 1.5-2.4 s a warm 1024x1024 job on an H200, a spread that most likely comes from the
-host's CPU launching kernels, while torch.compile with CUDA graphs held 1.02-1.04 s but costs
-~100 s of compiling at a first start, ~22 s at a cached one, and compilers in the image. Capturing the
-eager forward costs two eager calls and one capture at the warm-up, and needs no compiler. Its speed
-and memory on a GPU are not measured yet, so CUDA_GRAPHS is off by default (speed.py).
+An eager UNet leaves the GPU waiting while the CPU launches each of its thousands of small kernels, which is
+also why eager timings vary from host to host. torch.compile with CUDA graphs removes that, but costs minutes
+of compiling at a first start, seconds more at every cached one, and compilers in the image. Capturing the
+eager forward costs two eager calls and one capture at the warm-up and needs no compiler; measured faster than
+eager with the same output (benchmarks/RESULTS.md), it is on by default on CUDA (`CUDA_GRAPHS`).
 
 One graph, for the warm-up's call (its shapes, dtypes, devices and strides), as with COMPILE; every
 sampler shares it, since the UNet gets its timestep as float32 whatever the sampler (unet_timestep.py).

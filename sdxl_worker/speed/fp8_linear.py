@@ -1,14 +1,13 @@
 """QUANTIZE=fp8: run the UNet's transformer-block linear layers as fp8 matrix products (torchao).
 
-Why these layers: linear layers are 64% of an SDXL UNet call's FLOPs at 1024x1024 (49.2% addmm + 15.2% mm;
-convolutions 24.0%, attention 11.6%: FlopCounterMode on the published config, `benchmark.py
---tracing-only`), and nearly all of them sit in the transformer blocks. fp8 tensor cores do twice the
-16-bit rate on an H100 or H200, so this is the option that speeds up the arithmetic itself rather than
-the launching of it. The time and add embeddings' linears multiply 2 rows: nothing to gain, so they stay.
+Why these layers: linear layers are about two thirds of an SDXL UNet call's FLOPs, nearly all of them in
+the transformer blocks (counted: benchmarks/RESULTS.md), and fp8 tensor cores do twice the 16-bit rate on
+Ada and Hopper GPUs: the option that would speed up the arithmetic itself rather than its launching. The
+time and add embeddings' linears multiply 2 rows: nothing to gain, so they stay.
 
 It changes the numbers: e4m3 keeps 3 mantissa bits, with each activation row and each weight row scaled to
-its own maximum (torchao's dynamic row-wise scheme). Hence opt-in, with the distance from stock diffusers
-stated by the benchmark, never assumed.
+its own maximum (torchao's dynamic row-wise scheme). Hence opt-in; on an H200 it was measured slower than
+16 bits, its per-row scaling running as separate kernels, and its output far from stock's (RESULTS.md).
 
 torchao's row-wise scheme takes bfloat16 weights (and torch's row-wise fp8 product writes only bfloat16
 outside Hopper), so with this option the UNet runs in bfloat16, and so do the text encoders: the pipeline

@@ -46,9 +46,10 @@ class SpeedOptions(BaseModel):
         "stock diffusers' float32 decode."))
     cudnn_benchmark: bool = Field(False, description=(
         "Let cuDNN time its convolution algorithms per shape: adds seconds to the warm-up, no gain measured."))
-    cuda_graphs: bool = Field(False, description=(
-        "Replay the UNet's forward as one CUDA graph captured at the warm-up: no compiler, no compile time. For "
-        "the warm-up's shape; other shapes run eagerly. Excludes `COMPILE=1`."))
+    cuda_graphs: bool | None = Field(None, description=(
+        "Replay the UNet's forward as one CUDA graph captured at the warm-up: the same kernels without the CPU "
+        "launching each one, no compiler. `auto` (unset): on with CUDA unless `COMPILE=1`. For the warm-up's "
+        "shape; other shapes run eagerly."))
     compile: bool = Field(False, description=(
         "`torch.compile` of the UNet and VAE decoder for the warm-up's shape (other shapes run uncompiled, never "
         "compiling inside a job). The first start compiles for minutes; use `COMPILE_CACHE_DIR`."))
@@ -68,11 +69,20 @@ class SpeedOptions(BaseModel):
         "8.9+, else skipped with the reason). Changes the output; see benchmarks/RESULTS.md before using it."))
 
     @model_validator(mode="after")
-    def _exclusive(self) -> SpeedOptions:
+    def _compatible(self) -> SpeedOptions:
         if self.compile and self.cuda_graphs:
             raise ValueError("CUDA_GRAPHS=1 and COMPILE=1 exclude each other: for compiled code with CUDA graphs, "
                              "use COMPILE=1 COMPILE_MODE=reduce-overhead")
+        if self.compile and self.compile_scope == "blocks" and self.compile_mode == "reduce-overhead":
+            raise ValueError("COMPILE_SCOPE=blocks does not work with COMPILE_MODE=reduce-overhead: the repeated "
+                             "blocks share one CUDA graph, and each overwrites the output the next one reads; use "
+                             "COMPILE_MODE=default with COMPILE_SCOPE=blocks")
         return self
+
+    @property
+    def use_cuda_graphs(self) -> bool:
+        """CUDA_GRAPHS as set, or `auto`: on unless the UNet is compiled (a compiled UNet brings its own)."""
+        return self.cuda_graphs if self.cuda_graphs is not None else not self.compile
 
 
 @dataclass(frozen=True)
@@ -156,7 +166,7 @@ def apply_speedups(pipe: Any, options: SpeedOptions, device: str) -> SpeedReport
         done["channels_last"] = True
     if fp8:
         done["fp8_layers"] = quantize_unet_fp8(pipe.unet)
-    if options.cuda_graphs and on_cuda:
+    if options.use_cuda_graphs and on_cuda:
         graph_unet(pipe.unet)
         done["cuda_graphs"] = True
     if options.compile:

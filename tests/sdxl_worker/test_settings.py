@@ -19,21 +19,21 @@ def test_defaults_are_the_measured_ones() -> None:
     assert settings.speed == SpeedOptions(attention_backend="sdpa", fuse_qkv=True, channels_last=True,
                                           vae_dtype="auto", cudnn_benchmark=False, compile=False,
                                           compile_mode="default", compile_scope="full", compile_cache_dir=None,
-                                          cuda_graphs=False, quantize="none")
+                                          cuda_graphs=None, quantize="none")
 
 
 def test_env_overrides() -> None:
     settings = Settings.from_env({
         "MODEL_PATH": "/runpod-volume/other", "DEVICE": "cuda:1", "MAX_PIXELS": "4194304", "LOG_LEVEL": "debug",
         "FUSE_QKV": "0", "CHANNELS_LAST": "false", "VAE_DTYPE": "FP32", "COMPILE": "yes",
-        "COMPILE_MODE": "reduce-overhead", "COMPILE_SCOPE": "Blocks",
+        "COMPILE_MODE": "max-autotune-no-cudagraphs", "COMPILE_SCOPE": "Blocks",
         "COMPILE_CACHE_DIR": "/runpod-volume/.cache/torch-compile", "QUANTIZE": "FP8", "ATTENTION_BACKEND": "xformers"})
     assert (settings.model_path, settings.device, settings.max_pixels, settings.log_level) == (
         "/runpod-volume/other", "cuda:1", 4194304, "DEBUG")
     options = settings.speed
     assert (options.fuse_qkv, options.channels_last, options.vae_dtype, options.compile) == (False, False, "fp32",
                                                                                              True)
-    assert (options.compile_mode, options.compile_scope) == ("reduce-overhead", "blocks")
+    assert (options.compile_mode, options.compile_scope) == ("max-autotune-no-cudagraphs", "blocks")
     assert options.compile_cache_dir == "/runpod-volume/.cache/torch-compile"
     assert (options.quantize, options.attention_backend) == ("fp8", "xformers")
 
@@ -55,13 +55,25 @@ def test_empty_variables_take_the_default() -> None:
      ({"MAX_PIXELS": "lots"}, "MAX_PIXELS must be a whole number, not 'lots'"),
      ({"MAX_PIXELS": "100"}, "MAX_PIXELS=100 is refused: input should be greater than or equal to 65536"),
      ({"DEVICE": "gpu"}, "DEVICE='gpu' is refused: must be auto, cpu, cuda or cuda:N"),
+     ({"CUDA_GRAPHS": "sometimes"}, "CUDA_GRAPHS must be 1, 0 or auto, not 'sometimes'"),
      ({"CUDA_GRAPHS": "1", "COMPILE": "1"}, "CUDA_GRAPHS=1 and COMPILE=1 exclude each other: for compiled code "
-                                            "with CUDA graphs, use COMPILE=1 COMPILE_MODE=reduce-overhead")],
+                                            "with CUDA graphs, use COMPILE=1 COMPILE_MODE=reduce-overhead"),
+     ({"COMPILE": "1", "COMPILE_SCOPE": "blocks", "COMPILE_MODE": "reduce-overhead"},
+      "COMPILE_SCOPE=blocks does not work with COMPILE_MODE=reduce-overhead: the repeated blocks share one CUDA "
+      "graph, and each overwrites the output the next one reads; use COMPILE_MODE=default with COMPILE_SCOPE=blocks")],
 )
 def test_bad_settings_are_one_sentence_naming_the_variable(env: dict, sentence: str) -> None:
     with pytest.raises(SettingsError) as caught:
         Settings.from_env(env)
     assert str(caught.value) == sentence
+
+
+@pytest.mark.parametrize(("env", "graphs"), [({}, True), ({"COMPILE": "1"}, False), ({"CUDA_GRAPHS": "auto"}, True),
+                                             ({"CUDA_GRAPHS": "0"}, False), ({"CUDA_GRAPHS": "1"}, True),
+                                             ({"CUDA_GRAPHS": "0", "COMPILE": "1"}, False)])
+def test_cuda_graphs_are_on_unless_compiled_or_turned_off(env: dict, graphs: bool) -> None:
+    """Measured faster than eager with the same output (benchmarks/RESULTS.md); a compiled UNet has its own."""
+    assert Settings.from_env(env).speed.use_cuda_graphs is graphs
 
 
 def test_one_setting_reads_alone_whatever_the_others_hold() -> None:

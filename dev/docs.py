@@ -1,0 +1,126 @@
+"""README's job contract and environment tables, generated from the job schema and the settings object.
+
+The descriptions, defaults, bounds and choices live on the fields themselves; README holds a copy between
+markers, and a test fails when the copy differs.
+
+    python -m dev.docs           # rewrite README.md's generated tables
+    python -m dev.docs --check   # exit 1 when README.md differs from the fields
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import types
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+from pydantic.fields import FieldInfo
+
+from sdxl_worker.contract.job_schema import JobInput
+from sdxl_worker.settings import environment_fields
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+BLOCK = re.compile(r"(<!-- generated: (?P<name>[a-z ]+) -->\n).*?(<!-- end generated -->)", re.S)
+
+
+def contract_table() -> str:
+    rows = ["| field | type | default | bounds / choices | meaning |", "| --- | --- | --- | --- | --- |"]
+    for name, field in JobInput.model_fields.items():
+        default = "required" if field.is_required() else _value(field.default)
+        rows.append(f"| `{name}` | {_type(field.annotation)} | {default} | {_bounds(field)} | {field.description} |")
+    return "\n".join(rows)
+
+
+def environment_table() -> str:
+    rows = ["| variable | default | choices | effect |", "| --- | --- | --- | --- |"]
+    for variable, field in environment_fields():
+        default = field.get_default(call_default_factory=True)
+        if default is None:
+            shown = "`auto`" if _options(field.annotation)[0] is bool else "unset"
+        else:
+            shown = _flag(default) if isinstance(default, bool) else f"`{default}`"
+        rows.append(f"| `{variable}` | {shown} | {_choices(field)} | {field.description} |")
+    return "\n".join(rows)
+
+
+TABLES = {"job contract": contract_table, "environment": environment_table}
+
+
+def update(text: str) -> str:
+    """`text` with every generated block replaced by its table, built now."""
+    return BLOCK.sub(lambda m: f"{m.group(1)}{TABLES[m.group('name')]()}\n{m.group(3)}", text)
+
+
+def _options(annotation: Any) -> list[Any]:
+    if get_origin(annotation) in (Union, types.UnionType):
+        return [a for a in get_args(annotation) if a is not type(None)]
+    return [annotation]
+
+
+def _type(annotation: Any) -> str:
+    names = {str: "string", int: "integer", float: "number", bool: "boolean"}
+    kinds = [("string" if get_origin(a) is Literal else names[a]) for a in _options(annotation)]
+    nullable = type(None) in get_args(annotation)
+    return " or ".join(kinds) + (" or null" if nullable else "")
+
+
+def _bounds(field: FieldInfo) -> str:
+    parts = []
+    for rule in field.metadata:
+        for attribute, text in (("ge", ">= {}"), ("le", "<= {}"), ("multiple_of", "multiple of {}"),
+                                ("max_length", "up to {} characters")):
+            if getattr(rule, attribute, None) is not None:
+                parts.append(text.format(_number(getattr(rule, attribute))))
+    if any(getattr(rule, "min_length", None) == 1 for rule in field.metadata):
+        parts.insert(0, "not empty")
+    literal = next((a for a in _options(field.annotation) if get_origin(a) is Literal), None)
+    if literal is not None:
+        parts.append(", ".join(f"`{choice}`" for choice in get_args(literal)))
+    return "; ".join(parts) or "any"
+
+
+def _choices(field: FieldInfo) -> str:
+    kind = _options(field.annotation)[0]
+    if get_origin(kind) is Literal:
+        return ", ".join(f"`{choice}`" for choice in get_args(kind))
+    if kind is bool:
+        return "`1`, `0`" + (", `auto`" if type(None) in get_args(field.annotation) else "")
+    if kind is int:
+        low = next((rule.ge for rule in field.metadata if getattr(rule, "ge", None) is not None), 0)
+        return f"a whole number >= {_number(low)}"
+    if field.examples:
+        return ", ".join(f"`{example}`" for example in field.examples)
+    return "a path"
+
+
+def _value(value: Any) -> str:
+    return "null" if value is None else f"`{value}`"
+
+
+def _flag(value: bool) -> str:
+    return "`1`" if value else "`0`"
+
+
+def _number(value: float) -> str:
+    return f"{value:,}" if isinstance(value, int) and value >= 10_000 else str(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 when README.md differs; write nothing")
+    args = parser.parse_args(argv)
+    text = README.read_text()
+    updated = update(text)
+    if args.check:
+        if updated != text:
+            print("README.md's generated tables differ from the fields: run python -m dev.docs", file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(updated)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

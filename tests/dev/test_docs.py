@@ -1,0 +1,26 @@
+"""README's job contract and environment tables are the schema's and the settings' own, row for row."""
+
+from __future__ import annotations
+
+from dev.docs import README, contract_table, environment_table, update
+from sdxl_worker.contract.job_schema import JobInput
+from sdxl_worker.settings import environment_fields
+
+
+def test_readme_tables_match_the_fields() -> None:
+    text = README.read_text()
+    assert update(text) == text, "README.md's generated tables are stale: run python -m dev.docs"
+
+
+def test_every_field_and_variable_has_a_row() -> None:
+    contract, environment = contract_table(), environment_table()
+    assert all(f"| `{name}` |" in contract for name in JobInput.model_fields)
+    assert all(f"| `{variable}` |" in environment for variable, _ in environment_fields())
+    assert "| `width` | integer | `1024` | >= 256; <= 2048; multiple of 8 |" in contract
+    assert "| `COMPILE_SCOPE` | `full` | `full`, `blocks` |" in environment
+
+
+def test_a_changed_description_makes_the_readme_stale() -> None:
+    text = README.read_text()
+    stale = text.replace("| Sampling steps. |", "| Steps. |")
+    assert stale != text and update(stale) == text
