@@ -37,14 +37,13 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model_path: str = Field(DEFAULT_MODEL_PATH, min_length=1, description=(
-        "The model folder on the network volume (RunPod mounts it at /runpod-volume). A hub id is refused: "
-        "the worker never downloads."))
+        "The model folder on the volume; a hub id is refused (the worker never downloads)."))
     device: str = Field("auto", pattern=DEVICE_PATTERN, examples=["auto", "cpu", "cuda", "cuda:N"], description=(
         "`auto`: `cuda` when PyTorch sees a GPU, else `cpu`."))
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=MIN_PIXELS, description=(
-        "Cap on width x height of each image a job asks for (1536x1536 by default)."))
+        "Cap on each image's width x height (1536x1536)."))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description=(
-        "The worker's log level. One line per job: id, size, steps, timings and a 40-character prompt prefix."))
+        "One line per job at INFO: id, size, steps, timings, a 40-character prompt prefix."))
     speed: SpeedOptions = Field(default_factory=SpeedOptions)
 
     @classmethod

@@ -37,36 +37,29 @@ class SpeedOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     attention_backend: Literal["sdpa", "xformers"] = Field("sdpa", description=(
-        "PyTorch SDPA (its cuDNN kernel on Hopper); `xformers` only where installed and working, else SDPA "
-        "with a warning. Not in the image: measured no faster."))
-    fuse_qkv: bool = Field(True, description="One matrix product for q/k/v in the UNet's and VAE's attention.")
-    channels_last: bool = Field(True, description="NHWC memory format for the UNet's convolutions on CUDA.")
+        "`xformers` only where installed and working, else SDPA with a warning (not in the image: no faster)."))
+    fuse_qkv: bool = Field(True, description="One matrix product for attention's q/k/v.")
+    channels_last: bool = Field(True, description="NHWC memory format for the UNet on CUDA.")
     vae_dtype: Literal["auto", "bf16", "fp32"] = Field("auto", description=(
-        "`auto`: bf16 on CUDA (float32's range, so SDXL's VAE does not overflow, at 16-bit speed); `fp32` keeps "
-        "stock diffusers' float32 decode."))
+        "`auto`: bf16 on CUDA (no overflow, 16-bit speed); `fp32`: stock diffusers' float32 decode."))
     cudnn_benchmark: bool = Field(False, description=(
-        "Let cuDNN time its convolution algorithms per shape: adds seconds to the warm-up, no gain measured."))
+        "cuDNN times its convolution algorithms: seconds more warm-up, no gain measured."))
     cuda_graphs: bool | None = Field(None, description=(
-        "Replay the UNet's forward as one CUDA graph captured at the warm-up: the same kernels without the CPU "
-        "launching each one, no compiler. `auto` (unset): on with CUDA unless `COMPILE=1`. For the warm-up's "
-        "shape; other shapes run eagerly."))
+        "Replay the UNet as one CUDA graph captured at the warm-up; `auto`: on with CUDA unless `COMPILE=1`. "
+        "Other shapes than the warm-up's run eagerly."))
     compile: bool = Field(False, description=(
-        "`torch.compile` of the UNet and VAE decoder for the warm-up's shape (other shapes run uncompiled, never "
-        "compiling inside a job). The first start compiles for minutes; use `COMPILE_CACHE_DIR`."))
+        "`torch.compile` the UNet and VAE decoder for the warm-up's shape; the first start compiles for minutes."))
     compile_mode: CompileMode = Field("default", description=(
-        "torch.compile's mode; `reduce-overhead` adds CUDA graphs (the fastest measured, with `COMPILE_SCOPE=full`)."))
+        "`reduce-overhead` adds CUDA graphs: the fastest warm job measured, with `COMPILE_SCOPE=full`."))
     compile_scope: CompileScope = Field("full", description=(
-        "`full`: the whole UNet; `blocks`: only its repeated transformer blocks, so a start with a filled cache "
-        "traces far less Python."))
+        "`blocks`: only the UNet's repeated blocks, so a start with a filled cache traces far less."))
     compile_cache_dir: str | None = Field(None, description=(
-        "A folder on the volume for inductor's and triton's caches, so later starts reuse the compiled kernels "
-        "(the image sets `/runpod-volume/.cache/torch-compile`)."))
+        "A folder on the volume for the compiled kernels, reused by later starts (the image sets one)."))
     torchinductor_cache_dir: str | None = Field(None, description=(
-        "torch's own cache variable: where compiled kernels go when `COMPILE_CACHE_DIR` is unset (the image sets "
-        "it on the volume). With neither, every cold start compiles from scratch, and the worker warns."))
+        "torch's own: the kernels' folder when `COMPILE_CACHE_DIR` is unset; with neither, every start compiles."))
     quantize: Literal["none", "fp8"] = Field("none", description=(
-        "`fp8`: the UNet's transformer-block linear layers as fp8 products (torchao; GPUs of compute capability "
-        "8.9+, else skipped with the reason). Changes the output; see benchmarks/RESULTS.md before using it."))
+        "`fp8` linear layers in the UNet's blocks (compute capability 8.9+, else skipped): measured slower, "
+        "and it changes the output."))
 
     @model_validator(mode="after")
     def _compatible(self) -> SpeedOptions:
