@@ -17,6 +17,7 @@ import argparse
 import base64
 import gc
 import io
+import json
 import logging
 import math
 import os
@@ -31,6 +32,7 @@ from sdxl_worker.contract.generation import generate
 from sdxl_worker.contract.image_encoding import encode_image
 from sdxl_worker.contract.job_schema import JobInput, JobInputError, parse_job_input
 from sdxl_worker.contract.schedulers import build_schedulers
+from sdxl_worker.logs import PROMPT_LOG_CHARS, configure_logging, job_text, route_library_logs
 from sdxl_worker.settings import Settings, SettingsError
 from sdxl_worker.speed.options import SpeedReport, apply_speedups, freeze_compiled_shapes
 from volume_check import VolumeReport, check_volume
@@ -38,7 +40,6 @@ from volume_check import VolumeReport, check_volume
 log = logging.getLogger("worker")
 
 ProgressSink = Callable[[dict[str, Any], dict[str, Any]], None]
-PROMPT_LOG_CHARS = 40
 
 
 def runpod_progress(job: dict[str, Any], update: dict[str, Any]) -> None:
@@ -84,19 +85,21 @@ class Worker:
         explains it to every job instead of crash-looping.
         """
         # 1. Settings: `settings`, already parsed and cross-checked, before the volume is touched.
-        # 2. Volume check, once: the load plan is made from its report.
-        report = check_volume(settings.model_path)
-        for line in report.render().splitlines():
-            log.info("%s", line)
-        if not report.loadable:
-            log.error("cannot serve: %s", report.summary())
-            return cls.cannot_serve(report.summary(), settings, report)
-        # The one place a load error is caught: the worker must stay up to report it to callers instead of
+        # The one place a start's error is caught: the worker must stay up to report it to callers instead of
         # crash-looping; the traceback goes to the log in full.
+        report = None
         try:
+            # 2. Volume check, once, every tensor name and shape included: the load plan is made from its report.
+            report = check_volume(settings.model_path, tensors=True)
+            for line in report.render().splitlines():
+                log.info("%s", line)
+            if not report.loadable:
+                log.error("cannot serve: %s", report.summary())
+                return cls.cannot_serve(report.summary(), settings, report)
             # 3. Load plan: which weight set, which dtype, which device.
             plan = plan_load(report, resolve_device(settings.device))
-            # 4. Load.
+            # 4. Load (the libraries' logs through the worker's, which keeps job text out).
+            route_library_logs()
             started = time.perf_counter()
             pipe, record = load_planned(report, plan)
             loaded = time.perf_counter()
@@ -113,8 +116,9 @@ class Worker:
                     freeze_compiled_shapes(pipe)
                     log.info("compiled or captured for the warm-up's shape; jobs of other shapes run eagerly")
         except Exception as exc:
-            log.exception("loading the pipeline failed")
-            return cls.cannot_serve(f"loading failed: {_describe(exc)}", settings, report, _cuda_unusable(exc))
+            log.exception("starting the worker failed")
+            stage = "loading failed" if report is not None and report.loadable else "checking the volume failed"
+            return cls.cannot_serve(f"{stage}: {_describe(exc)}", settings, report, _cuda_unusable(exc))
         return worker
 
     @classmethod
@@ -140,7 +144,7 @@ class Worker:
     def handle(self, job: dict[str, Any]) -> dict[str, Any]:
         """validate -> generate -> encode; every failure becomes {"error": "<one sentence>"}."""
         started = time.perf_counter()
-        job_id = str(job.get("id", "local")) if isinstance(job, dict) else "local"
+        job_id = str(job.get("id", "local"))[:64] if isinstance(job, dict) else "local"
         if self.pipe is None:
             reply: dict[str, Any] = {"error": f"This worker cannot serve jobs: {self.startup_error}"}
             if self.refresh_on_error:
@@ -155,7 +159,8 @@ class Worker:
         import torch
 
         try:
-            return self._run(job, job_id, params, started)
+            with job_text(params.prompt, params.negative_prompt):
+                return self._run(job, job_id, params, started)
         except torch.cuda.OutOfMemoryError:
             pass  # answered below, once the exception no longer pins the job's tensors
         # The job boundary: nothing may escape to runpod, which would answer a traceback.
@@ -223,9 +228,8 @@ def _cuda_unusable(exc: BaseException) -> bool:
     text = str(exc)
     if any(mark in text for mark in ("CUDA error", "CUBLAS_STATUS", "cuDNN error", "device-side assert")):
         return True
-    import torch
-
-    if not torch.cuda.is_available():
+    torch = sys.modules.get("torch")  # not imported (or not installed): no CUDA context to distrust
+    if torch is None or not torch.cuda.is_available():
         return False
     try:
         torch.cuda.synchronize()
@@ -245,7 +249,7 @@ def start_from_env(*, warmup: bool = True) -> Worker:
         configure_logging("INFO")
         log.error("cannot serve: bad setting: %s", exc)
         return Worker.cannot_serve(f"bad setting: {exc}")
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, torchao_notices=settings.speed.quantize == "fp8")
     return Worker.start(settings, warmup=warmup)
 
 
@@ -294,16 +298,18 @@ def self_test(out: Path | None) -> int:
     return 0
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stdout,
-    )
+class Arguments(argparse.ArgumentParser):
+    """The worker's flags; --help lists runpod's too, which pass through to runpod.serverless.start."""
+
+    def format_help(self) -> str:
+        from runpod.serverless import parser as runpod_parser
+
+        runpod_flags = runpod_parser.format_help().split("options:", 1)[-1]
+        return f"{super().format_help()}\nrunpod's flags (passed through to runpod.serverless.start):{runpod_flags}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="PhotonicFusion SDXL RunPod worker", add_help=True)
+    parser = Arguments(description="PhotonicFusion SDXL RunPod worker: serves SDXL from the network volume, offline")
     parser.add_argument("--test", action="store_true", help="self-test: check, load, generate one image, exit")
     parser.add_argument("--out", type=Path, help="with --test: save the image here")
     args, runpod_args = parser.parse_known_args(argv)
@@ -315,10 +321,32 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RUNPOD_LOG_LEVEL", "WARN")
     sys.argv = [sys.argv[0], *runpod_args]
     worker = start_from_env()
+    handler = worker.handle
+    if "--test_input" in runpod_args:
+        handler = printing(handler)
     import runpod
 
-    runpod.serverless.start({"handler": worker.handle})
+    runpod.serverless.start({"handler": handler})
     return 0
+
+
+def printing(handler: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """`handler`, printing each reply as JSON with its images summarised (runpod's --test_input prints none)."""
+
+    def handle_and_print(job: dict[str, Any]) -> dict[str, Any]:
+        reply = handler(job)
+        print(json.dumps(summarise(reply)), flush=True)
+        return reply
+
+    return handle_and_print
+
+
+def summarise(reply: dict[str, Any]) -> dict[str, Any]:
+    """The reply with each base64 image replaced by its format, size and length."""
+    if "images" not in reply:
+        return reply
+    return {**reply, "images": [f"<{reply['format']} {reply['width']}x{reply['height']}, {len(image):,} base64 "
+                                "characters>" for image in reply["images"]]}
 
 
 if __name__ == "__main__":

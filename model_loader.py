@@ -142,28 +142,49 @@ def load_components(report: VolumeReport, plan: LoadPlan, *, prefetch: bool = Tr
     with Prefetcher(files) if prefetch else nullcontext() as prefetcher:
         for name, component in report.components.items():
             began = time.perf_counter()
-            cls = _component_class(component.library, component.class_name)
-            if component.kind == "model":
-                # The fallback's float32 files are cast to float16 while loading, before the GPU copy: faster
-                # than casting on the GPU (benchmarks/RESULTS.md), and never a float32 copy in GPU memory.
-                loaded.components[name] = cls.from_pretrained(
-                    model_path,
-                    subfolder=name,
-                    variant=variant_suffix(plan.variants[name]),
-                    dtype=dtype,
-                    device_map=plan.device,
-                    local_files_only=True,
-                    use_safetensors=True,
-                    **no_mmap,
-                )
-            else:
-                loaded.components[name] = cls.from_pretrained(model_path, subfolder=name, local_files_only=True)
+            options = {"variant": variant_suffix(plan.variants[name]), "dtype": dtype, "device_map": plan.device,
+                       **no_mmap} if component.kind == "model" else {}
+            loaded.components[name] = _load_component(model_path, name, component.library, component.class_name,
+                                                      options)
             loaded.seconds[name] = round(time.perf_counter() - began, 3)
             if component.kind == "model":
                 needed += component.weight_sets[plan.variants[name]].bytes
                 if prefetcher is not None:
                     loaded.prefetch_lead_gb[name] = round((prefetcher.bytes_read - needed) / 1e9, 2)
     return loaded
+
+
+class ComponentLoadError(RuntimeError):
+    """A component the volume check passed that its library would not load as its config describes."""
+
+
+def _load_component(model_path: Path, name: str, library: str, class_name: str, options: dict[str, Any]) -> Any:
+    """One component from its subfolder, offline; a model whose weights do not fill it exactly is refused.
+
+    For a model, `options` holds its weight set, dtype and device. Its library reports tensors missing from the
+    files (which it would fill with random values), tensors it has no place for, and shapes that differ: each
+    is a refusal naming the component, never a warning in a log. Any other error is re-raised with the
+    component's name in front, the library's own message after it.
+    """
+    cls = _component_class(library, class_name)
+    try:
+        if not options:
+            return cls.from_pretrained(model_path, subfolder=name, local_files_only=True)
+        # The fallback's float32 files are cast to float16 while loading, before the GPU copy: faster than
+        # casting on the GPU (benchmarks/RESULTS.md), and never a float32 copy in GPU memory.
+        model, info = cls.from_pretrained(model_path, subfolder=name, local_files_only=True, use_safetensors=True,
+                                          output_loading_info=True, **options)
+    except Exception as exc:
+        text = " ".join(str(exc).split())[:300]
+        raise ComponentLoadError(f"{name}: {type(exc).__name__}: {text}") from exc
+    problems = [f"{len(keys)} {what}, e.g. {sorted(map(str, keys))[0]}" for what, keys in (
+        ("tensor(s) missing from its weights", info.get("missing_keys")),
+        ("tensor(s) in its weights that it has no place for", info.get("unexpected_keys")),
+        ("tensor(s) of another shape", info.get("mismatched_keys")),
+        ("load error(s)", info.get("error_msgs"))) if keys]
+    if problems:
+        raise ComponentLoadError(f"{name}: {'; '.join(problems)}")
+    return model
 
 
 def assemble_pipeline(report: VolumeReport, components: Mapping[str, Any]) -> Any:
@@ -213,7 +234,7 @@ def load_planned(report: VolumeReport, plan: LoadPlan, *, prefetch: bool = True)
 def load_pipeline(path: str | os.PathLike[str], device: str = "auto", *,
                   prefetch: bool = True) -> tuple[Any, LoadRecord]:
     """Check the volume at `path`, plan and load: the whole path in one call, for tools and tests."""
-    report = check_volume(require_local_path(path))
+    report = check_volume(require_local_path(path), tensors=True)
     return load_planned(report, plan_load(report, resolve_device(device)), prefetch=prefetch)
 
 

@@ -1,15 +1,40 @@
-"""Shared fixtures: tiny synthetic volumes (built once per session, copied per test) and a network guard."""
+"""Shared fixtures: tiny synthetic volumes (built once per session, copied per test), a network guard, and the
+session's write guard (tests/write_guard.py)."""
 
 from __future__ import annotations
 
 import shutil
 import socket
+import tempfile
 from pathlib import Path
 
+import hypothesis
 import pytest
 
 from dev.synthetic_volume import build_volume
-from tests.helpers import cpu_settings
+from tests.helpers import ROOT, cpu_settings
+from tests.write_guard import WriteGuard, isolate
+
+# Hypothesis keeps no example database: it would be a write into the repository.
+hypothesis.settings.register_profile("no-database", database=None)
+hypothesis.settings.load_profile("no-database")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    guard = WriteGuard(ROOT)
+    isolate(guard, Path(tempfile.mkdtemp(prefix="tests-compile-cache-")))
+    session.config.stash[GUARD] = guard
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    guard = session.config.stash.get(GUARD, None)
+    violations = guard.violations() if guard else []
+    if violations:
+        print("\nwrite guard: the tests wrote outside their temp folders:\n  " + "\n  ".join(violations[:50]))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+GUARD = pytest.StashKey[WriteGuard]()
 
 
 @pytest.fixture(scope="session")

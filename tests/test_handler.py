@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +13,7 @@ import pytest
 
 import handler_volume_optimized as handler_module
 from handler_volume_optimized import Worker, main
-from tests.helpers import cpu_settings, decode
+from tests.helpers import ROOT, cpu_settings, decode
 
 SMALL = {"prompt": "a photonic lighthouse", "width": 256, "height": 256, "num_inference_steps": 3}
 
@@ -215,3 +219,104 @@ def test_compiled_worker_freezes_shapes_after_its_warm_up(tiny_volume_source: Pa
     monkeypatch.setattr(handler_module, "apply_speedups", lambda *args: SpeedReport())
     Worker.start(cpu_settings(tiny_volume_source))
     assert events == ["warm-up"]
+
+
+@pytest.mark.parametrize("damage", [
+    lambda v: (v / "unet" / "config.json").write_text('{"sample_size": ' + "9" * 5000 + "}"),
+    lambda v: (v / "model_index.json").write_text("[" * 50_000 + "]" * 50_000),
+    lambda v: (v / "tokenizer" / "tokenizer_config.json").write_text('{"model_max_length": 100000}'),
+])
+def test_a_hostile_file_never_crashes_the_start(volume: Path, damage) -> None:
+    """The worker stays up and answers every job with the check's sentence: no crash loop on RunPod."""
+    damage(volume)
+    broken = Worker.start(cpu_settings(volume))
+    reply = broken.handle({"id": "a", "input": SMALL})
+    assert broken.pipe is None and reply["error"].startswith("This worker cannot serve jobs: model at")
+    assert "\n" not in reply["error"] and len(reply["error"]) < 1000
+
+
+def test_an_unreadable_file_never_crashes_the_start(volume: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    real = Path.read_text
+    target = volume / "vae" / "config.json"
+
+    def io_error(self: Path, *args: object, **kwargs: object) -> str:
+        if self == target:
+            raise OSError(errno.EIO, "Input/output error", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", io_error)
+    broken = Worker.start(cpu_settings(volume))
+    assert "vae: config.json cannot be read (Input/output error)" in broken.handle({"input": SMALL})["error"]
+
+
+def test_refusals_are_bounded_whatever_the_input(worker: Worker, caplog: pytest.LogCaptureFixture) -> None:
+    """100,000 unknown keys, a 1 MB key, a 1 MB job id: one sentence of a few hundred characters, in the reply
+    and in the log."""
+    flood = {**SMALL, **{f"key{n}": n for n in range(100_000)}}
+    huge_key = {**SMALL, "k" * 1_000_000: 1}
+    with caplog.at_level("INFO"):
+        for job in ({"id": "x" * 1_000_000, "input": flood}, {"id": "y", "input": huge_key}):
+            reply = worker.handle(job)
+            assert len(reply["error"]) < 600, len(reply["error"])
+    assert "unknown fields 'key0', 'key1', 'key2' and 99997 more (allowed: prompt" in \
+        worker.handle({"input": flood})["error"]
+    assert all(len(record.getMessage()) < 800 for record in caplog.records)
+
+
+def test_help_lists_runpods_flags_too(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    assert "--test" in text and "--rp_serve_api" in text and "--test_input" in text and "--rp_api_port" in text
+
+
+def test_test_input_prints_the_reply_with_images_summarised() -> None:
+    reply = {"images": ["iVBOR" * 1000], "format": "png", "width": 256, "height": 320, "seed": 1}
+    assert handler_module.summarise(reply) == {**reply, "images": ["<png 256x320, 5,000 base64 characters>"]}
+    assert handler_module.summarise({"error": "x"}) == {"error": "x"}
+
+
+def _run_worker(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The worker as RunPod runs it, in a process of its own: its real stdout and stderr."""
+    return subprocess.run([sys.executable, "handler_volume_optimized.py", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "DEVICE": "cpu", **env})
+
+
+TAIL_WORDS = ("zyxwvutsr", "qwertyuiop", "asdfghjklm", "mnbvcxzlkj", "poiuytrewq", "secretword")
+
+
+@pytest.mark.slow
+def test_no_job_text_beyond_the_prefix_reaches_the_output(tiny_volume_source: Path) -> None:
+    """A prompt past CLIP's 77 tokens: diffusers quotes the cut part in a warning; none of it may be printed."""
+    prompt = "a lighthouse on a cliff at dusk, volumet" + " ".join(TAIL_WORDS * 12)
+    job = {"input": {"prompt": prompt, "negative_prompt": "blurry secretword", "width": 256, "height": 256,
+                     "num_inference_steps": 2}}
+    run = _run_worker("--test_input", json.dumps(job), env={"MODEL_PATH": str(tiny_volume_source)})
+    output = (run.stdout + run.stderr).lower()
+    assert run.returncode == 0, output[-2000:]
+    assert "prompt 'a lighthouse on a cliff at dusk, volumet'" in output
+    assert [word for word in TAIL_WORDS if word in output] == []
+    summary = json.loads(next(line for line in run.stdout.splitlines() if line.startswith('{"images"')))
+    assert summary["images"][0].startswith("<png 256x256, ")
+
+
+@pytest.mark.slow
+def test_a_log_level_logging_does_not_know_leaves_the_worker_up(tiny_volume_source: Path) -> None:
+    run = _run_worker("--test", env={"MODEL_PATH": str(tiny_volume_source), "LOG_LEVEL": "LOUD"})
+    assert run.returncode == 1 and "Traceback" not in run.stdout + run.stderr
+    assert "❌ settings: bad setting: LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, not 'LOUD'" in run.stdout
+
+
+@pytest.mark.slow
+def test_without_torch_or_diffusers_the_self_test_says_so(tiny_volume_source: Path, tmp_path: Path) -> None:
+    """A broken image (no torch, no diffusers): one ❌ line naming what is missing, never a chained traceback."""
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text("import sys\nsys.modules.update(torch=None, diffusers=None)\n")
+    run = _run_worker("--test", env={"MODEL_PATH": str(tiny_volume_source), "PYTHONPATH": str(blocker)})
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "Traceback" not in run.stdout + run.stderr
+    assert "❌" in run.stdout and "torch" in run.stdout

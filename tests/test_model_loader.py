@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -102,9 +103,39 @@ def test_file_corrupted_after_check_propagates(volume: Path, monkeypatch: pytest
     import model_loader
 
     report = check_volume(volume)
-    monkeypatch.setattr(model_loader, "check_volume", lambda path: report)
+    monkeypatch.setattr(model_loader, "check_volume", lambda path, tensors: report)
     os.truncate(volume / "unet" / "diffusion_pytorch_model.safetensors", 1000)
     with pytest.raises(Exception) as caught:
         load_pipeline(volume, "cpu")
     assert not isinstance(caught.value, VolumeNotLoadable)
     assert "diffusion_pytorch_model.safetensors" in str(caught.value) or "Safetensor" in type(caught.value).__name__
+
+
+def test_weights_that_do_not_fill_the_model_are_refused_naming_the_component(volume: Path, monkeypatch) -> None:
+    """Past the check (a file changed since, or a case it cannot see): the library's load report is a refusal."""
+    from safetensors.torch import load_file, save_file
+
+    import model_loader
+
+    drop_variant(volume, "fp16")
+    report = check_volume(volume)
+    monkeypatch.setattr(model_loader, "check_volume", lambda path, tensors: report)
+    path = volume / "text_encoder" / "model.safetensors"
+    tensors = load_file(path)
+    dropped = sorted(tensors)[-1]
+    del tensors[dropped]
+    save_file(tensors, path, metadata={"format": "pt"})
+    with pytest.raises(model_loader.ComponentLoadError,
+                       match=rf"^text_encoder: 1 tensor\(s\) missing from its weights, e.g. {dropped}$"):
+        load_pipeline(volume, "cpu")
+
+
+def test_other_load_errors_name_the_component(volume: Path, monkeypatch) -> None:
+    import model_loader
+
+    report = check_volume(volume)
+    monkeypatch.setattr(model_loader, "check_volume", lambda path, tensors: report)
+    config = volume / "vae" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "latent_channels": 8}))
+    with pytest.raises(model_loader.ComponentLoadError, match=r"^vae: "):
+        load_pipeline(volume, "cpu")

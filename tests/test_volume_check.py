@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -207,3 +209,143 @@ def test_cli_does_not_import_torch(volume: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code, str(volume)], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "✅ model at" in result.stdout
+
+
+def _io_error_on(monkeypatch: pytest.MonkeyPatch, method: str, target: Path, error: int = errno.EIO) -> None:
+    """Make one pathlib method fail for `target` as a network volume's read or a permission would."""
+    real = getattr(Path, method)
+
+    def failing(self: Path, *args: object, **kwargs: object):
+        if self == target:
+            raise OSError(error, os.strerror(error), str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, method, failing)
+
+
+@pytest.mark.parametrize(("method", "relative", "error"), [
+    ("read_text", "unet/config.json", errno.EIO),
+    ("read_text", "model_index.json", errno.EACCES),
+    ("open", "vae/diffusion_pytorch_model.safetensors", errno.EIO),
+    ("iterdir", "text_encoder", errno.EACCES),
+    ("is_dir", "tokenizer_2", errno.EIO),
+])
+def test_any_read_error_is_a_finding_naming_the_file(volume: Path, monkeypatch: pytest.MonkeyPatch, capsys,
+                                                     method: str, relative: str, error: int) -> None:
+    """An I/O or permission error anywhere: a ❌ line naming the file, exit 1, never a traceback."""
+    _io_error_on(monkeypatch, method, volume / relative, error)
+    if relative.startswith("vae/"):
+        drop_variant(volume, "fp16", ("vae",))
+    report = check_volume(volume)
+    assert report.exit_code == 1 and not report.loadable
+    assert f"{volume / relative}" in fails(report) and os.strerror(error) in fails(report)
+    assert main([str(volume)]) == 1
+    assert "❌" in capsys.readouterr().out
+
+
+NOT_UTF8 = "\udcff".encode("utf-8", "surrogatepass").decode("latin-1")
+
+
+@pytest.mark.parametrize("text", ['{"_class_name": "StableDiffusionXLPipeline", "x": ' + "9" * 5000 + "}",
+                                  "[" * 50_000 + "]" * 50_000, NOT_UTF8])
+@pytest.mark.parametrize("relative", ["model_index.json", "unet/config.json", "tokenizer/tokenizer_config.json",
+                                      "scheduler/scheduler_config.json"])
+def test_json_python_cannot_parse_is_a_finding(volume: Path, text: str, relative: str) -> None:
+    """A 5000-digit number, nesting deeper than Python recurses, bytes that are not UTF-8: refused, named."""
+    (volume / relative).write_text(text, encoding="latin-1")
+    report = check_volume(volume)
+    assert report.exit_code == 1 and not report.loadable
+    assert Path(relative).name in fails(report) and "JSON" in fails(report)
+
+
+@pytest.mark.parametrize(("entry", "words"), [
+    (["diffusers"], "model_index.json: unet must be [library, class], got [\"diffusers\"]"),
+    ("UNet2DConditionModel", "model_index.json names no unet"),
+    (["diffusers", "StableDiffusionXLPipeline"], "unet: StableDiffusionXLPipeline is not a class this worker loads "
+                                                 "as unet (expected UNet2DConditionModel)"),
+    (["flax", "UNet2DConditionModel"], "unet: library 'flax' is not one this worker loads"),
+])
+def test_model_index_entries_the_loader_would_refuse(volume: Path, entry: object, words: str) -> None:
+    index = json.loads((volume / "model_index.json").read_text())
+    index["unet"] = entry
+    (volume / "model_index.json").write_text(json.dumps(index))
+    report = check_volume(volume)
+    assert report.exit_code == 1 and words in fails(report)
+
+
+def test_a_component_the_pipeline_does_not_take(volume: Path) -> None:
+    index = json.loads((volume / "model_index.json").read_text())
+    index["tokenizer"] = ["sentencepiece", "CLIPTokenizer"]
+    index["refiner"] = ["diffusers", "UNet2DConditionModel"]
+    (volume / "model_index.json").write_text(json.dumps(index))
+    assert "tokenizer: library 'sentencepiece' is not one this worker loads" in fails(check_volume(volume))
+    del index["tokenizer"]
+    (volume / "model_index.json").write_text(json.dumps({**index, "tokenizer": ["transformers", "CLIPTokenizer"]}))
+    assert "refiner (diffusers.UNet2DConditionModel) is not a component StableDiffusionXLPipeline takes" in \
+        fails(check_volume(volume))
+
+
+@pytest.mark.parametrize(("lengths", "words"), [
+    ((1000, 77), "tokenizer: tokenizer_config.json has no usable model_max_length (got 1000; its text encoder has 77"),
+    ((0, 77), "tokenizer: tokenizer_config.json has no usable model_max_length (got 0"),
+    ((77, True), "tokenizer_2: tokenizer_config.json has no usable model_max_length (got True"),
+    ((64, 77), "tokenizers disagree on model_max_length (tokenizer 64, tokenizer_2 77)"),
+])
+def test_token_lengths_clip_cannot_have(volume: Path, lengths: tuple, words: str) -> None:
+    for tokenizer, length in zip(("tokenizer", "tokenizer_2"), lengths, strict=True):
+        path = volume / tokenizer / "tokenizer_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "model_max_length": length}))
+    report = check_volume(volume)
+    assert report.exit_code == 1 and words in fails(report)
+
+
+def test_header_offsets_overlapping_are_refused(volume: Path) -> None:
+    path = volume / "vae" / "diffusion_pytorch_model.safetensors"
+    data = path.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + length])
+    _, second = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"])[:2]
+    header[second]["data_offsets"] = [o - 1 for o in header[second]["data_offsets"]]  # one byte into `first`
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + length:])
+    assert f"{path}: tensor {second!r} at data_offsets" in fails(check_volume(volume))
+    assert "overlaps the tensor before it" in fails(check_volume(volume))
+
+
+def test_missing_tensor_in_a_text_encoder_is_named(volume: Path) -> None:
+    """Valid headers, one tensor short: transformers would fill it with random values; the check refuses it."""
+    from safetensors.torch import load_file, save_file
+
+    drop_variant(volume, "fp16", ("text_encoder",))
+    path = volume / "text_encoder" / "model.safetensors"
+    tensors = load_file(path)
+    dropped = sorted(tensors)[-1]
+    del tensors[dropped]
+    save_file(tensors, path, metadata={"format": "pt"})
+    quick = check_volume(volume)  # a tiny model's config is not SDXL's: the quick check says it did not compare
+    assert "text_encoder: config differs from SDXL base 1.0's" in quick.render()
+    report = check_volume(volume, tensors=True)
+    assert report.exit_code == 1 and not report.loadable
+    assert f"text_encoder: standard weights broken: 1 tensor(s) the config needs are missing, e.g. {dropped}" in \
+        fails(report)
+
+
+def test_model_path_that_is_a_file_or_a_hub_id(volume: Path, tmp_path: Path, monkeypatch) -> None:
+    file = volume.parent / "weights.safetensors"
+    file.write_bytes(b"x")
+    report = check_volume(file)
+    assert report.exit_code == 2 and f"model folder {file} is a file, not a folder" in fails(report)
+    assert "Did you mean" not in fails(report)
+    monkeypatch.chdir(tmp_path)
+    report = check_volume("stabilityai/stable-diffusion-xl-base-1.0")
+    assert report.exit_code == 2
+    assert "hub ids are not accepted: this worker never downloads" in fails(report)
+    assert "volume root" not in fails(report)
+
+
+def test_plans_of_an_unloadable_volume_say_so(volume: Path) -> None:
+    import shutil
+
+    shutil.rmtree(volume / "tokenizer_2")
+    text = check_volume(volume).render()
+    assert "fp16: not possible (volume not loadable)" in text and "incomplete in )" not in text

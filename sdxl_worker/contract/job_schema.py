@@ -24,6 +24,7 @@ MIN_SIDE, MAX_SIDE = 256, 2048
 MIN_PIXELS = MIN_SIDE * MIN_SIDE
 MAX_PROMPT_CHARS = 2000
 DEFAULT_QUALITY = 90
+MAX_NAMED = 3  # breaches named in a refusal; the rest are counted, so that a refusal stays a sentence
 
 
 class JobInputError(ValueError):
@@ -90,18 +91,28 @@ def parse_job_input(raw: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> JobInput:
 
 
 def _sentence(exc: ValidationError) -> str:
+    """One sentence for any number of breaches, bounded: the first few named, the rest counted."""
+    errors = exc.errors(include_url=False)
+    unknown = [str(e["loc"][-1]) for e in errors if e["type"] == "extra_forbidden"]
+    others = [e for e in errors if e["type"] != "extra_forbidden"]
     parts = []
-    for error in exc.errors(include_url=False):
-        field = ".".join(str(p) for p in error["loc"]) or "input"
-        kind = error["type"]
-        if kind == "extra_forbidden":
-            allowed = ", ".join(JobInput.model_fields)
-            parts.append(f"unknown field {field!r} (allowed: {allowed})")
-        elif kind == "missing":
+    if unknown:
+        names = ", ".join(repr(_cut(name)) for name in unknown[:MAX_NAMED])
+        more = f" and {len(unknown) - MAX_NAMED} more" if len(unknown) > MAX_NAMED else ""
+        allowed = ", ".join(JobInput.model_fields)
+        parts.append(f"unknown field{'s' * (len(unknown) > 1)} {names}{more} (allowed: {allowed})")
+    for error in others[:MAX_NAMED]:
+        field = _cut(".".join(str(p) for p in error["loc"])) or "input"
+        if error["type"] == "missing":
             parts.append(f"{field} is required")
         else:
             message = error["msg"].removeprefix("Value error, ")
-            got = repr(error.get("input"))
-            got = got if len(got) <= 40 else got[:37] + "..."
-            parts.append(f"{field}: {message}" + ("" if field == "input" else f" (got {got})"))
+            got = "" if field == "input" else f" (got {_cut(repr(error.get('input')))})"
+            parts.append(f"{field}: {message}{got}")
+    if len(others) > MAX_NAMED:
+        parts.append(f"{len(others) - MAX_NAMED} more problem(s)")
     return "Invalid input: " + "; ".join(parts) + "."
+
+
+def _cut(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."

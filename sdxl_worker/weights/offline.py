@@ -37,12 +37,17 @@ def enforce_offline() -> None:
         constants.HF_HUB_OFFLINE = True
 
 
+def hub_id_refusal(reference: str) -> str | None:
+    """Why `reference` is refused when it looks like a hub repository id rather than a folder here; else None."""
+    if os.path.isabs(reference) or os.path.exists(reference) or not _HUB_ID.match(reference):
+        return None
+    return (f"{reference!r} looks like a Hugging Face Hub id; hub ids are not accepted: this worker never downloads. "
+            "Set MODEL_PATH to the model folder on the network volume, e.g. /runpod-volume/photonicfusion-sdxl")
+
+
 def require_local_path(reference: str | os.PathLike[str]) -> Path:
     """Return `reference` as a Path, refusing what looks like a hub id rather than a folder here."""
-    text = str(reference)
-    if not os.path.isabs(text) and not os.path.exists(text) and _HUB_ID.match(text):
-        raise HubIdRefused(
-            f"{text!r} looks like a Hugging Face Hub id; this worker never downloads. "
-            "Set MODEL_PATH to the model folder on the network volume, e.g. /runpod-volume/photonicfusion-sdxl"
-        )
-    return Path(text)
+    refusal = hub_id_refusal(str(reference))
+    if refusal:
+        raise HubIdRefused(refusal)
+    return Path(reference)

@@ -51,41 +51,52 @@ class SafetensorsHeaderError(ValueError):
 
 @dataclass(frozen=True)
 class SafetensorsInfo:
-    """What a valid header declares: enough to size a load without reading any tensor."""
+    """What a valid header declares: enough to size a load, and to compare it with a model, without a tensor."""
 
     path: Path
     file_bytes: int
-    tensor_count: int
     parameter_count: int
     dtypes: frozenset[str]
-    tensor_names: frozenset[str]
+    shapes: dict[str, tuple[int, ...]]
+
+    @property
+    def tensor_names(self) -> frozenset[str]:
+        return frozenset(self.shapes)
+
+    @property
+    def tensor_count(self) -> int:
+        return len(self.shapes)
 
 
 def read_safetensors_header(path: Path) -> SafetensorsInfo:
-    """Parse and validate the header of `path`; raise SafetensorsHeaderError if it is broken."""
+    """Parse and validate the header of `path`; raise SafetensorsHeaderError if it is broken or unreadable."""
     path = Path(path)
-    file_bytes = path.stat().st_size
-    if file_bytes < 8:
-        raise SafetensorsHeaderError(f"{path}: {file_bytes} bytes, too short to hold a safetensors header")
-    with path.open("rb") as handle:
-        (header_len,) = struct.unpack("<Q", handle.read(8))
-        if header_len > MAX_HEADER_BYTES or header_len > file_bytes - 8:
-            raise SafetensorsHeaderError(
-                f"{path}: header length field says {header_len} bytes but the file holds {file_bytes} "
-                "(not a safetensors file, or truncated inside its header)"
-            )
-        raw = handle.read(header_len)
+    try:
+        file_bytes = path.stat().st_size
+        if file_bytes < 8:
+            raise SafetensorsHeaderError(f"{path}: {file_bytes} bytes, too short to hold a safetensors header")
+        with path.open("rb") as handle:
+            (header_len,) = struct.unpack("<Q", handle.read(8))
+            if header_len > MAX_HEADER_BYTES or header_len > file_bytes - 8:
+                raise SafetensorsHeaderError(
+                    f"{path}: header length field says {header_len} bytes but the file holds {file_bytes} "
+                    "(not a safetensors file, or truncated inside its header)"
+                )
+            raw = handle.read(header_len)
+    except OSError as exc:  # a network volume's I/O error, a permission: the file is unusable, and says why
+        raise SafetensorsHeaderError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SafetensorsHeaderError(f"{path}: header is not valid JSON ({exc})") from exc
+    # ValueError covers invalid JSON and UTF-8, and integers too long to convert; RecursionError, nesting.
+    except (ValueError, RecursionError) as exc:
+        raise SafetensorsHeaderError(f"{path}: header is not valid JSON ({_short(exc)})") from exc
     if not isinstance(header, dict):
         raise SafetensorsHeaderError(f"{path}: header is not a JSON object")
 
-    data_end = 0
     parameters = 0
     dtypes: set[str] = set()
-    names: set[str] = set()
+    shapes: dict[str, tuple[int, ...]] = {}
+    spans: list[tuple[int, int, str]] = []
     for name, entry in header.items():
         if name == "__metadata__":
             continue
@@ -95,10 +106,11 @@ def read_safetensors_header(path: Path) -> SafetensorsInfo:
             raise SafetensorsHeaderError(
                 f"{path}: tensor {name!r} spans {end - begin} bytes but its dtype and shape need {nbytes}"
             )
-        data_end = max(data_end, end)
+        spans.append((begin, end, name))
         parameters += count
         dtypes.add(entry["dtype"])
-        names.add(name)
+        shapes[name] = tuple(entry["shape"])
+    data_end = _check_contiguous(path, spans)
 
     data_bytes = file_bytes - 8 - header_len
     if data_bytes < data_end:
@@ -109,24 +121,42 @@ def read_safetensors_header(path: Path) -> SafetensorsInfo:
         raise SafetensorsHeaderError(
             f"{path}: {data_bytes - data_end:,} unexpected bytes after the {data_end:,} data bytes the header declares"
         )
-    return SafetensorsInfo(path, file_bytes, len(names), parameters, frozenset(dtypes), frozenset(names))
+    return SafetensorsInfo(path, file_bytes, parameters, frozenset(dtypes), shapes)
+
+
+def _check_contiguous(path: Path, spans: list[tuple[int, int, str]]) -> int:
+    """The tensors must tile the data from 0 without gap or overlap, as the safetensors library requires;
+    return where they end."""
+    position = 0
+    for begin, end, name in sorted(spans):
+        if begin != position:
+            where = "overlaps the tensor before it" if begin < position else f"leaves a gap at byte {position:,}"
+            raise SafetensorsHeaderError(f"{path}: tensor {name!r} at data_offsets [{begin}, {end}] {where}")
+        position = end
+    return position
 
 
 def _entry_size(path: Path, name: str, entry: object) -> tuple[int, int]:
     """Return (bytes, elements) of one header entry after checking its fields' types."""
     if not isinstance(entry, dict):
-        raise SafetensorsHeaderError(f"{path}: tensor {name!r} has no dtype/shape/data_offsets record")
+        raise SafetensorsHeaderError(f"{path}: tensor {_short(name)!r} has no dtype/shape/data_offsets record")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if dtype not in DTYPE_SIZES:
-        raise SafetensorsHeaderError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise SafetensorsHeaderError(f"{path}: tensor {name!r} has an invalid shape {shape!r}")
-    if (
-        not isinstance(offsets, list)
-        or len(offsets) != 2
-        or not all(isinstance(o, int) for o in offsets)
-        or not 0 <= offsets[0] <= offsets[1]
-    ):
-        raise SafetensorsHeaderError(f"{path}: tensor {name!r} has invalid data_offsets {offsets!r}")
+        raise SafetensorsHeaderError(f"{path}: tensor {_short(name)!r} has unknown dtype {_short(dtype)!r}")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise SafetensorsHeaderError(f"{path}: tensor {_short(name)!r} has an invalid shape {_short(shape)}")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets) \
+            or offsets[0] > offsets[1]:
+        raise SafetensorsHeaderError(f"{path}: tensor {_short(name)!r} has invalid data_offsets {_short(offsets)}")
     count = math.prod(shape)
     return math.ceil(count * DTYPE_SIZES[dtype]), count
+
+
+def _is_count(value: object) -> bool:
+    """A whole number >= 0; JSON's true and false are not (Python counts them as integers)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -53,3 +55,47 @@ def test_too_short(tmp_path: Path) -> None:
     path.write_bytes(b"")
     with pytest.raises(SafetensorsHeaderError, match="too short"):
         read_safetensors_header(path)
+
+
+def _raw_file(tmp_path: Path, entries: dict, data_bytes: int) -> Path:
+    header = json.dumps(entries).encode()
+    path = tmp_path / "raw.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * data_bytes)
+    return path
+
+
+@pytest.mark.parametrize(("entries", "words"), [
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+      "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, "tensor 'b' at data_offsets [4, 12] overlaps"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}}, "leaves a gap at byte 0"),
+    ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [False, True]}}, "invalid data_offsets [False, True]"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0.0, 8.0]}}, "invalid data_offsets [0.0, 8.0]"),
+    ({"a": {"dtype": "F32", "shape": [True], "data_offsets": [0, 4]}}, "invalid shape [True]"),
+])
+def test_offsets_the_loader_would_refuse(tmp_path: Path, entries: dict, words: str) -> None:
+    """The safetensors library requires tensors to tile the data exactly, with integer offsets."""
+    with pytest.raises(SafetensorsHeaderError, match=re.escape(words)):
+        read_safetensors_header(_raw_file(tmp_path, entries, 16))
+
+
+def test_header_json_that_python_cannot_parse(tmp_path: Path) -> None:
+    for text, words in (('{"a": ' + "9" * 5000 + "}", "not valid JSON"), ("[" * 100_000 + "]" * 100_000,
+                                                                            "not valid JSON (maximum recursion")):
+        header = text.encode()
+        path = tmp_path / "deep.safetensors"
+        path.write_bytes(struct.pack("<Q", len(header)) + header)
+        with pytest.raises(SafetensorsHeaderError, match=re.escape(words)):
+            read_safetensors_header(path)
+
+
+def test_unreadable_file_is_a_header_error(good: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def io_error(self: Path, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.EIO, "Input/output error", str(self))
+
+    monkeypatch.setattr(Path, "open", io_error)
+    with pytest.raises(SafetensorsHeaderError, match=r"w\.safetensors: cannot be read \(Input/output error\)"):
+        read_safetensors_header(good)
+
+
+def test_shapes_are_read_from_the_header(good: Path) -> None:
+    assert read_safetensors_header(good).shapes == {"a": (3, 4), "b": (5,)}

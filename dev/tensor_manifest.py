@@ -1,0 +1,38 @@
+"""Write the manifest of SDXL base 1.0's tensor names and shapes (sdxl_worker/weights/architecture.py).
+
+    python -m dev.tensor_manifest     # rewrite sdxl_worker/assets/sdxl-base-1.0/tensors.json
+
+Built from the shipped configs on the meta device with the pinned libraries; a test fails when the shipped
+manifest differs from what this builds.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from dev.synthetic_volume import ASSETS, MODEL_COMPONENTS, component_config
+from sdxl_worker.weights.architecture import MANIFEST, expected_from_meta, shape_config
+
+
+def build_manifest() -> dict[str, Any]:
+    index = json.loads((ASSETS / "model_index.json").read_text())
+    manifest = {}
+    for component in MODEL_COMPONENTS:
+        library, class_name = index[component]
+        config = component_config("full", component)
+        manifest[component] = {"class": class_name, "config": shape_config(config),
+                               "tensors": {name: list(shape) for name, shape in
+                                           sorted(expected_from_meta(library, class_name, config).items())}}
+    return manifest
+
+
+def main() -> int:
+    MANIFEST.write_text(json.dumps(build_manifest(), separators=(",", ":"), sort_keys=True) + "\n")
+    print(MANIFEST)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
