@@ -46,6 +46,11 @@ SUITES: dict[str, tuple[Scenario, ...]] = {
         Scenario("ours eager", ("generation", "profile"), {"CUDA_GRAPHS": "0"}),
         Scenario("ours compiled blocks", ("generation", "profile", "cached_start"), COMPILED_BLOCKS),
     ),
+    # The defaults against eager alone: the shortest check that the worker as shipped beats stock on a GPU.
+    "defaults": (
+        Scenario("ours", ("generation", "profile")),
+        Scenario("ours eager", ("generation",), {"CUDA_GRAPHS": "0"}),
+    ),
     # What earlier GPU checks measured already (benchmarks/RESULTS.md): the loads, the whole-UNet compile.
     "loads": (LOADS,),
     "compile-full": (

@@ -6,6 +6,7 @@
 #
 #   bash scripts/gpu_check.sh                    # the suite gpu-check
 #   bash scripts/gpu_check.sh gpu-check loads    # several suites, in this order
+#   bash scripts/gpu_check.sh defaults --scale tiny --device cpu    # then the benchmark's flags: a CPU rehearsal
 #
 # How long each suite took is in benchmarks/RESULTS.md. The wheels a machine with torch 2.11, transformers 5.17
 # and accelerate 1.15 but no network lacked (Python 3.12), fetched here into .whl/:
@@ -25,7 +26,9 @@ fi
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true; df -h /tmp; } | tee "$out/gpu.txt"
 export PYTHONUNBUFFERED=1
 suites=()
-for suite in "${@:-gpu-check}"; do
-  suites+=(--suite "$suite")
+while [[ $# -gt 0 && $1 != -* ]]; do  # suite names first; from the first flag on, the benchmark's own flags
+  suites+=(--suite "$1")
+  shift
 done
-python3 -m benchmarks --out "$out" --volume-dir /tmp/bench-volume "${suites[@]}" 2>&1 | tee "$out/log.txt"
+if [[ ${#suites[@]} -eq 0 ]]; then suites=(--suite gpu-check); fi
+python3 -m benchmarks --out "$out" --volume-dir /tmp/bench-volume "${suites[@]}" "$@" 2>&1 | tee "$out/log.txt"

@@ -49,6 +49,14 @@ def free(device: str) -> None:
         torch.cuda.empty_cache()
 
 
+def release_cached(device: str) -> None:
+    """Hand the caching allocator's free blocks back, so that reserved memory counts only live tensors."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
 def reset_peak(device: str) -> None:
     import torch
 
