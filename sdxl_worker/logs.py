@@ -45,9 +45,9 @@ def configure_logging(level: str, torchao_notices: bool = False) -> None:
     root.handlers[:] = [h for h in root.handlers if not isinstance(h, _WorkerHandler)] + [handler]
     root.setLevel(level)
     logging.captureWarnings(True)
-    quiet = UNUSED_PARTS_LOGGERS + (() if torchao_notices else TORCHAO_LOGGERS)
-    for name in quiet:
-        logging.getLogger(name).setLevel(max(logging.ERROR, logging.getLevelName(level)))
+    if level != "DEBUG":
+        for name in UNUSED_PARTS_LOGGERS + (() if torchao_notices else TORCHAO_LOGGERS):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def route_library_logs() -> None:

@@ -97,7 +97,7 @@ def _parse(variable: str, raw: str, annotation: Any) -> Any:
         by_lower = {str(c).lower(): c for c in choices}
         if raw.lower() in by_lower:
             return by_lower[raw.lower()]
-        raise SettingsError(f"{variable} must be one of {', '.join(map(str, choices))}, not {raw!r}")
+        raise SettingsError(f"{variable} must be one of {', '.join(map(str, choices))}, not {_quoted(raw)}")
     if kind is bool:
         if raw.lower() in TRUE_WORDS:
             return True
@@ -106,12 +106,17 @@ def _parse(variable: str, raw: str, annotation: Any) -> Any:
         if _is_optional(annotation) and raw.lower() == "auto":
             return None
         also = ", 0 or auto" if _is_optional(annotation) else " or 0"
-        raise SettingsError(f"{variable} must be 1{also}, not {raw!r}")
+        raise SettingsError(f"{variable} must be 1{also}, not {_quoted(raw)}")
     if kind is int:
-        if not re.fullmatch(r"\d+", raw):
-            raise SettingsError(f"{variable} must be a whole number, not {raw!r}")
+        if not re.fullmatch(r"\d{1,18}", raw):  # 18 digits: more pixels than any GPU holds, and within int()'s limit
+            raise SettingsError(f"{variable} must be a whole number of at most 18 digits, not {_quoted(raw)}")
         return int(raw)
     return raw
+
+
+def _quoted(raw: str, limit: int = 40) -> str:
+    """A value in a sentence: quoted, and cut so that a hostile one cannot flood the log or the replies."""
+    return repr(raw if len(raw) <= limit else raw[: limit - 3] + "...")
 
 
 def _sentence(exc: ValidationError) -> str:
@@ -124,7 +129,7 @@ def _sentence(exc: ValidationError) -> str:
     variable = location[-1].upper()
     if error["type"] == "string_pattern_mismatch" and variable == "DEVICE":
         message = "must be auto, cpu, cuda or cuda:N"
-    return f"{variable}={error.get('input')!r} is refused: {message[0].lower()}{message[1:]}"
+    return f"{variable}={_quoted(str(error.get('input')))} is refused: {message[0].lower()}{message[1:]}"
 
 
 def _is_model(annotation: Any) -> bool:

@@ -10,14 +10,16 @@ from pathlib import Path
 
 import hypothesis
 import pytest
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from dev.synthetic_volume import build_volume
 from tests.helpers import ROOT, cpu_settings
 from tests.write_guard import WriteGuard, isolate
 
-# Hypothesis keeps no example database: it would be a write into the repository.
+# Hypothesis keeps no example database, and its caches go to a temp folder: not into the repository.
 hypothesis.settings.register_profile("no-database", database=None)
 hypothesis.settings.load_profile("no-database")
+set_hypothesis_home_dir(tempfile.mkdtemp(prefix="tests-hypothesis-"))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -52,9 +52,12 @@ def test_empty_variables_take_the_default() -> None:
      ({"QUANTIZE": "int4"}, "QUANTIZE must be one of none, fp8, not 'int4'"),
      ({"ATTENTION_BACKEND": "flash"}, "ATTENTION_BACKEND must be one of sdpa, xformers, not 'flash'"),
      ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, not 'LOUD'"),
-     ({"MAX_PIXELS": "lots"}, "MAX_PIXELS must be a whole number, not 'lots'"),
-     ({"MAX_PIXELS": "100"}, "MAX_PIXELS=100 is refused: input should be greater than or equal to 65536"),
+     ({"MAX_PIXELS": "lots"}, "MAX_PIXELS must be a whole number of at most 18 digits, not 'lots'"),
+     ({"MAX_PIXELS": "9" * 5000}, "MAX_PIXELS must be a whole number of at most 18 digits, not "
+                                  "'9999999999999999999999999999999999999...'"),
+     ({"MAX_PIXELS": "100"}, "MAX_PIXELS='100' is refused: input should be greater than or equal to 65536"),
      ({"DEVICE": "gpu"}, "DEVICE='gpu' is refused: must be auto, cpu, cuda or cuda:N"),
+     ({"QUANTIZE": "x" * 100_000}, "QUANTIZE must be one of none, fp8, not 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...'"),
      ({"CUDA_GRAPHS": "sometimes"}, "CUDA_GRAPHS must be 1, 0 or auto, not 'sometimes'"),
      ({"CUDA_GRAPHS": "1", "COMPILE": "1"}, "CUDA_GRAPHS=1 and COMPILE=1 exclude each other: for compiled code "
                                             "with CUDA graphs, use COMPILE=1 COMPILE_MODE=reduce-overhead"),
