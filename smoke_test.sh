@@ -29,18 +29,20 @@ for tool in curl python3; do
   command -v "$tool" >/dev/null || { echo "smoke_test.sh: $tool is required" >&2; exit 2; }
 done
 
-# A local API still loading the model refuses connections: wait for it. (A remote endpoint is not retried: a
-# retried POST could run the job twice.)
-wait_for_server=()
+# A local API still loading the model refuses connections: wait for it to answer anything. (A remote endpoint is
+# not waited for, and its POST is never retried: a retried POST could run the job twice.)
 if [[ $url == http://127.0.0.1:* || $url == http://localhost:* ]]; then
-  wait_for_server=(--retry-connrefused --retry 120 --retry-delay 1)
+  for _ in $(seq 120); do
+    if curl --silent --output /dev/null --max-time 2 "$url"; then break; fi
+    sleep 1
+  done
 fi
 body=$(printf '{"input": {"prompt": "smoke test: a lighthouse at dusk", "width": %d, "height": %d, "num_inference_steps": %d, "seed": 1}}' \
   "$width" "$height" "$steps")
 echo "POST $url (${width}x${height}, ${steps} steps)"
 reply_file=$(mktemp)
 trap 'rm -f "$reply_file"' EXIT
-curl --silent --show-error --max-time 600 "${wait_for_server[@]}" -X POST "${headers[@]}" --data "$body" --output "$reply_file" "$url"
+curl --silent --show-error --max-time 600 -X POST "${headers[@]}" --data "$body" --output "$reply_file" "$url"
 
 python3 - "$width" "$height" "$reply_file" <<'PY'
 import base64, json, struct, sys
