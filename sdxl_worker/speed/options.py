@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -106,9 +106,6 @@ class SpeedReport:
                  f"quantize=fp8, fp8_layers={self.fp8_layers}": self.fp8_layers > 0, "cuda_graphs": self.cuda_graphs,
                  f"compile={self.compile_mode}, compile_scope={self.compile_scope}": self.compile_mode is not None}
         return [label for label, on in flags.items() if on] + [f"{setting} skipped" for setting, _ in self.skipped]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def use_compile_cache(cache_dir: str) -> None:
