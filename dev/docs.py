@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import types
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic.fields import FieldInfo
 
 from sdxl_worker.contract.job_schema import JobInput
-from sdxl_worker.settings import environment_fields
+from sdxl_worker.settings import environment_fields, field_types
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[a-z ]+) -->\n).*?(<!-- end generated -->)", re.S)
@@ -38,7 +37,7 @@ def environment_table() -> str:
     for variable, field in environment_fields():
         default = field.get_default(call_default_factory=True)
         if default is None:
-            shown = "`auto`" if _options(field.annotation)[0] is bool else "unset"
+            shown = "`auto`" if field_types(field.annotation)[0] is bool else "unset"
         else:
             shown = _flag(default) if isinstance(default, bool) else f"`{default}`"
         rows.append(f"| `{variable}` | {shown} | {_choices(field)} | {field.description} |")
@@ -53,15 +52,9 @@ def update(text: str) -> str:
     return BLOCK.sub(lambda m: f"{m.group(1)}{TABLES[m.group('name')]()}\n{m.group(3)}", text)
 
 
-def _options(annotation: Any) -> list[Any]:
-    if get_origin(annotation) in (Union, types.UnionType):
-        return [a for a in get_args(annotation) if a is not type(None)]
-    return [annotation]
-
-
 def _type(annotation: Any) -> str:
     names = {str: "string", int: "integer", float: "number", bool: "boolean"}
-    kinds = [("string" if get_origin(a) is Literal else names[a]) for a in _options(annotation)]
+    kinds = [("string" if get_origin(a) is Literal else names[a]) for a in field_types(annotation)]
     nullable = type(None) in get_args(annotation)
     return " or ".join(kinds) + (" or null" if nullable else "")
 
@@ -75,14 +68,14 @@ def _bounds(field: FieldInfo) -> str:
                 parts.append(text.format(_number(getattr(rule, attribute))))
     if any(getattr(rule, "min_length", None) == 1 for rule in field.metadata):
         parts.insert(0, "not empty")
-    literal = next((a for a in _options(field.annotation) if get_origin(a) is Literal), None)
+    literal = next((a for a in field_types(field.annotation) if get_origin(a) is Literal), None)
     if literal is not None:
         parts.append(", ".join(f"`{choice}`" for choice in get_args(literal)))
     return "; ".join(parts) or "any"
 
 
 def _choices(field: FieldInfo) -> str:
-    kind = _options(field.annotation)[0]
+    kind = field_types(field.annotation)[0]
     if get_origin(kind) is Literal:
         return ", ".join(f"`{choice}`" for choice in get_args(kind))
     if kind is bool:

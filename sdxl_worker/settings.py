@@ -55,10 +55,9 @@ class Settings(BaseModel):
 
 def setting_from_env(name: str, env: Mapping[str, str] | None = None) -> Any:
     """One top-level setting alone (the volume check's MODEL_PATH), whatever the other variables hold."""
-    env = os.environ if env is None else env
     field = Settings.model_fields[name]
-    raw = env.get(name.upper(), "").strip()
-    return _parse(name.upper(), raw, field.annotation) if raw else field.get_default(call_default_factory=True)
+    value = _read(name, field, os.environ if env is None else env)
+    return field.get_default(call_default_factory=True) if value is _UNSET else value
 
 
 def environment_fields(model: type[BaseModel] = Settings) -> list[tuple[str, FieldInfo]]:
@@ -75,10 +74,19 @@ def _values(model: type[BaseModel], env: Mapping[str, str]) -> dict[str, Any]:
         if _is_model(field.annotation):
             values[name] = _values(field.annotation, env)
             continue
-        raw = env.get(name.upper(), "").strip()
-        if raw:
-            values[name] = _parse(name.upper(), raw, field.annotation)
+        value = _read(name, field, env)
+        if value is not _UNSET:
+            values[name] = value
     return values
+
+
+_UNSET = object()
+
+
+def _read(name: str, field: FieldInfo, env: Mapping[str, str]) -> Any:
+    """The field's variable parsed, or _UNSET when it is unset or empty (the default applies)."""
+    raw = env.get(name.upper(), "").strip()
+    return _parse(name.upper(), raw, field.annotation) if raw else _UNSET
 
 
 def _validate(model: type[BaseModel], values: dict[str, Any]) -> Any:
@@ -90,8 +98,7 @@ def _validate(model: type[BaseModel], values: dict[str, Any]) -> Any:
 
 def _parse(variable: str, raw: str, annotation: Any) -> Any:
     """The variable's text as the field's type, or SettingsError naming the variable, the value and the rule."""
-    options = [a for a in get_args(annotation) if a is not type(None)] if _is_optional(annotation) else [annotation]
-    kind = options[0]
+    kind = field_types(annotation)[0]
     if get_origin(kind) is Literal:
         choices = get_args(kind)
         by_lower = {str(c).lower(): c for c in choices}
@@ -130,6 +137,11 @@ def _sentence(exc: ValidationError) -> str:
     if error["type"] == "string_pattern_mismatch" and variable == "DEVICE":
         message = "must be auto, cpu, cuda or cuda:N"
     return f"{variable}={_quoted(str(error.get('input')))} is refused: {message[0].lower()}{message[1:]}"
+
+
+def field_types(annotation: Any) -> list[Any]:
+    """The types a field's annotation allows, None left out: `bool | None` gives [bool]."""
+    return [a for a in get_args(annotation) if a is not type(None)] if _is_optional(annotation) else [annotation]
 
 
 def _is_model(annotation: Any) -> bool:

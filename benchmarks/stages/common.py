@@ -45,8 +45,7 @@ def free(device: str) -> None:
     torch._inductor.utils.clear_caches()
     torch.compiler.set_stance("default")  # a compiled worker freezes its shapes (speed.freeze_compiled_shapes)
     gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
+    release_cached(device)
 
 
 def release_cached(device: str) -> None:
