@@ -183,12 +183,13 @@ class VolumeReport:
             parts = []
             for name, plan in self.plans.items():
                 if plan.possible:
-                    parts.append(f"{name}: possible, reads {_gb(plan.bytes)}")
+                    parts.append(f"{name}: possible, reads {format_bytes(plan.bytes)}")
                 else:
                     why = f"incomplete in {', '.join(plan.missing_in)}" if plan.missing_in else "volume not loadable"
                     parts.append(f"{name}: not possible ({why})")
             lines.append("Load plans: " + "; ".join(parts))
-        free = ", ".join(f"{where} {_gb(n) if n is not None else 'n/a'}" for where, n in self.free_bytes.items())
+        free = ", ".join(f"{where} {format_bytes(n) if n is not None else 'n/a'}"
+                         for where, n in self.free_bytes.items())
         lines.append(f"Free space: {free}")
         icon = ICONS["ok"] if self.exit_code == 0 else ICONS["fail"]
         lines.append(f"{icon} {self.summary()} (checked in {self.seconds:.2f} s)")
@@ -395,7 +396,7 @@ def _check_model(report: VolumeReport, component: ComponentReport, folder: Path,
     expected = _expected_tensors(report, component, config, tensors)
     used: set[str] = set()
     for variant in VARIANTS:
-        weights = _check_weight_set(component.library, folder, variant)
+        weights = check_weight_set(component.library, folder, variant)
         if weights.complete and expected is not None:
             weights.problem = architecture.compare(expected, weights.shapes)
             weights.complete = weights.problem is None
@@ -404,7 +405,8 @@ def _check_model(report: VolumeReport, component: ComponentReport, folder: Path,
         label = "fp16 variant" if variant == "fp16" else "standard weights"
         if weights.complete:
             count = len(weights.files)
-            report.add("ok", f"{name}: {label} complete, {count} file{'s' * (count > 1)}, {_gb(weights.bytes)}")
+            size = format_bytes(weights.bytes)
+            report.add("ok", f"{name}: {label} complete, {count} file{'s' * (count > 1)}, {size}")
         elif weights.present:
             report.add("fail", f"{name}: {label} broken: {weights.problem}", folder)
         else:
@@ -445,7 +447,8 @@ def _expected_tensors(report: VolumeReport, component: ComponentReport, config: 
     return None
 
 
-def _check_weight_set(library: str, folder: Path, variant: Variant) -> WeightSet:
+def check_weight_set(library: str, folder: Path, variant: Variant) -> WeightSet:
+    """One variant's files in a component folder, from their headers: present, complete, bytes, shapes."""
     weights = WeightSet(variant)
     single = folder / single_file_name(library, variant)
     index = next((folder / n for n in index_file_names(library, variant) if (folder / n).is_file()), None)
@@ -604,7 +607,8 @@ def _free_bytes(path: Path) -> int | None:
         return None
 
 
-def _gb(n: int) -> str:
+def format_bytes(n: int) -> str:
+    """Bytes for a person: GB from 0.1 GB up, else MB."""
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 

@@ -9,6 +9,7 @@ from benchmarks.results import (
     FlopsResult,
     GenerationResult,
     LoadResult,
+    PrepareResult,
     Run,
     Spread,
     StockGeneration,
@@ -22,7 +23,8 @@ def render(run: Run) -> str:
     versions = f"torch {env.torch}, diffusers {env.diffusers}; " if env else ""
     lines = [f"Device: {device}; {versions}{settings['size']}x{settings['size']}, {settings['steps']} steps, CFG 7; "
              f"suites: {', '.join(settings['suite'])}"]
-    lines += _generation(run) + _cached_starts(run) + _loads(run) + _profiles(run) + _attention(run) + _meta(run)
+    lines += _generation(run) + _cached_starts(run) + _loads(run) + _prepare(run)
+    lines += _profiles(run) + _attention(run) + _meta(run)
     failures = run.of(Failure)
     if failures:
         lines += ["", "| failed | stage | error |", "| --- | --- | --- |"]
@@ -80,6 +82,20 @@ def _loads(run: Run) -> list[str]:
                  f"{r.ours_cold_s} / {r.ours_warm_s} s",
                  f"{r.stock_cold_s / r.raw_read_s:.2f}x, {r.ours_cold_s / r.raw_read_s:.2f}x", parts]
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _prepare(run: Run) -> list[str]:
+    results = run.of(PrepareResult)
+    if not results:
+        return []
+    lines = ["", "Writing the fp16 set onto a standard-only volume, against a raw copy of the same bytes (cold page "
+             "cache, interleaved; seconds: median, range).", "",
+             "| scenario | reads | writes | raw copy | add-fp16 command | its write phase | command / raw copy | "
+             "peak RSS |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {name} (cache: {r.cache_drop}) | {r.bytes_read / 1e9:.2f} GB | {r.bytes_written / 1e9:.2f} GB | "
+              f"{_spread(r.raw_copy)} | {_spread(r.ours)} | {_spread(r.ours_write)} | **{r.ratio:.2f}x** | "
+              f"{r.peak_rss_gib} GiB |" for name, r in results]
     return lines
 
 

@@ -163,6 +163,23 @@ class TracingResult:
 
 
 @dataclass(frozen=True)
+class PrepareResult:
+    """`prepare_volume.py add-fp16` on a standard-only volume against a raw copy of the same bytes, interleaved."""
+
+    bytes_read: int
+    bytes_written: int
+    cache_drop: str
+    raw_copy: Spread
+    ours: Spread  # the whole command, as an operator runs it
+    ours_write: Spread  # its write phase alone (after Python, torch and the volume check)
+    peak_rss_gib: float
+
+    @property
+    def ratio(self) -> float:
+        return self.ours.median / self.raw_copy.median
+
+
+@dataclass(frozen=True)
 class Failure:
     """A stage that failed on this machine: a finding, kept in the report with its error."""
 
@@ -171,7 +188,7 @@ class Failure:
 
 
 Result = (LoadResult | StockGeneration | GenerationResult | CachedStart | AttentionResult | FlopsResult
-          | TracingResult | Failure)
+          | TracingResult | PrepareResult | Failure)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from benchmarks.results import Failure, Result, Run
 from benchmarks.scenarios import Scenario
 from benchmarks.stages.common import environment, free
 
-VOLUME_STAGES = {"loads", "generation", "cached_start"}
+VOLUME_STAGES = {"loads", "generation", "cached_start", "prepare"}
 
 
 class Bench:
@@ -49,6 +49,7 @@ def run_scenarios(bench: Bench, scenarios: list[Scenario], *, scale: str, device
     from benchmarks.stages.flops import unet_flops
     from benchmarks.stages.generation import Stock, measure_generation, worker_settings
     from benchmarks.stages.io import measure_loads
+    from benchmarks.stages.prepare import measure_prepare
     from benchmarks.stages.tracing import measure_tracing
     from dev.synthetic_volume import build_volume, component_config
 
@@ -86,6 +87,8 @@ def run_scenarios(bench: Bench, scenarios: list[Scenario], *, scale: str, device
                                                                    "profile" in scenario.stages))
                 elif stage == "cached_start":
                     bench.record(scenario.name, measure_cached_start(settings, size, steps))
+                elif stage == "prepare":
+                    bench.record(scenario.name, measure_prepare(volume, runs, drop_caches))
                 elif stage == "flops":
                     bench.record(scenario.name, unet_flops(component_config(scale, "unet"), size))
                 elif stage == "tracing":

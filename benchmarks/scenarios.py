@@ -10,6 +10,8 @@ environment, so a run measures what it says). Stages:
   same seeds, first job, peak memory, and how far its output is from stock's;
 - `profile`: one warm job of the scenario under torch.profiler (kernel time, top kernels);
 - `cached_start`: with COMPILE=1, a fresh process with the compile cache filled, as a later cold start;
+- `prepare`: `prepare_volume.py add-fp16` on a standard-only view of the volume against a raw copy of the same
+  bytes (read the standard set, write the fp16 set's size), cold page cache, interleaved; its peak RSS;
 - `flops`, `tracing`: the meta device alone, from the scale's configs: the UNet's FLOPs by op, and Dynamo's
   tracing per compile scope (CPU work that no compile cache skips).
 
@@ -22,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-Stage = Literal["loads", "attention", "generation", "profile", "cached_start", "flops", "tracing"]
+Stage = Literal["loads", "attention", "generation", "profile", "cached_start", "flops", "tracing", "prepare"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ LOADS = Scenario("loads", ("loads",))
 ATTENTION = Scenario("attention kernels", ("attention",))
 FLOPS = Scenario("UNet FLOPs", ("flops",))
 TRACING = Scenario("Dynamo tracing", ("tracing",))
+PREPARE = Scenario("add-fp16", ("prepare",))
 COMPILED_BLOCKS = {"COMPILE": "1", "COMPILE_SCOPE": "blocks"}
 
 SUITES: dict[str, tuple[Scenario, ...]] = {
@@ -53,6 +56,8 @@ SUITES: dict[str, tuple[Scenario, ...]] = {
     ),
     # What earlier GPU checks measured already (benchmarks/RESULTS.md): the loads, the whole-UNet compile.
     "loads": (LOADS,),
+    # Writing the fp16 set onto a volume that lacks it: CPU and disk only, any machine.
+    "prepare": (PREPARE,),
     "compile-full": (
         Scenario("ours compiled", ("generation", "profile", "cached_start"),
                  {"COMPILE": "1", "COMPILE_MODE": "reduce-overhead"}),
@@ -71,5 +76,6 @@ SUITES: dict[str, tuple[Scenario, ...]] = {
         Scenario("ours compiled blocks", ("generation", "cached_start"), COMPILED_BLOCKS),
         FLOPS,
         TRACING,
+        PREPARE,
     ),
 }

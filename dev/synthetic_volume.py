@@ -25,11 +25,10 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from sdxl_worker.prepare.pipeline_files import MODEL_COMPONENTS, model_config, write_pipeline_files
 from sdxl_worker.weights.layout import VARIANTS, Variant, index_file_names, shard_file_name, single_file_name
 
-ASSETS = Path(__file__).resolve().parents[1] / "sdxl_worker" / "assets" / "sdxl-base-1.0"
 SCALES = ("tiny", "full")
-MODEL_COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae")
 STAMP = ".synthetic_volume.json"
 
 _TINY_TEXT = {
@@ -53,9 +52,11 @@ _TINY_TEXT = {
 
 # Same block structure as SDXL (text_time conditioning, two text encoders concatenated into the
 # cross-attention, an 8x VAE), widths cut down so a 256x256 image takes well under a second per step.
+# The two text encoders differ in width, as SDXL's do (768 and 1280): converters tell them apart that way.
 TINY_CONFIGS: dict[str, dict[str, object]] = {
     "text_encoder": {"architectures": ["CLIPTextModel"], "hidden_act": "quick_gelu", **_TINY_TEXT},
-    "text_encoder_2": {"architectures": ["CLIPTextModelWithProjection"], "hidden_act": "gelu", **_TINY_TEXT},
+    "text_encoder_2": {"architectures": ["CLIPTextModelWithProjection"], "hidden_act": "gelu",
+                       **_TINY_TEXT, "hidden_size": 32, "projection_dim": 32},
     "unet": {
         "_class_name": "UNet2DConditionModel",
         "act_fn": "silu",
@@ -63,13 +64,13 @@ TINY_CONFIGS: dict[str, dict[str, object]] = {
         "addition_time_embed_dim": 8,
         "attention_head_dim": [2, 4],
         "block_out_channels": [32, 64],
-        "cross_attention_dim": 32,
+        "cross_attention_dim": 48,
         "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
         "in_channels": 4,
         "layers_per_block": 1,
         "norm_num_groups": 8,
         "out_channels": 4,
-        "projection_class_embeddings_input_dim": 64,
+        "projection_class_embeddings_input_dim": 80,
         "sample_size": 32,
         "transformer_layers_per_block": [1, 1],
         "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
@@ -105,9 +106,7 @@ DECOYS = {
 
 def component_config(scale: str, component: str) -> dict[str, object]:
     """The config.json written for a model component at `scale` (full: the published one, verbatim)."""
-    if scale == "full":
-        return json.loads((ASSETS / f"{component}.config.json").read_text())
-    return dict(TINY_CONFIGS[component])
+    return model_config(component) if scale == "full" else dict(TINY_CONFIGS[component])
 
 
 def build_volume(
@@ -127,21 +126,16 @@ def build_volume(
     if not variants:
         raise ValueError("choose at least one of the variants fp16, standard")
     out = Path(out)
-    params = {"scale": scale, "variants": list(variants), "seed": seed, "extras": extras, "shard_bytes": shard_bytes}
+    configs = json.dumps([component_config(scale, c) for c in MODEL_COMPONENTS], sort_keys=True).encode()
+    params = {"scale": scale, "variants": list(variants), "seed": seed, "extras": extras, "shard_bytes": shard_bytes,
+              "configs": hashlib.sha256(configs).hexdigest()[:16]}
     stamp = out / STAMP
     if reuse and stamp.is_file() and json.loads(stamp.read_text()) == params:
         return out
     partial = out.with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    shutil.copyfile(ASSETS / "model_index.json", partial / "model_index.json")
-    (partial / "scheduler").mkdir()
-    shutil.copyfile(ASSETS / "scheduler_config.json", partial / "scheduler" / "scheduler_config.json")
-    for tokenizer in ("tokenizer", "tokenizer_2"):
-        folder = partial / tokenizer
-        shutil.copytree(ASSETS / tokenizer, folder)
-        for name in ("vocab.json", "merges.txt"):
-            shutil.copyfile(ASSETS / "clip_tokenizer" / name, folder / name)
+    write_pipeline_files(partial)
     for number, component in enumerate(MODEL_COMPONENTS):
         _write_model(partial / component, scale, component, variants, seed * 1000 + number, shard_bytes, device)
     if extras:
@@ -165,7 +159,6 @@ def _write_model(
     import torch
 
     config = component_config(scale, component)
-    folder.mkdir()
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     torch.manual_seed(seed)
     with torch.device(device):

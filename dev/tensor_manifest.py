@@ -12,7 +12,8 @@ import json
 import sys
 from typing import Any
 
-from dev.synthetic_volume import ASSETS, MODEL_COMPONENTS, component_config
+from dev.synthetic_volume import component_config
+from sdxl_worker.prepare.pipeline_files import ASSETS, MODEL_COMPONENTS
 from sdxl_worker.weights.architecture import MANIFEST, expected_from_meta, shape_config
 
 

@@ -15,6 +15,7 @@ import logging
 import re
 import sys
 from collections.abc import Iterator
+from typing import TextIO
 
 PROMPT_LOG_CHARS = 40
 WORKER_LOGGERS = ("worker", "model_loader", "volume_check", "sdxl_worker")
@@ -35,10 +36,10 @@ TORCHAO_LOGGERS = ("torchao", "torch.utils._pytree", "diffusers.quantizers.torch
 UNUSED_PARTS_LOGGERS = ("transformers.utils.import_utils",)
 
 
-def configure_logging(level: str, torchao_notices: bool = False) -> None:
-    """Log to stdout at `level`, warnings included, through the filter that withholds job text; import notices
-    about unused parts only at DEBUG (torchao's kept when `torchao_notices`: QUANTIZE=fp8 uses it)."""
-    handler = _WorkerHandler(sys.stdout)
+def configure_logging(level: str, torchao_notices: bool = False, stream: TextIO | None = None) -> None:
+    """Log to stdout (or `stream`) at `level`, warnings included, through the filter that withholds job text; import
+    notices about unused parts only at DEBUG (torchao's kept when `torchao_notices`: QUANTIZE=fp8 uses it)."""
+    handler = _WorkerHandler(sys.stdout if stream is None else stream)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(WithholdJobText())
     root = logging.getLogger()

@@ -67,6 +67,19 @@ def sharded_volume(sharded_volume_source: Path, tmp_path: Path) -> Path:
     return target
 
 
+@pytest.fixture(scope="session")
+def fp32_volume_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Standard (float32) weights only, one file per model: the volume this project was born from."""
+    return build_volume(tmp_path_factory.mktemp("fp32") / "photonicfusion-sdxl", "tiny", ["standard"])
+
+
+@pytest.fixture
+def fp32_volume(fp32_volume_source: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "runpod-volume" / "photonicfusion-sdxl"
+    shutil.copytree(fp32_volume_source, target)
+    return target
+
+
 @pytest.fixture
 def no_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Make every outbound connection or name lookup fail loudly, and record the attempts."""

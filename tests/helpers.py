@@ -113,3 +113,10 @@ def cpu_settings(model_path: Path | str, **fields: Any) -> Any:
     from sdxl_worker.settings import Settings
 
     return Settings(model_path=str(model_path), device="cpu", **fields)
+
+
+def tree_state(root: Path) -> dict[str, tuple[int, int, int]]:
+    """Every file under `root` with its size, modification time and inode: equal states mean nothing was
+    written, replaced or removed."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino)
+            for p in sorted(root.rglob("*")) if p.is_file()}

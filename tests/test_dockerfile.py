@@ -31,10 +31,11 @@ def test_image_keeps_every_cache_on_the_volume() -> None:
     assert env["HF_HUB_OFFLINE"] == "1" and env["TRANSFORMERS_OFFLINE"] == "1"
 
 
-def test_image_copies_every_local_module_the_handler_imports() -> None:
+def test_image_copies_every_local_module_the_handler_and_tools_import() -> None:
+    """The worker, its HEALTHCHECK and prepare_volume.py (run from a pod with the image) find all they import."""
     copied = {word for cmd in _instructions("COPY") if not cmd.startswith("--from") for word in cmd.split()[:-1]}
     seen: set[str] = set()
-    pending = ["handler_volume_optimized"]
+    pending = ["handler_volume_optimized", "volume_check", "prepare_volume"]
     while pending:
         module = pending.pop()
         if module in seen:

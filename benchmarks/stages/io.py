@@ -63,9 +63,9 @@ def plan_files(volume: Path, variant: Variant) -> list[Path]:
     return weight_files(volume, report, dict.fromkeys(models, variant))
 
 
-def standard_view(volume: Path) -> Path:
+def standard_view(volume: Path, suffix: str = "-standard-only") -> Path:
     """The same volume without its fp16 files (hard links, no copy): what a fallback deployment sees."""
-    view = volume.with_name(volume.name + "-standard-only")
+    view = volume.with_name(volume.name + suffix)
     if view.exists():
         return view
     for path in sorted(volume.rglob("*")):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # Bytes per element for every dtype the safetensors format defines.
@@ -50,14 +50,28 @@ class SafetensorsHeaderError(ValueError):
 
 
 @dataclass(frozen=True)
+class TensorEntry:
+    """One tensor's record in the header: its bytes lie at [begin, end) after the header."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+@dataclass(frozen=True)
 class SafetensorsInfo:
-    """What a valid header declares: enough to size a load, and to compare it with a model, without a tensor."""
+    """What a valid header declares: enough to size a load, compare it with a model, or read it tensor by tensor."""
 
     path: Path
     file_bytes: int
     parameter_count: int
     dtypes: frozenset[str]
     shapes: dict[str, tuple[int, ...]]
+    # Where the data starts (8 + the header's length), the header's own metadata, and each tensor's record.
+    data_start: int = 0
+    metadata: dict[str, str] | None = None
+    entries: dict[str, TensorEntry] = field(default_factory=dict, repr=False)
 
     @property
     def tensor_names(self) -> frozenset[str]:
@@ -97,6 +111,11 @@ def read_safetensors_header(path: Path) -> SafetensorsInfo:
     dtypes: set[str] = set()
     shapes: dict[str, tuple[int, ...]] = {}
     spans: list[tuple[int, int, str]] = []
+    entries: dict[str, TensorEntry] = {}
+    metadata = header.get("__metadata__")
+    if metadata is not None and not (isinstance(metadata, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
+        raise SafetensorsHeaderError(f"{path}: __metadata__ is not an object of strings")
     for name, entry in header.items():
         if name == "__metadata__":
             continue
@@ -110,6 +129,7 @@ def read_safetensors_header(path: Path) -> SafetensorsInfo:
         parameters += count
         dtypes.add(entry["dtype"])
         shapes[name] = tuple(entry["shape"])
+        entries[name] = TensorEntry(entry["dtype"], shapes[name], begin, end)
     data_end = _check_contiguous(path, spans)
 
     data_bytes = file_bytes - 8 - header_len
@@ -121,7 +141,7 @@ def read_safetensors_header(path: Path) -> SafetensorsInfo:
         raise SafetensorsHeaderError(
             f"{path}: {data_bytes - data_end:,} unexpected bytes after the {data_end:,} data bytes the header declares"
         )
-    return SafetensorsInfo(path, file_bytes, parameters, frozenset(dtypes), shapes)
+    return SafetensorsInfo(path, file_bytes, parameters, frozenset(dtypes), shapes, 8 + header_len, metadata, entries)
 
 
 def _check_contiguous(path: Path, spans: list[tuple[int, int, str]]) -> int:

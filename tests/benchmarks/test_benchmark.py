@@ -85,7 +85,7 @@ def test_smoke_suite_runs_every_stage_at_tiny_scale(tmp_path: Path) -> None:
             ("stock diffusers", "StockGeneration"), ("ours", "GenerationResult"),
             ("ours nofuse", "GenerationResult"), ("ours fp8", "GenerationResult"),
             ("ours compiled blocks", "GenerationResult"), ("ours compiled blocks", "CachedStart"),
-            ("UNet FLOPs", "FlopsResult"), ("Dynamo tracing", "TracingResult")} == kinds
+            ("UNet FLOPs", "FlopsResult"), ("Dynamo tracing", "TracingResult"), ("add-fp16", "PrepareResult")} == kinds
     by_name = {(r["scenario"], r["kind"]): r for r in results}
     ours = by_name["ours", "GenerationResult"]
     assert ours["profile"]["top"] and ours["profile"]["busy_s"] > 0
@@ -107,6 +107,9 @@ def test_smoke_suite_runs_every_stage_at_tiny_scale(tmp_path: Path) -> None:
     assert "| ours nofuse | none |" in table and "| ours fp8 | fuse_qkv, QUANTIZE skipped |" in table
     assert "One warm job under the profiler (ours): CPU ops (self time) busy" in table
     assert "| self 640ch |" in table and "| blocks |" in table
+    prepared = by_name["add-fp16", "PrepareResult"]
+    assert prepared["bytes_written"] * 2 == pytest.approx(prepared["bytes_read"], rel=0.01)
+    assert prepared["peak_rss_gib"] > 0 and "| add-fp16 (cache: fadvise DONTNEED) |" in table
     assert table in run.stdout
     assert decode(__import__("base64").b64encode((tmp_path / "out" / "benchmark.png").read_bytes())).size[0] == 900
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from dev.synthetic_volume import ASSETS, build_volume, component_config, main
+from dev.synthetic_volume import build_volume, component_config, main
+from sdxl_worker.prepare.pipeline_files import ASSETS
 from volume_check import check_volume
 
 

@@ -71,6 +71,8 @@ def _raw_file(tmp_path: Path, entries: dict, data_bytes: int) -> Path:
     ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [False, True]}}, "invalid data_offsets [False, True]"),
     ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0.0, 8.0]}}, "invalid data_offsets [0.0, 8.0]"),
     ({"a": {"dtype": "F32", "shape": [True], "data_offsets": [0, 4]}}, "invalid shape [True]"),
+    ({"__metadata__": {"format": 1}, "a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}},
+     "__metadata__ is not an object of strings"),
 ])
 def test_offsets_the_loader_would_refuse(tmp_path: Path, entries: dict, words: str) -> None:
     """The safetensors library requires tensors to tile the data exactly, with integer offsets."""

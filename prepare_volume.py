@@ -1,0 +1,347 @@
+"""Make a network volume right for the worker, offline, from any pod with the volume attached (CPU pods too).
+
+    python prepare_volume.py add-fp16 MODEL_DIR [--drop-standard] [--dry-run] [--json] [--progress]
+    python prepare_volume.py from-single-file CHECKPOINT.safetensors MODEL_DIR [--config DIR] [--vae DIR]
+                                             [--dry-run] [--json] [--progress]
+    python prepare_volume.py plan MODEL_DIR [--json]
+
+`add-fp16` writes the fp16 variant of every model component whose fp16 set is missing or broken, from its
+standard files (sdxl_worker/prepare/fp16_set.py): without it every cold start reads twice the bytes.
+`--drop-standard` then deletes the standard files, only after re-reading every fp16 tensor and finding it equal
+to its source cast. `from-single-file` converts an SDXL single-file checkpoint into a new diffusers folder with
+the fp16 variant (sdxl_worker/prepare/single_file.py). `plan` (and `--dry-run`) says what would be written, how
+many bytes and the free space, and writes nothing.
+
+Before the first byte, the free space is checked. Every file is written under a hidden temporary name, fsynced
+and renamed into place (an index last; a new folder is renamed as a whole), so a crash or kill at any moment
+leaves the volume as servable as before, and a rerun removes the leftovers and finishes. Both commands end with
+the volume check's verdict and the load plan the worker will use.
+
+Exit 0: done, or nothing to do; 1: failed, nothing half-written visible; 2: bad usage or path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sdxl_worker.logs import configure_logging
+from sdxl_worker.prepare import fp16_set, single_file
+from sdxl_worker.prepare.fp16_set import Float16RangeError, PrepareError
+from sdxl_worker.prepare.pipeline_files import MODEL_COMPONENTS, ConfigFolderError, model_config, write_pipeline_files
+from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError, read_safetensors_header
+from sdxl_worker.weights.safetensors_io import fsync_path, partial_path
+from volume_check import VolumeReport, check_volume, format_bytes
+
+Progress = Callable[[int], None]
+# Opens a progress display for (total bytes, label), giving the callback to count written bytes with.
+ProgressBar = Callable[[int, str], AbstractContextManager[Progress]]
+
+
+def progress_bar(enabled: bool | None) -> ProgressBar:
+    """A tqdm bar over the bytes to write (bytes, rate, ETA) on stderr: on a terminal (None), always, or never."""
+    @contextmanager
+    def bar(total: int, label: str) -> Iterator[Progress]:
+        from tqdm import tqdm
+
+        with tqdm(total=total, unit="B", unit_scale=True, desc=label, file=sys.stderr, mininterval=0.5,
+                  disable=None if enabled is None else not enabled) as shown:
+            yield shown.update
+    return bar
+
+
+@dataclass
+class Summary:
+    """What a command did (or would do), as printed and as `--json` gives it."""
+
+    command: str
+    model_path: str
+    status: str = "done"  # done | nothing to do | dry run | failed
+    actions: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)
+    bytes_to_write: int = 0
+    free_bytes: int | None = None
+    removed_leftovers: list[str] = field(default_factory=list)
+    freed_bytes: int = 0
+    seconds: float = 0.0
+    peak_memory_bytes: int | None = None
+    volume_check: dict[str, object] | None = None
+    load_plan: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failures else 0
+
+    def render(self) -> str:
+        lines = [f"prepare_volume {self.command} {self.model_path}"]
+        if self.removed_leftovers:
+            lines.append(f"  removed {len(self.removed_leftovers)} temporary file(s) an interrupted run left: "
+                         + ", ".join(self.removed_leftovers))
+        lines += [f"  {action}" for action in self.actions]
+        lines += [f"  ❌ {failure}" for failure in self.failures]
+        free = format_bytes(self.free_bytes) if self.free_bytes is not None else "n/a"
+        if self.status == "dry run":
+            lines.append(f"Dry run: would write {format_bytes(self.bytes_to_write)}; {free} free. Nothing written.")
+        elif self.status == "nothing to do":
+            lines.append("Nothing to do: the volume already has every fp16 set. Nothing written.")
+        elif self.written:
+            rate = self.bytes_to_write / self.seconds / 1e6 if self.seconds else 0.0
+            peak = f"; peak memory {format_bytes(self.peak_memory_bytes)}" if self.peak_memory_bytes else ""
+            lines.append(f"Wrote {format_bytes(self.bytes_to_write)} in {self.seconds:.1f} s ({rate:.0f} MB/s); "
+                         f"{free} free before{peak}")
+        if self.freed_bytes:
+            lines.append(f"Deleted the standard files: {format_bytes(self.freed_bytes)} freed")
+        if self.volume_check is not None:
+            icon = "✅" if self.volume_check["exit_code"] == 0 else "❌"
+            lines.append(f"Volume check: {icon} {self.volume_check['summary']}")
+        if self.load_plan is not None:
+            lines.append(f"Load plan on a GPU: {self.load_plan}")
+        return "\n".join(lines)
+
+
+def load_plan_line(report: VolumeReport) -> str | None:
+    """What the worker will read at each cold start on a GPU, in words."""
+    from model_loader import plan_load
+
+    if not report.loadable:
+        return None
+    plan = plan_load(report, "cuda")
+    what = {"fp16": "fp16 variant", "standard": "standard files cast to fp16 (the fallback)"}.get(plan.label, "a mix")
+    reasons = f" ({'; '.join(plan.reasons)})" if plan.reasons else ""
+    return f"{what}, {format_bytes(plan.bytes_to_read)} per cold start{reasons}"
+
+
+def peak_memory() -> int | None:
+    """This process's peak resident memory (Linux's VmHWM: since exec, unlike getrusage's, which counts the
+    parent's pages a fork started with)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    line = next((line for line in status.splitlines() if line.startswith("VmHWM:")), None)
+    return int(line.split()[1]) * 1024 if line else None
+
+
+def finish(summary: Summary, model_path: Path) -> Summary:
+    """Run the volume check on the result; a volume that is not loadable is a failure."""
+    summary.peak_memory_bytes = peak_memory()
+    report = check_volume(model_path, tensors=True)
+    summary.volume_check = {"exit_code": report.exit_code, "summary": report.summary()}
+    summary.load_plan = load_plan_line(report)
+    if report.exit_code != 0 and not summary.failures:
+        summary.failures.append(f"the volume check still fails: {report.summary()}")
+    return summary
+
+
+def add_fp16(model_path: Path, *, drop_standard: bool = False, dry_run: bool = False,
+             progress: ProgressBar | None = None) -> Summary:
+    """The `add-fp16` command (see the module docstring)."""
+    summary = Summary("add-fp16", str(model_path))
+    progress = progress or progress_bar(False)
+    report = check_volume(model_path, tensors=True)
+    if report.path_missing or report.pipeline_class is None:
+        raise PrepareError(f"{model_path} is not a model folder the worker can read: {report.summary()}", 2)
+    plan = fp16_set.plan_fp16(report, fp16_set.free_bytes(model_path))
+    summary.bytes_to_write, summary.free_bytes = plan.bytes_to_write, plan.free_bytes
+    for work in plan.work:
+        files = ", ".join(f"{o.path.name} ({format_bytes(o.bytes)})" for o in work.outputs)
+        index = f" and {work.index[0].name}" if work.index else ""
+        summary.actions.append(f"{work.name}: {work.reason}: {'would write' if dry_run else 'writing'} {files}{index}")
+    summary.actions += [f"{name}: fp16 set complete" for name in plan.complete]
+    summary.failures += [f"{name}: {why}" for name, why in plan.blocked.items()]
+    if dry_run:
+        summary.status = "dry run"
+        summary.actions += [f"would remove {p.relative_to(model_path)} (left by an interrupted run)"
+                            for p in plan.leftovers]
+        return summary
+    for path in plan.leftovers:
+        path.unlink()
+        summary.removed_leftovers.append(str(path.relative_to(model_path)))
+    if not plan.work and not drop_standard:
+        summary.status = "nothing to do" if not plan.blocked else "failed"
+        return finish(summary, model_path)
+    fp16_set.preflight(plan)
+    started = time.perf_counter()
+    with progress(plan.bytes_to_write, "add-fp16") as bar:
+        for work in plan.work:
+            try:
+                written = fp16_set.write_component(work, bar)
+            except (Float16RangeError, SafetensorsHeaderError) as exc:
+                summary.failures.append(f"{work.name}: {exc}; no fp16 set written for it")
+                continue
+            except OSError as exc:  # a full disk, an I/O error on the volume: the component's new files are removed
+                summary.failures.append(f"{work.name}: writing its fp16 set failed ({exc.strerror or exc}); "
+                                        "no fp16 set written for it, the volume is as before")
+                continue
+            summary.written += [str(p.relative_to(model_path)) for p in written]
+    summary.seconds = time.perf_counter() - started
+    if drop_standard and not summary.failures:
+        _drop_standard(summary, model_path)
+    summary.status = "failed" if summary.failures else "done"
+    return finish(summary, model_path)
+
+
+def _drop_standard(summary: Summary, model_path: Path) -> None:
+    """Delete every component's standard set once its fp16 set is complete and equal to it, tensor by tensor."""
+    report = check_volume(model_path, tensors=True)
+    models = [c for c in report.components.values() if c.kind == "model"]
+    for component in models:
+        if component.weight_sets["fp16"].complete and component.weight_sets["standard"].complete:
+            problem = fp16_set.verify_fp16_set(model_path / component.name, component)
+            if problem:
+                summary.failures.append(f"{component.name}: standard files kept: {problem}")
+    if summary.failures:
+        return
+    for component in models:
+        if not component.weight_sets["standard"].complete:
+            continue
+        for path in fp16_set.standard_files(report, component.name):  # the index first: the set goes at once
+            summary.freed_bytes += path.stat().st_size
+            path.unlink()
+        fsync_path(model_path / component.name)
+        summary.actions.append(f"{component.name}: standard files verified against the fp16 set and deleted")
+
+
+def from_single_file(checkpoint: Path, model_path: Path, *, config_dir: Path | None = None,
+                     vae_dir: Path | None = None, dry_run: bool = False,
+                     progress: ProgressBar | None = None) -> Summary:
+    """The `from-single-file` command (see the module docstring)."""
+    summary = Summary("from-single-file", str(model_path))
+    progress = progress or progress_bar(False)
+    if not checkpoint.is_file():
+        raise PrepareError(f"checkpoint {checkpoint} does not exist", 2)
+    if model_path.exists() and (not model_path.is_dir() or any(model_path.iterdir())):
+        raise PrepareError(f"{model_path} already exists and is not empty: choose a new folder", 2)
+    if not model_path.parent.is_dir():
+        raise PrepareError(f"{model_path.parent} does not exist (is the volume attached?)", 2)
+    try:
+        info = read_safetensors_header(checkpoint)
+    except SafetensorsHeaderError as exc:
+        raise PrepareError(f"{exc}") from exc
+    refusal = single_file.identify(info)
+    if refusal:
+        raise PrepareError(refusal)
+    counts = single_file.components_in(info)
+    absent = [name for name, count in counts.items() if not count and not (name == "vae" and vae_dir)]
+    if absent:
+        hint = "; pass --vae with a diffusers VAE folder" if absent == ["vae"] else ""
+        raise PrepareError(f"{checkpoint.name} has no weights for {', '.join(absent)} "
+                           f"({', '.join(single_file.PREFIXES[a] + '*' for a in absent)}){hint}")
+    staging = partial_path(model_path)
+    source = f"--config {config_dir}" if config_dir else "SDXL base 1.0"
+    try:
+        configs = {name: model_config(name, config_dir) for name in MODEL_COMPONENTS}
+    except OSError as exc:
+        raise PrepareError(f"--config {config_dir}: {exc.filename} cannot be read ({exc.strerror})", 2) from exc
+    parts = [single_file.plan_component(info, name, staging, configs[name], source)
+             for name in MODEL_COMPONENTS if not (name == "vae" and vae_dir)]
+    vae = single_file.vae_work(vae_dir, staging) if vae_dir else None
+    summary.bytes_to_write = sum(p.bytes for p in parts) + (vae.bytes if vae else 0)
+    summary.free_bytes = fp16_set.free_bytes(model_path.parent)
+    verb = "would write" if dry_run else "writing"
+    summary.actions += [f"{p.name}: {verb} {p.target.name} ({format_bytes(p.bytes)}), {len(p.specs)} tensors"
+                        for p in parts]
+    if vae:
+        size = format_bytes(vae.bytes)
+        summary.actions.append(f"vae: {verb} {vae.outputs[0].path.name} ({size}) from --vae {vae_dir}")
+    summary.actions.append(f"configs and tokenizers: {source}'s")
+    if dry_run:
+        summary.status = "dry run"
+        return summary
+    if staging.exists():
+        shutil.rmtree(staging)
+        summary.removed_leftovers.append(staging.name)
+    needed = fp16_set.bytes_needed(summary.bytes_to_write)
+    if summary.free_bytes < needed:
+        raise PrepareError(fp16_set.space_sentence(model_path, summary.free_bytes, summary.bytes_to_write, needed))
+    started = time.perf_counter()
+    published = False
+    try:
+        staging.mkdir()
+        write_pipeline_files(staging, config_dir)
+        with progress(summary.bytes_to_write, "from-single-file") as bar:
+            for part in parts:
+                single_file.write_component(info, part, configs[part.name], bar)
+            if vae:
+                fp16_set.write_component(vae, bar)
+                shutil.copyfile(vae_dir / "config.json", staging / "vae" / "config.json")
+        single_file.sync_tree(staging)
+        check = check_volume(staging, tensors=True)
+        if check.exit_code != 0:
+            raise PrepareError(f"the converted folder fails the volume check, so it was not kept: {check.summary()}")
+        if model_path.exists():
+            model_path.rmdir()
+        staging.rename(model_path)
+        fsync_path(model_path.parent)
+        published = True
+    except (Float16RangeError, SafetensorsHeaderError) as exc:
+        raise PrepareError(f"{exc}; nothing written") from exc
+    except OSError as exc:  # a full disk, an I/O error: the staging folder goes, nothing is published
+        raise PrepareError(f"writing {exc.filename or staging} failed ({exc.strerror or exc}); nothing written") \
+            from exc
+    finally:
+        if not published:
+            shutil.rmtree(staging, ignore_errors=True)
+    summary.written = sorted(str(p.relative_to(model_path)) for p in model_path.rglob("*.safetensors"))
+    summary.seconds = time.perf_counter() - started
+    return finish(summary, model_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    add = commands.add_parser("add-fp16", help="write the fp16 set where it is missing or broken")
+    add.add_argument("model_dir", type=Path)
+    add.add_argument("--drop-standard", action="store_true",
+                     help="then delete the standard files, after verifying every fp16 tensor against them")
+    convert = commands.add_parser("from-single-file", help="convert an SDXL single-file checkpoint")
+    convert.add_argument("checkpoint", type=Path)
+    convert.add_argument("model_dir", type=Path)
+    convert.add_argument("--config", type=Path, help="a diffusers SDXL folder whose configs and tokenizers to use "
+                         "(default: SDXL base 1.0's, shipped)")
+    convert.add_argument("--vae", type=Path, help="a diffusers VAE folder, for a checkpoint without a VAE "
+                         "(or to replace its own)")
+    plan = commands.add_parser("plan", help="what add-fp16 would write; writes nothing")
+    plan.add_argument("model_dir", type=Path)
+    for sub in (add, convert, plan):
+        sub.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    for sub in (add, convert):
+        sub.add_argument("--dry-run", action="store_true", help="say what would be written; write nothing")
+        sub.add_argument("--progress", action="store_true", default=None,
+                         help="show the progress bar even when stderr is not a terminal")
+    args = parser.parse_args(argv)
+    configure_logging("WARNING", stream=sys.stderr)  # stdout is the summary (JSON with --json)
+    progress = progress_bar(getattr(args, "progress", None))
+    try:
+        if args.command == "from-single-file":
+            summary = from_single_file(args.checkpoint, args.model_dir, config_dir=args.config, vae_dir=args.vae,
+                                       dry_run=args.dry_run, progress=progress)
+        else:
+            dry_run = args.command == "plan" or args.dry_run
+            summary = add_fp16(args.model_dir, drop_standard=getattr(args, "drop_standard", False), dry_run=dry_run,
+                               progress=progress)
+    except (PrepareError, ConfigFolderError) as exc:
+        code = exc.exit_code if isinstance(exc, PrepareError) else 2
+        if args.json:
+            print(json.dumps({"command": args.command, "status": "failed", "error": str(exc), "exit_code": code}))
+        else:
+            print(f"❌ {exc}", file=sys.stderr)
+        return code
+    if args.json:
+        print(json.dumps({**asdict(summary), "exit_code": summary.exit_code}, indent=2))
+    else:
+        print(summary.render())
+    return summary.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

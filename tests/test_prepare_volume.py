@@ -1,0 +1,336 @@
+"""prepare_volume.py on tiny volumes: the fp16 set the worker then reads, the faults that must leave the volume as
+it was (a kill at any point, a full disk), and single-file checkpoints converted offline, every tensor compared."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import prepare_volume
+from dev.single_file import write_checkpoint
+from model_loader import LoadPlan, load_planned
+from sdxl_worker.weights.safetensors_header import read_safetensors_header
+from sdxl_worker.weights.safetensors_io import PARTIAL_SUFFIX
+from tests.helpers import MODELS, ROOT, draw_latents, tree_state
+from volume_check import check_volume
+
+GUARD = ROOT / "tests" / "guard"
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "prepare_volume.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def fp16_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    return {n: t for path in sorted(folder.glob("*.fp16*.safetensors")) for n, t in load_file(path).items()}
+
+
+def standard_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    return {n: t for path in sorted(folder.glob("*.safetensors")) if ".fp16" not in path.name
+            for n, t in load_file(path).items()}
+
+
+def assert_fp16_is_the_standard_cast(volume: Path, standard: dict[str, dict[str, torch.Tensor]]) -> None:
+    for component in MODELS:
+        written = fp16_tensors(volume / component)
+        assert written.keys() == standard[component].keys(), component
+        for name, tensor in standard[component].items():
+            cast = tensor.to(torch.float16)
+            assert torch.equal(written[name].view(torch.int16), cast.view(torch.int16)), (component, name)
+
+
+def assert_no_visible_partial_file(volume: Path) -> None:
+    """Every weight file a reader can see is complete (a hidden temporary may be there)."""
+    for path in volume.rglob("*.safetensors"):
+        read_safetensors_header(path)
+
+
+def test_fp32_only_volume_gets_an_fp16_set_the_worker_then_reads(fp32_volume: Path) -> None:
+    standard = {c: standard_tensors(fp32_volume / c) for c in MODELS}
+    assert check_volume(fp32_volume).plans["fp16"].possible is False
+    summary = prepare_volume.add_fp16(fp32_volume)
+    assert summary.exit_code == 0 and summary.status == "done", summary.render()
+    report = check_volume(fp32_volume, tensors=True)
+    assert report.plans["fp16"].possible and summary.load_plan.startswith("fp16 variant")
+    assert_fp16_is_the_standard_cast(fp32_volume, standard)
+    assert not list(fp32_volume.rglob(f"*{PARTIAL_SUFFIX}"))
+
+
+def test_latents_from_the_prepared_fp16_set_equal_the_fallback_loads(fp32_volume: Path) -> None:
+    """On a GPU the worker loaded the float32 files cast to fp16; from the prepared set it gets the same model."""
+    def latents(variant: str) -> torch.Tensor:
+        report = check_volume(fp32_volume, tensors=True)
+        plan = LoadPlan("cpu", "float16", dict.fromkeys(MODELS, variant), variant, report.plans[variant].bytes)
+        pipe, _ = load_planned(report, plan, prefetch=False)
+        return draw_latents(pipe, size=256, steps=2)
+
+    fallback = latents("standard")
+    assert prepare_volume.add_fp16(fp32_volume).exit_code == 0
+    assert torch.equal(latents("fp16"), fallback)
+
+
+def test_a_complete_volume_is_left_untouched(volume: Path) -> None:
+    before = tree_state(volume)
+    summary = prepare_volume.add_fp16(volume)
+    assert summary.status == "nothing to do" and summary.exit_code == 0 and not summary.written
+    assert tree_state(volume) == before
+    assert "Nothing to do" in summary.render()
+
+
+def test_only_the_component_with_a_truncated_fp16_file_is_rewritten(volume: Path) -> None:
+    broken = volume / "unet" / "diffusion_pytorch_model.fp16.safetensors"
+    with broken.open("r+b") as handle:
+        handle.truncate(broken.stat().st_size // 2)
+    others = {c: tree_state(volume / c) for c in MODELS if c != "unet"}
+    standard = standard_tensors(volume / "unet")
+    summary = prepare_volume.add_fp16(volume)
+    assert summary.written == ["unet/diffusion_pytorch_model.fp16.safetensors"], summary.render()
+    assert any("unet: fp16 set broken: " in a and "truncated" in a for a in summary.actions)
+    assert {c: tree_state(volume / c) for c in others} == others
+    assert all(torch.equal(fp16_tensors(volume / "unet")[n], t.half()) for n, t in standard.items())
+
+
+def test_plan_and_dry_run_write_nothing(fp32_volume: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = tree_state(fp32_volume)
+    assert prepare_volume.main(["plan", str(fp32_volume), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["status"] == "dry run" and summary["bytes_to_write"] > 0 and summary["free_bytes"] > 0
+    assert len(summary["actions"]) == 4 and all("would write" in a for a in summary["actions"])
+    assert prepare_volume.main(["add-fp16", str(fp32_volume), "--dry-run"]) == 0
+    assert "Nothing written." in capsys.readouterr().out
+    assert tree_state(fp32_volume) == before
+
+
+KILL = """
+import os, signal, sys
+count = {"pwrite": 0, "replace": 0}
+real = {"pwrite": os.pwrite, "replace": os.replace}
+def make(name):
+    def call(*args):
+        count[name] += 1
+        if count[name] == int(sys.argv[3]) and name == sys.argv[2]:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real[name](*args)
+    return call
+os.pwrite, os.replace = make("pwrite"), make("replace")
+import prepare_volume
+sys.exit(prepare_volume.main(["add-fp16", sys.argv[1]]))
+"""
+
+
+# The sharded volume's text encoders have 3 shards each: replace 4 and 8 come just before their indexes.
+@pytest.mark.parametrize(("call", "number"), [("pwrite", 1), ("pwrite", 60), ("replace", 1), ("replace", 4),
+                                              ("replace", 8)])
+def test_a_kill_at_any_point_leaves_the_volume_servable_and_a_rerun_finishes(
+        sharded_volume: Path, call: str, number: int) -> None:
+    """SIGKILL inside a file, just before a shard's rename, just before an index's: never a visible partial file,
+    the worker's plan as before, then a rerun removes the leftovers and completes the set."""
+    standard = {c: standard_tensors(sharded_volume / c) for c in MODELS}
+    killed = subprocess.run([sys.executable, "-c", KILL, str(sharded_volume), call, str(number)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert_no_visible_partial_file(sharded_volume)
+    report = check_volume(sharded_volume, tensors=True)
+    assert report.loadable and report.plans["standard"].possible and not report.problems
+    summary = prepare_volume.add_fp16(sharded_volume)
+    assert summary.exit_code == 0, summary.render()
+    assert not list(sharded_volume.rglob(f"*{PARTIAL_SUFFIX}"))
+    assert_fp16_is_the_standard_cast(sharded_volume, standard)
+    assert check_volume(sharded_volume, tensors=True).plans["fp16"].possible
+
+
+def test_a_full_disk_mid_write_fails_that_component_and_leaves_the_volume_as_before(
+        fp32_volume: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = tree_state(fp32_volume)
+    real = os.pwrite
+
+    def fill_up(fd: int, data: memoryview, offset: int) -> int:
+        if offset > 4096:
+            raise OSError(28, "No space left on device")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", fill_up)
+    summary = prepare_volume.add_fp16(fp32_volume)
+    assert summary.exit_code == 1
+    assert any("failed (No space left on device); no fp16 set written for it, the volume is as before" in f
+               for f in summary.failures), summary.failures
+    assert tree_state(fp32_volume) == before
+
+
+def test_too_little_free_space_is_refused_before_the_first_byte(fp32_volume: Path,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    before = tree_state(fp32_volume)
+    monkeypatch.setattr("sdxl_worker.prepare.fp16_set.free_bytes", lambda _: 1_000_000)
+    assert prepare_volume.main(["add-fp16", str(fp32_volume)]) == 1
+    error = capsys.readouterr().err
+    assert "not enough free space" in error and "1.0 MB free" in error and "nothing written" in error
+    assert tree_state(fp32_volume) == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="mounting a small tmpfs needs root")
+def test_a_really_small_filesystem_is_refused_before_the_first_byte(fp32_volume_source: Path, tmp_path: Path) -> None:
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)]).returncode != 0:
+        pytest.skip("tmpfs mount refused here")
+    try:
+        volume = mount / "photonicfusion-sdxl"
+        shutil.copytree(fp32_volume_source, volume)
+        before = tree_state(volume)
+        result = run_cli("add-fp16", str(volume))
+        assert result.returncode == 1 and "not enough free space" in result.stderr, result.stderr[-2000:]
+        assert tree_state(volume) == before
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_value_beyond_float16_fails_its_component_only(fp32_volume: Path) -> None:
+    path = fp32_volume / "vae" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(path)
+    name = sorted(tensors)[3]
+    tensors[name].view(-1)[:2] = 70000.0
+    save_file(tensors, path, metadata={"format": "pt"})
+    summary = prepare_volume.add_fp16(fp32_volume)
+    assert summary.exit_code == 1
+    assert f"vae: tensor {name} has 2 value(s) beyond float16's range" in summary.failures[0]
+    assert not list((fp32_volume / "vae").glob("*fp16*"))
+    assert len(summary.written) == 3
+
+
+def test_drop_standard_deletes_only_after_verifying(fp32_volume: Path) -> None:
+    total = sum(p.stat().st_size for p in fp32_volume.rglob("*.safetensors"))
+    summary = prepare_volume.add_fp16(fp32_volume, drop_standard=True)
+    assert summary.exit_code == 0 and summary.freed_bytes == total, summary.render()
+    assert not [p for p in fp32_volume.rglob("*.safetensors") if ".fp16" not in p.name]
+    report = check_volume(fp32_volume, tensors=True)
+    assert report.loadable and report.plans["fp16"].possible
+    assert "freed" in summary.render()
+
+
+def test_drop_standard_keeps_the_standard_files_when_the_fp16_set_differs(volume: Path) -> None:
+    path = volume / "text_encoder" / "model.fp16.safetensors"
+    tensors = load_file(path)
+    name = sorted(tensors)[0]
+    tensors[name].view(-1)[0] += 1
+    save_file(tensors, path, metadata={"format": "pt"})
+    before = tree_state(volume)
+    summary = prepare_volume.add_fp16(volume, drop_standard=True)
+    assert summary.exit_code == 1 and summary.freed_bytes == 0
+    assert f"text_encoder: standard files kept: tensor {name}" in summary.failures[0]
+    assert tree_state(volume) == before
+
+
+def test_a_missing_folder_is_bad_usage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert prepare_volume.main(["add-fp16", str(tmp_path / "nothing" / "here")]) == 2
+    assert "is not a model folder" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def checkpoints(fp32_volume_source: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("checkpoints")
+    made = {dtype: write_checkpoint(fp32_volume_source, folder / f"photonic-{dtype}.safetensors", dtype)
+            for dtype in ("F32", "F16", "BF16")}
+    made["no-vae"] = write_checkpoint(fp32_volume_source, folder / "photonic-no-vae.safetensors", vae=False)
+    return made
+
+
+def assert_same_model(converted: Path, source: Path, dtype: torch.dtype) -> None:
+    """Every tensor of every component, under the names the libraries load, equal to the source's."""
+    for component in MODELS:
+        expected = {n.removeprefix("text_model."): t for n, t in standard_tensors(source / component).items()}
+        found = {n.removeprefix("text_model."): t for n, t in fp16_tensors(converted / component).items()}
+        assert found.keys() == expected.keys(), component
+        for name, tensor in expected.items():
+            assert torch.equal(found[name], tensor.to(dtype).to(torch.float16)), (component, name)
+
+
+@pytest.mark.parametrize("dtype", ["F32", "F16", "BF16"])
+def test_single_file_round_trip_gives_back_every_tensor(checkpoints: dict[str, Path], fp32_volume_source: Path,
+                                                        tmp_path: Path, dtype: str) -> None:
+    target = tmp_path / "runpod-volume" / "photonicfusion-sdxl"
+    target.parent.mkdir()
+    summary = prepare_volume.from_single_file(checkpoints[dtype], target, config_dir=fp32_volume_source)
+    assert summary.exit_code == 0, summary.render()
+    torch_dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[dtype]
+    assert_same_model(target, fp32_volume_source, torch_dtype)
+    assert check_volume(target, tensors=True).plans["fp16"].possible
+    assert [p.name for p in target.parent.iterdir()] == ["photonicfusion-sdxl"]
+
+
+def test_single_file_conversion_is_offline_and_writes_only_its_folder(checkpoints: dict[str, Path],
+                                                                      fp32_volume_source: Path, tmp_path: Path) -> None:
+    """Under the guard that refuses and records any connection, name lookup or write elsewhere, HF_HUB_OFFLINE
+    unset: the checkpoint converts with the shipped SDXL files, or --config, without a network call. (torch makes
+    empty folders in TMPDIR at import; no file is written there.)"""
+    volume, tmpdir = tmp_path / "volume", tmp_path / "tmpdir"
+    volume.mkdir()
+    tmpdir.mkdir()
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_", "TORCH", "XDG_"))}
+    env = {**keep,
+           "PYTHONPATH": f"{GUARD}{os.pathsep}{ROOT}", "GUARD_LOG": str(tmp_path / "guard.log"),
+           "GUARD_ALLOWED": os.pathsep.join([str(volume), str(tmpdir)]), "TMPDIR": str(tmpdir),
+           "HOME": str(tmp_path / "home"), "PYTHONDONTWRITEBYTECODE": "1"}
+    result = run_cli("from-single-file", str(checkpoints["F16"]), str(volume / "photonicfusion-sdxl"),
+                     "--config", str(fp32_volume_source), "--json", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout)["load_plan"].startswith("fp16 variant")
+    refused = run_cli("from-single-file", str(checkpoints["F16"]), str(volume / "other"), env=env)
+    assert refused.returncode == 1 and "do not fit SDXL base 1.0's config" in refused.stderr
+    assert not (tmp_path / "guard.log").exists(), (tmp_path / "guard.log").read_text()
+    assert sorted(p.name for p in volume.iterdir()) == ["photonicfusion-sdxl"]
+    assert not [p for p in tmpdir.rglob("*") if p.is_file()]
+
+
+def test_a_checkpoint_without_a_vae_needs_one(checkpoints: dict[str, Path], fp32_volume_source: Path,
+                                              tmp_path: Path) -> None:
+    target = tmp_path / "photonicfusion-sdxl"
+    with pytest.raises(prepare_volume.PrepareError, match=r"has no weights for vae \(first_stage_model\.\*\); "
+                                                          "pass --vae"):
+        prepare_volume.from_single_file(checkpoints["no-vae"], target, config_dir=fp32_volume_source)
+    summary = prepare_volume.from_single_file(checkpoints["no-vae"], target, config_dir=fp32_volume_source,
+                                              vae_dir=fp32_volume_source / "vae")
+    assert summary.exit_code == 0, summary.render()
+    assert_same_model(target, fp32_volume_source, torch.float32)
+
+
+def test_existing_target_and_missing_checkpoint_are_bad_usage(checkpoints: dict[str, Path], volume: Path,
+                                                              tmp_path: Path) -> None:
+    before = tree_state(volume)
+    assert prepare_volume.main(["from-single-file", str(checkpoints["F16"]), str(volume)]) == 2
+    assert prepare_volume.main(["from-single-file", str(tmp_path / "none.safetensors"), str(tmp_path / "x")]) == 2
+    assert tree_state(volume) == before
+
+
+def test_a_non_sdxl_checkpoint_is_refused_and_nothing_written(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    lora = tmp_path / "style.safetensors"
+    save_file({"lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 8)}, lora)
+    assert prepare_volume.main(["from-single-file", str(lora), str(tmp_path / "model")]) == 1
+    assert "style.safetensors looks like a LoRA" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["style.safetensors"]
+
+
+def test_an_interrupted_conversion_is_invisible_and_cleaned_by_the_next(checkpoints: dict[str, Path],
+                                                                       fp32_volume_source: Path,
+                                                                       tmp_path: Path) -> None:
+    target = tmp_path / "photonicfusion-sdxl"
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL.replace('["add-fp16", sys.argv[1]]', '["from-single-file", sys.argv[4], '
+                                            'sys.argv[1], "--config", sys.argv[5]]'),
+         str(target), "pwrite", "30", str(checkpoints["F32"]), str(fp32_volume_source)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not target.exists() and (tmp_path / f".photonicfusion-sdxl{PARTIAL_SUFFIX}").is_dir()
+    summary = prepare_volume.from_single_file(checkpoints["F32"], target, config_dir=fp32_volume_source)
+    assert summary.exit_code == 0 and summary.removed_leftovers == [f".photonicfusion-sdxl{PARTIAL_SUFFIX}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photonicfusion-sdxl"]
