@@ -32,6 +32,8 @@ from sdxl_worker.contract.generation import generate
 from sdxl_worker.contract.image_encoding import encode_image
 from sdxl_worker.contract.job_schema import JobInput, JobInputError, parse_job_input
 from sdxl_worker.contract.schedulers import build_schedulers
+from sdxl_worker.delivery.bucket import Bucket, BucketError
+from sdxl_worker.delivery.reply import DeliveryError, deliver
 from sdxl_worker.logs import PROMPT_LOG_CHARS, configure_logging, job_text, route_library_logs
 from sdxl_worker.settings import Settings, SettingsError
 from sdxl_worker.speed.options import SpeedReport, apply_speedups, freeze_compiled_shapes
@@ -74,6 +76,7 @@ class Worker:
         self.refresh_on_error = refresh_on_error
         self.progress = progress
         self.schedulers = build_schedulers(pipe.scheduler) if pipe is not None else {}
+        self.bucket = Bucket(settings.bucket) if settings.bucket.configured else None
         self.largest_fit: tuple[int, int, int] | None = None  # (images, width, height) of the largest job done
         self.start_timings: dict[str, float] = {}
 
@@ -161,6 +164,9 @@ class Worker:
         try:
             with job_text(params.prompt, params.negative_prompt):
                 return self._run(job, job_id, params, started)
+        except (DeliveryError, BucketError) as exc:
+            log.warning("job %s: images not delivered: %s", job_id, exc)
+            return {"error": str(exc)}
         except torch.cuda.OutOfMemoryError:
             pass  # answered below, once the exception no longer pins the job's tensors
         # The job boundary: nothing may escape to runpod, which would answer a traceback.
@@ -191,7 +197,7 @@ class Worker:
             job_id, params.width, params.height, params.num_images, params.num_inference_steps, params.scheduler,
             generated.seeds[0], generated.inference_s, encode_s, total_s, params.prompt[:PROMPT_LOG_CHARS],
         )
-        return {
+        reply = {
             "images": images,
             "seed": generated.seeds[0],
             "seeds": generated.seeds,
@@ -201,6 +207,7 @@ class Worker:
             "timings": timings,
             "model": {"variant": self.record.variant, "dtype": self.record.dtype, "device": self.record.device},
         }
+        return deliver(reply, job_id, params.output, self.settings.result_max_mb, self.bucket)
 
     def _out_of_memory(self, job_id: str, params: JobInput) -> dict[str, Any]:
         import torch
@@ -342,8 +349,8 @@ def printing(handler: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[d
 
 
 def summarise(reply: dict[str, Any]) -> dict[str, Any]:
-    """The reply with each base64 image replaced by its format, size and length."""
-    if "images" not in reply:
+    """The reply with each base64 image replaced by its format, size and length (URLs are shown as they are)."""
+    if "images" not in reply or reply.get("output") == "url":
         return reply
     return {**reply, "images": [f"<{reply['format']} {reply['width']}x{reply['height']}, {len(image):,} base64 "
                                 "characters>" for image in reply["images"]]}

@@ -38,9 +38,11 @@ def environment_table() -> str:
         default = field.get_default(call_default_factory=True)
         if default is None:
             shown = "`auto`" if field_types(field.annotation)[0] is bool else "unset"
+        elif default == "":
+            shown = "empty"
         else:
             shown = _flag(default) if isinstance(default, bool) else f"`{default}`"
-        rows.append(f"| `{variable}` | {shown} | {_choices(field)} | {field.description} |")
+        rows.append(f"| `{variable}` | {shown} | {_choices(variable, field)} | {field.description} |")
     return "\n".join(rows)
 
 
@@ -74,7 +76,7 @@ def _bounds(field: FieldInfo) -> str:
     return "; ".join(parts) or "any"
 
 
-def _choices(field: FieldInfo) -> str:
+def _choices(variable: str, field: FieldInfo) -> str:
     kind = field_types(field.annotation)[0]
     if get_origin(kind) is Literal:
         return ", ".join(f"`{choice}`" for choice in get_args(kind))
@@ -84,8 +86,10 @@ def _choices(field: FieldInfo) -> str:
         low = next((rule.ge for rule in field.metadata if getattr(rule, "ge", None) is not None), 0)
         return f"a whole number >= {_number(low)}"
     if field.examples:
-        return ", ".join(f"`{example}`" for example in field.examples)
-    return "a path"
+        shown = ", ".join(f"`{example}`" for example in field.examples)
+        # A pattern makes the examples the choices (DEVICE's); otherwise they are one value of many.
+        return shown if any(getattr(rule, "pattern", None) for rule in field.metadata) else f"e.g. {shown}"
+    return "a path" if variable.endswith(("_PATH", "_DIR")) else "text"
 
 
 def _value(value: Any) -> str:

@@ -19,12 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 
 from sdxl_worker.contract.job_schema import DEFAULT_MAX_PIXELS, MIN_PIXELS
+from sdxl_worker.delivery.bucket import BucketSettings
 from sdxl_worker.speed.options import SpeedOptions
 
 DEFAULT_MODEL_PATH = "/runpod-volume/photonicfusion-sdxl"
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
+NESTED = ("speed", "bucket")  # groups of settings whose variables are their fields' names, not the group's
 
 
 class SettingsError(ValueError):
@@ -44,7 +46,11 @@ class Settings(BaseModel):
         "Cap on each image's width x height (1536x1536)."))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description=(
         "One line per job at INFO: id, size, steps, timings, a 40-character prompt prefix."))
+    result_max_mb: int = Field(19, ge=1, le=1000, description=(
+        "Largest reply returned, in MB: RunPod drops results over 20 MB (/runsync). Over it, images go to the "
+        "bucket when one is set, else the job fails saying what to change."))
     speed: SpeedOptions = Field(default_factory=SpeedOptions)
+    bucket: BucketSettings = Field(default_factory=BucketSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -130,7 +136,7 @@ def _sentence(exc: ValidationError) -> str:
     """One line for the first error: the variable, the value, what is allowed."""
     error = exc.errors(include_url=False)[0]
     message = error["msg"].removeprefix("Value error, ")
-    location = [str(part) for part in error["loc"] if part != "speed"]
+    location = [str(part) for part in error["loc"] if part not in NESTED]
     if not location:  # a cross-check between settings: its message names the variables
         return message
     variable = location[-1].upper()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import hypothesis
@@ -13,7 +14,7 @@ import pytest
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from dev.synthetic_volume import build_volume
-from tests.helpers import ROOT, cpu_settings
+from tests.helpers import ROOT, cpu_settings, start_s3_server, stop
 from tests.write_guard import WriteGuard, isolate
 
 # Hypothesis keeps no example database, and its caches go to a temp folder: not into the repository.
@@ -78,6 +79,28 @@ def fp32_volume(fp32_volume_source: Path, tmp_path: Path) -> Path:
     target = tmp_path / "runpod-volume" / "photonicfusion-sdxl"
     shutil.copytree(fp32_volume_source, target)
     return target
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3-compatible server (moto's) on loopback for the session, with a bucket named "images"."""
+    import boto3
+
+    process, endpoint = start_s3_server(tmp_path_factory.mktemp("s3") / "moto.log")
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
+                 aws_secret_access_key="test").create_bucket(Bucket="images")
+    yield endpoint
+    stop(process)
+
+
+S3_CREDENTIALS = {"BUCKET_ACCESS_KEY_ID": "AKIAWORKERTEST", "BUCKET_SECRET_ACCESS_KEY": "worker-secret-value",
+                  "BUCKET_NAME": "images", "BUCKET_REGION": "us-east-1"}
+
+
+@pytest.fixture
+def bucket_env(s3_server: str) -> dict[str, str]:
+    """The worker's bucket variables for the session's S3 server."""
+    return {"BUCKET_ENDPOINT_URL": s3_server, **S3_CREDENTIALS}
 
 
 @pytest.fixture

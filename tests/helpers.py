@@ -120,3 +120,39 @@ def tree_state(root: Path) -> dict[str, tuple[int, int, int]]:
     written, replaced or removed."""
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino)
             for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def start_s3_server(log_path: Path, *, authenticate: bool = False) -> tuple[subprocess.Popen, str]:
+    """moto's S3-compatible server on a free loopback port; with `authenticate`, it checks credentials after the
+    first four requests (those create an IAM user with S3 rights, its key and a bucket: `s3_user`)."""
+    port = free_port()
+    env = {**os.environ, **({"INITIAL_NO_AUTH_ACTION_COUNT": "4"} if authenticate else {})}
+    log = log_path.open("w")
+    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return process, f"http://127.0.0.1:{port}"
+        if process.poll() is not None:
+            break
+        time.sleep(0.2)
+    stop(process)
+    raise AssertionError(f"moto server did not listen:\n{log_path.read_text()}")
+
+
+def s3_user(endpoint: str, bucket: str) -> dict[str, str]:
+    """A bucket and the credentials of a user allowed to use it (four requests: see start_s3_server)."""
+    import boto3
+
+    anyone = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "setup",
+              "aws_secret_access_key": "setup"}
+    iam = boto3.client("iam", **anyone)
+    iam.create_user(UserName="worker")
+    iam.put_user_policy(UserName="worker", PolicyName="s3", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+    key = iam.create_access_key(UserName="worker")["AccessKey"]
+    boto3.client("s3", **anyone).create_bucket(Bucket=bucket)
+    return {"BUCKET_ENDPOINT_URL": endpoint, "BUCKET_ACCESS_KEY_ID": key["AccessKeyId"],
+            "BUCKET_SECRET_ACCESS_KEY": key["SecretAccessKey"], "BUCKET_NAME": bucket, "BUCKET_REGION": "us-east-1"}

@@ -28,7 +28,8 @@ def pixels(b64: str) -> np.ndarray:
 
 def test_output_contract(worker: Worker) -> None:
     reply = run(worker, seed=11, width=320, height=256)
-    assert set(reply) == {"images", "seed", "seeds", "width", "height", "format", "timings", "model"}
+    assert set(reply) == {"images", "output", "seed", "seeds", "width", "height", "format", "timings", "model"}
+    assert reply["output"] == "base64"
     assert (reply["seed"], reply["seeds"], reply["width"], reply["height"], reply["format"]) == (11, [11], 320, 256,
                                                                                                  "png")
     assert decode(reply["images"][0]).size == (320, 256)

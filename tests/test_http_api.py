@@ -92,3 +92,31 @@ def test_smoke_test_script_against_local_api(api: str) -> None:
     bad = subprocess.run(["bash", "smoke_test.sh", f"{api}/runsync"], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "WIDTH": "260"}, timeout=120)
     assert bad.returncode == 1 and "❌ status FAILED: Invalid input: width" in bad.stderr
+
+
+def test_a_reply_over_runpods_limit_arrives_as_bucket_urls(tiny_volume_source: Path, bucket_env: dict[str, str],
+                                                          tmp_path: Path) -> None:
+    """Four 1536x1536 PNGs over /runsync, a reply over RESULT_MAX_MB (19 MB), so the worker uploads them to
+    the S3 server and the reply, COMPLETED, gives URLs that serve the same images."""
+    import base64
+    import urllib.request
+
+    process, base = start_api(tiny_volume_source, tmp_path / "api.log", bucket_env)
+    try:
+        job = {"prompt": "a photonic lighthouse", "width": 1536, "height": 1536, "num_inference_steps": 1,
+               "num_images": 4, "seed": 11}
+        status, reply = request(base, "/runsync", {"input": job}, timeout=300)
+    finally:
+        stop(process)
+    assert status == 200 and reply["status"] == "COMPLETED", reply
+    output = reply["output"]
+    assert output["output"] == "url" and "over RESULT_MAX_MB=19" in output["output_note"]
+    sizes = []
+    for url in output["images"]:
+        with urllib.request.urlopen(url, timeout=30) as fetched:
+            data = fetched.read()
+        sizes.append(len(data))
+        assert decode(base64.b64encode(data)).size == (1536, 1536)
+    assert sum(sizes) * 4 / 3 > 19e6
+    log = (tmp_path / "api.log").read_text()
+    assert bucket_env["BUCKET_SECRET_ACCESS_KEY"] not in log

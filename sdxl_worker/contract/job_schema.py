@@ -53,6 +53,9 @@ class JobInput(BaseModel):
         "png is lossless (written at zlib level 1: about half the time of Pillow's default, files ~11% larger)."))
     quality: int | None = Field(default=None, ge=1, le=100, description=(
         f"jpeg and webp only; null: {DEFAULT_QUALITY}."))
+    output: Literal["base64", "url"] | None = Field(default=None, description=(
+        "How images come back: null is base64 in the reply, or bucket URLs when the reply would exceed "
+        "`RESULT_MAX_MB` and a bucket is set; `url` always uploads (needs the bucket)."))
 
     @field_validator("prompt")
     @classmethod
