@@ -30,7 +30,9 @@ from typing import Any
 from model_loader import LoadRecord, load_planned, plan_load, resolve_device
 from sdxl_worker.contract.generation import generate
 from sdxl_worker.contract.image_encoding import encode_image
+from sdxl_worker.contract.image_input import InputImages, load_inputs
 from sdxl_worker.contract.job_schema import JobInput, JobInputError, parse_job_input
+from sdxl_worker.contract.prompts import PromptEncoder
 from sdxl_worker.contract.schedulers import build_schedulers
 from sdxl_worker.delivery.bucket import Bucket, BucketError
 from sdxl_worker.delivery.reply import DeliveryError, deliver
@@ -77,6 +79,9 @@ class Worker:
         self.progress = progress
         self.schedulers = build_schedulers(pipe.scheduler) if pipe is not None else {}
         self.bucket = Bucket(settings.bucket) if settings.bucket.configured else None
+        # Image to image and inpainting share the loaded pipeline's components (no second copy of any weight).
+        self.pipelines = image_pipelines(pipe) if pipe is not None else {}
+        self.prompt_encoder = PromptEncoder(pipe) if pipe is not None else None
         self.largest_fit: tuple[int, int, int] | None = None  # (images, width, height) of the largest job done
         self.start_timings: dict[str, float] = {}
 
@@ -155,6 +160,7 @@ class Worker:
             return reply
         try:
             params = parse_job_input(job.get("input") if isinstance(job, dict) else job, self.settings.max_pixels)
+            inputs = load_inputs(params, self.settings.max_input_image_mb * 1_000_000, self.settings.max_pixels)
         except JobInputError as exc:
             log.info("job %s refused: %s", job_id, exc)
             return {"error": str(exc)}
@@ -163,7 +169,7 @@ class Worker:
 
         try:
             with job_text(params.prompt, params.negative_prompt):
-                return self._run(job, job_id, params, started)
+                return self._run(job, job_id, params, inputs, started)
         except (DeliveryError, BucketError) as exc:
             log.warning("job %s: images not delivered: %s", job_id, exc)
             return {"error": str(exc)}
@@ -178,31 +184,38 @@ class Worker:
             return reply
         return self._out_of_memory(job_id, params)
 
-    def _run(self, job: dict[str, Any], job_id: str, params: JobInput, started: float) -> dict[str, Any]:
+    def _run(self, job: dict[str, Any], job_id: str, params: JobInput, inputs: InputImages | None,
+             started: float) -> dict[str, Any]:
         def on_progress(step: int, steps: int) -> None:
             self.progress(job, {"step": step, "steps": steps, "percent": round(100 * step / steps)})
 
-        generated = generate(self.pipe, params, self.schedulers[params.scheduler], on_progress)
+        pipe = self.pipelines.get(params.mode, self.pipe)
+        prompts = self.prompt_encoder.encode(params.prompt, params.negative_prompt, params.prompt_weighting)
+        generated = generate(pipe, params, self.schedulers[params.scheduler], on_progress, inputs, prompts)
+        width, height = (inputs.width, inputs.height) if inputs is not None else (params.width, params.height)
         encode_started = time.perf_counter()
         images = [encode_image(image, params.output_format, params.encode_quality) for image in generated.images]
         encode_s = time.perf_counter() - encode_started
         total_s = time.perf_counter() - started
-        pixels = params.num_images * params.width * params.height
+        pixels = params.num_images * width * height
         if self.largest_fit is None or pixels > self.largest_fit[0] * self.largest_fit[1] * self.largest_fit[2]:
-            self.largest_fit = (params.num_images, params.width, params.height)
+            self.largest_fit = (params.num_images, width, height)
         timings = {"inference_s": round(generated.inference_s, 3), "encode_s": round(encode_s, 3),
                    "total_s": round(total_s, 3)}
         log.info(
-            "job %s: %dx%d x%d, %d steps, %s, seed %d, inference %.2f s, encode %.2f s, total %.2f s, prompt %r",
-            job_id, params.width, params.height, params.num_images, params.num_inference_steps, params.scheduler,
+            "job %s: %s %dx%d x%d, %d steps, %s, seed %d, inference %.2f s, encode %.2f s, total %.2f s, prompt %r",
+            job_id, params.mode, width, height, params.num_images, params.num_inference_steps, params.scheduler,
             generated.seeds[0], generated.inference_s, encode_s, total_s, params.prompt[:PROMPT_LOG_CHARS],
         )
         reply = {
             "images": images,
             "seed": generated.seeds[0],
             "seeds": generated.seeds,
-            "width": params.width,
-            "height": params.height,
+            "width": width,
+            "height": height,
+            "mode": params.mode,
+            # Every token is encoded (compel's 75-token chunks), up to the prompts' character caps: none dropped.
+            "prompt_tokens": {**prompts.tokens, "dropped": 0},
             "format": params.output_format,
             "timings": timings,
             "model": {"variant": self.record.variant, "dtype": self.record.dtype, "device": self.record.device},
@@ -223,6 +236,30 @@ class Worker:
             fits = "no job has completed on this worker yet"
         log.warning("job %s: CUDA out of memory for %s; memory freed, still serving", job_id, asked)
         return {"error": f"CUDA out of memory generating {asked}; {fits}: retry with fewer images or a smaller size."}
+
+
+def image_pipelines(pipe: Any) -> dict[str, Any]:
+    """The loaded text-to-image pipeline and its image-to-image and inpainting twins, built on its components."""
+    import torch
+    from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline
+
+    if pipe.vae.dtype != torch.float16:
+        # force_upcast protects a float16 VAE from overflow. Image to image would honour it by casting the VAE to
+        # float32 and back to the job's dtype at every job, undoing VAE_DTYPE; bfloat16 and float32 need no upcast.
+        pipe.vae.register_to_config(force_upcast=False)
+    pipelines = {"txt2img": pipe}
+    # from_pipe re-applies each model's dtype, and diffusers warns about an empty list of float32 modules each time.
+    modeling_log = logging.getLogger("diffusers.models.modeling_utils")
+    level = modeling_log.level
+    modeling_log.setLevel(logging.ERROR)
+    try:
+        for mode, cls in (("img2img", StableDiffusionXLImg2ImgPipeline),
+                          ("inpaint", StableDiffusionXLInpaintPipeline)):
+            pipelines[mode] = cls.from_pipe(pipe)
+            pipelines[mode].set_progress_bar_config(disable=True)
+    finally:
+        modeling_log.setLevel(level)
+    return pipelines
 
 
 def _describe(exc: BaseException) -> str:

@@ -44,6 +44,8 @@ class Settings(BaseModel):
         "`auto`: `cuda` when PyTorch sees a GPU, else `cpu`."))
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=MIN_PIXELS, description=(
         "Cap on each image's width x height (1536x1536)."))
+    max_input_image_mb: int = Field(10, ge=1, le=100, description=(
+        "Cap on a job's input image and mask, each, in MB as sent (base64 counts as its decoded bytes)."))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description=(
         "One line per job at INFO: id, size, steps, timings, a 40-character prompt prefix."))
     result_max_mb: int = Field(19, ge=1, le=1000, description=(

@@ -31,6 +31,28 @@ JOBS = [
 ]
 
 
+def _png(mode: str, size: tuple[int, int], color: object) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new(mode, size, color).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+# Image to image, inpainting and a long weighted prompt (compel), under the same isolation.
+FEATURE_JOBS = [
+    {"prompt": "a lighthouse", "image": _png("RGB", (256, 256), (40, 90, 160)), "strength": 0.5,
+     "num_inference_steps": 2, "seed": 2},
+    {"prompt": "a lighthouse", "image": _png("RGB", (256, 256), (40, 90, 160)), "mask": _png("L", (256, 256), 255),
+     "num_inference_steps": 2, "seed": 3},
+    {"prompt": "(a lighthouse:1.3), [fog], " + ", ".join(f"detail {i}" for i in range(80)), "width": 256,
+     "height": 256, "num_inference_steps": 2, "seed": 4},
+]
+
+
 def post(base: str, body: dict) -> tuple[int, dict]:
     request = urllib.request.Request(f"{base}/runsync", data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
@@ -63,7 +85,7 @@ def main() -> int:
             if probe.connect_ex(("127.0.0.1", port)) == 0:
                 break
         time.sleep(0.3)
-    replies = [post(base, {"input": job}) for job in JOBS]
+    replies = [post(base, {"input": job}) for job in JOBS + FEATURE_JOBS]
     summary["jobs"] = [{"http": status, "status": reply.get("status"), "error": reply.get("error"),
                         "images": len((reply.get("output") or {}).get("images", []))} for status, reply in replies]
     api.send_signal(signal.SIGTERM)

@@ -113,10 +113,10 @@ def test_worker_serves_offline_and_writes_nothing_outside_tmp(tiny_volume_source
     assert summary["self_test"]["returncode"] == 0, summary["self_test"]["stdout"]
     assert decode(__import__("base64").b64encode((dirs["out"] / "self-test.png").read_bytes())).size == (256, 256)
     jobs = summary["jobs"]
-    assert [j["http"] for j in jobs] == [200] * 5
-    assert [(j["status"], j["images"]) for j in jobs[:3]] == [("COMPLETED", 1)] * 3
-    assert [j["status"] for j in jobs[3:]] == ["FAILED", "FAILED"]
-    assert all(isinstance(j["error"], str) for j in jobs[3:])
+    assert [j["http"] for j in jobs] == [200] * 8
+    assert [(j["status"], j["images"]) for j in jobs[:3] + jobs[5:]] == [("COMPLETED", 1)] * 6  # 5-7: features
+    assert [j["status"] for j in jobs[3:5]] == ["FAILED", "FAILED"]
+    assert all(isinstance(j["error"], str) for j in jobs[3:5])
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal so the exit status says why.
     assert summary["api_returncode"] in (0, -signal.SIGTERM)
     assert "Application shutdown complete" in (dirs["out"] / "api.log").read_text()

@@ -28,8 +28,10 @@ def pixels(b64: str) -> np.ndarray:
 
 def test_output_contract(worker: Worker) -> None:
     reply = run(worker, seed=11, width=320, height=256)
-    assert set(reply) == {"images", "output", "seed", "seeds", "width", "height", "format", "timings", "model"}
-    assert reply["output"] == "base64"
+    assert set(reply) == {"images", "output", "seed", "seeds", "width", "height", "mode", "prompt_tokens", "format",
+                          "timings", "model"}
+    assert reply["output"] == "base64" and reply["mode"] == "txt2img"
+    assert reply["prompt_tokens"] == {"prompt": 4, "dropped": 0}  # a, pho, tonic, lighthouse
     assert (reply["seed"], reply["seeds"], reply["width"], reply["height"], reply["format"]) == (11, [11], 320, 256,
                                                                                                  "png")
     assert decode(reply["images"][0]).size == (320, 256)
@@ -186,7 +188,7 @@ def test_logs_carry_no_payload_and_only_a_prompt_prefix(worker: Worker, caplog: 
     with caplog.at_level("DEBUG"):
         reply = run(worker, prompt=prompt, seed=5)
     text = caplog.text
-    assert "job test-job: 256x256 x1, 3 steps, default, seed 5" in text
+    assert "job test-job: txt2img 256x256 x1, 3 steps, default, seed 5" in text
     assert prompt[:40] in text and prompt[:41] not in text
     assert reply["images"][0][:64] not in text
 
@@ -321,3 +323,57 @@ def test_without_torch_or_diffusers_the_self_test_says_so(tiny_volume_source: Pa
     assert run.returncode == 1, run.stdout + run.stderr
     assert "Traceback" not in run.stdout + run.stderr
     assert "❌" in run.stdout and "torch" in run.stdout
+
+
+def _png_b64(image: object) -> str:
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def run_image(worker: Worker, **fields: object) -> dict:
+    """A job without width and height: the input image decides the size."""
+    return worker.handle({"id": "image-job", "input": {"prompt": SMALL["prompt"], "num_inference_steps": 4, **fields}})
+
+
+def _source_image() -> object:
+    from PIL import Image
+
+    gradient = np.linspace(0, 255, 264 * 300, dtype=np.uint8).reshape(264, 300)
+    return Image.fromarray(np.stack([gradient, gradient[::-1], np.full_like(gradient, 90)], axis=-1))
+
+
+def test_image_to_image_follows_its_input_and_its_strength(worker: Worker) -> None:
+    """The image sets the size (cut to multiples of 8) and anchors the result: a low strength stays nearer it."""
+    source = _png_b64(_source_image())
+    light = run_image(worker, image=source, strength=0.3, seed=4)
+    strong = run_image(worker, image=source, strength=1.0, seed=4)
+    assert (light["mode"], light["width"], light["height"]) == ("img2img", 296, 264)
+    assert decode(light["images"][0]).size == (296, 264)
+    original = np.asarray(_source_image().resize((296, 264))).astype(int)
+    assert np.abs(pixels(light["images"][0]) - original).mean() < np.abs(pixels(strong["images"][0]) - original).mean()
+    assert run_image(worker, image=source, strength=0.3, seed=4)["images"] == light["images"]
+
+
+def test_inpainting_repaints_the_masked_part(worker: Worker) -> None:
+    from PIL import Image
+
+    source = _source_image()
+    mask = Image.new("L", source.size, 0)
+    mask.paste(255, (0, 0, 150, 264))
+    reply = run_image(worker, image=_png_b64(source), mask=_png_b64(mask), strength=1.0, seed=6)
+    assert reply["mode"] == "inpaint" and decode(reply["images"][0]).size == (296, 264)
+    out = pixels(reply["images"][0])
+    original = np.asarray(source.resize((296, 264))).astype(int)
+    kept, repainted = np.abs(out - original)[:, 160:].mean(), np.abs(out - original)[:, :140].mean()
+    assert kept < repainted
+
+
+def test_a_bad_input_image_is_one_sentence_and_the_next_job_runs(worker: Worker) -> None:
+    reply = run(worker, image="https://example.com/a.png")
+    assert reply == {"error": "Invalid input: image is a URL; the worker fetches nothing: send the image itself, "
+                              "base64 or a data: URL."}
+    assert "images" in run(worker, seed=1)

@@ -94,6 +94,28 @@ def test_smoke_test_script_against_local_api(api: str) -> None:
     assert bad.returncode == 1 and "❌ status FAILED: Invalid input: width" in bad.stderr
 
 
+def test_image_to_image_and_inpainting_over_runsync(api: str) -> None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    def png(image: Image.Image) -> str:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode()
+
+    image, mask = png(Image.new("RGB", (320, 256), (30, 140, 200))), png(Image.new("L", (320, 256), 255))
+    for fields, mode in (({"image": image, "strength": 0.6}, "img2img"), ({"image": image, "mask": mask}, "inpaint")):
+        status, reply = request(api, "/runsync", {"input": {"prompt": "a lighthouse", "num_inference_steps": 2,
+                                                            "num_images": 2, **fields}})
+        assert status == 200 and reply["status"] == "COMPLETED", reply
+        output = reply["output"]
+        assert output["mode"] == mode and [decode(i).size for i in output["images"]] == [(320, 256)] * 2
+    status, reply = request(api, "/runsync", {"input": {"prompt": "x", "image": "data:image/png;base64,AAAA"}})
+    assert reply["status"] == "FAILED" and reply["error"].startswith("Invalid input: image ")
+
+
 def test_a_reply_over_runpods_limit_arrives_as_bucket_urls(tiny_volume_source: Path, bucket_env: dict[str, str],
                                                           tmp_path: Path) -> None:
     """Four 1536x1536 PNGs over /runsync, a reply over RESULT_MAX_MB (19 MB), so the worker uploads them to

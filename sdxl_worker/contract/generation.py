@@ -14,7 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sdxl_worker.contract.image_input import InputImages
 from sdxl_worker.contract.job_schema import JobInput
+from sdxl_worker.contract.prompts import EncodedPrompts
 
 ProgressFn = Callable[[int, int], None]
 
@@ -37,8 +39,10 @@ def progress_interval(steps: int) -> int:
     return max(1, round(steps / 10))
 
 
-def generate(pipe: Any, job: JobInput, scheduler: Any, on_progress: ProgressFn | None = None) -> Generated:
-    """Generate `job.num_images` images; the caller owns validation and encoding."""
+def generate(pipe: Any, job: JobInput, scheduler: Any, on_progress: ProgressFn | None = None,
+             inputs: InputImages | None = None, prompts: EncodedPrompts | None = None) -> Generated:
+    """Generate `job.num_images` images with `pipe` (text-to-image, image-to-image or inpainting, as `inputs`
+    say); the caller owns validation and encoding."""
     import torch
 
     seeds = job_seeds(job.seed, job.num_images)
@@ -46,11 +50,17 @@ def generate(pipe: Any, job: JobInput, scheduler: Any, on_progress: ProgressFn |
     steps = job.num_inference_steps
     every = progress_interval(steps)
 
-    def step_end(_pipe: Any, step: int, _timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
-        done = step + 1
-        if on_progress is not None and (done % every == 0 or done == steps):
-            on_progress(done, steps)
+    def step_end(running: Any, step: int, _timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        done, total = step + 1, getattr(running, "num_timesteps", steps) or steps  # image to image runs fewer
+        if on_progress is not None and (done % every == 0 or done == total):
+            on_progress(done, total)
         return callback_kwargs
+
+    shape: dict[str, Any] = {"width": job.width, "height": job.height}
+    if inputs is not None:
+        shape = {"image": inputs.image, "strength": job.image_strength}
+        if inputs.mask is not None:
+            shape.update(mask_image=inputs.mask, width=inputs.width, height=inputs.height)
 
     if hasattr(scheduler, "noise_sampler_seed"):
         # The SDE sampler draws its Brownian noise from its own seed, not from the generators (and
@@ -59,11 +69,11 @@ def generate(pipe: Any, job: JobInput, scheduler: Any, on_progress: ProgressFn |
     pipe.scheduler = scheduler
     started = time.perf_counter()
     with torch.inference_mode():
+        text = prompts.kwargs if prompts is not None else {"prompt": job.prompt,
+                                                            "negative_prompt": job.negative_prompt}
         images = pipe(
-            prompt=job.prompt,
-            negative_prompt=job.negative_prompt,
-            width=job.width,
-            height=job.height,
+            **text,
+            **shape,
             num_inference_steps=steps,
             guidance_scale=job.guidance_scale,
             num_images_per_prompt=job.num_images,

@@ -24,6 +24,7 @@ MIN_SIDE, MAX_SIDE = 256, 2048
 MIN_PIXELS = MIN_SIDE * MIN_SIDE
 MAX_PROMPT_CHARS = 2000
 DEFAULT_QUALITY = 90
+DEFAULT_STRENGTH = 0.75
 MAX_NAMED = 3  # breaches named in a refusal; the rest are counted, so that a refusal stays a sentence
 
 
@@ -53,6 +54,16 @@ class JobInput(BaseModel):
         "png is lossless (written at zlib level 1: about half the time of Pillow's default, files ~11% larger)."))
     quality: int | None = Field(default=None, ge=1, le=100, description=(
         f"jpeg and webp only; null: {DEFAULT_QUALITY}."))
+    prompt_weighting: bool = Field(default=True, description=(
+        "A1111 weights in the prompts: `(word:1.3)`, `(word)` x1.1, `[word]` /1.1; false: parentheses are text."))
+    image: str | None = Field(default=None, description=(
+        "Image to image: a base64 PNG, JPEG or WebP, or a `data:` URL (never an http URL: the worker fetches "
+        "nothing); at most `MAX_INPUT_IMAGE_MB` encoded and `MAX_PIXELS` decoded. Sides not a multiple of 8 are "
+        "cut down to one; `width` and `height`, when given, resize it."))
+    strength: float | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False, description=(
+        f"With `image`: how far to move from it, 0 < s <= 1; null: {DEFAULT_STRENGTH}."))
+    mask: str | None = Field(default=None, description=(
+        "With `image`: inpainting; same encoding and size as the image, white = repaint."))
     output: Literal["base64", "url"] | None = Field(default=None, description=(
         "How images come back: null is base64 in the reply, or bucket URLs when the reply would exceed "
         "`RESULT_MAX_MB` and a bucket is set; `url` always uploads (needs the bucket)."))
@@ -74,7 +85,20 @@ class JobInput(BaseModel):
             )
         if self.quality is not None and self.output_format == "png":
             raise ValueError("quality applies to jpeg and webp only, not png")
+        if self.image is None and (self.strength is not None or self.mask is not None):
+            raise ValueError("strength and mask apply with an image only")
+        if self.image is not None and int(self.num_inference_steps * self.image_strength) < 1:
+            raise ValueError(f"num_inference_steps x strength is {self.num_inference_steps * self.image_strength:.2f}: "
+                             "it must reach at least 1 step")
         return self
+
+    @property
+    def image_strength(self) -> float:
+        return DEFAULT_STRENGTH if self.strength is None else self.strength
+
+    @property
+    def mode(self) -> Literal["txt2img", "img2img", "inpaint"]:
+        return "txt2img" if self.image is None else "inpaint" if self.mask is not None else "img2img"
 
     @property
     def encode_quality(self) -> int:

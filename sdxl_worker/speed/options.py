@@ -146,6 +146,8 @@ def apply_speedups(pipe: Any, options: SpeedOptions, device: str) -> SpeedReport
         # stock diffusers casts only for an upcast float16 VAE; cast them at the VAE's first layer.
         first = pipe.vae.post_quant_conv if pipe.vae.config.get("use_post_quant_conv", True) else pipe.vae.decoder
         first.register_forward_pre_hook(_cast_to_weight_dtype)
+        # Image to image encodes its input in the UNet's dtype too.
+        pipe.vae.encoder.register_forward_pre_hook(_cast_to_weight_dtype)
     if options.fuse_qkv and done["attention"] == "sdpa":
         pipe.fuse_qkv_projections(unet=True, vae=True)
         freed = share_fused_weights(pipe.unet) + share_fused_weights(pipe.vae)

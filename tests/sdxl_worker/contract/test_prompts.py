@@ -1,0 +1,84 @@
+"""Long and weighted prompts: A1111's syntax read as written, every token encoded, plain prompts untouched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from handler_volume_optimized import Worker
+from sdxl_worker.contract.prompts import CHUNK_TOKENS, PromptEncoder, weighted_fragments
+
+LONG = ", ".join(f"ornament {i} of the tower" for i in range(60))  # about 300 tokens
+
+
+@pytest.mark.parametrize(("prompt", "fragments"), [
+    ("a (red:1.5) car", [("a ", 1.0), ("red", 1.5), (" car", 1.0)]),
+    ("a (red) car", [("a ", 1.0), ("red", 1.1), (" car", 1.0)]),
+    ("a [red] car", [("a ", 1.0), ("red", 1 / 1.1), (" car", 1.0)]),
+    ("((red)) car", [("red", 1.1 * 1.1), (" car", 1.0)]),
+    ("(a (b:2) c:0.5) d", [("a ", 0.5), ("b", 1.0), (" c", 0.5), (" d", 1.0)]),
+    (r"a \(literal\) paren", [("a (literal) paren", 1.0)]),
+    ("open (unclosed", [("open ", 1.0), ("unclosed", 1.1)]),
+    ("stray ) and ] and : stay text", [("stray ) and ] and : stay text", 1.0)]),
+])
+def test_a1111_syntax_becomes_weighted_fragments(prompt: str, fragments: list) -> None:
+    found = weighted_fragments(prompt)
+    assert [t for t, _ in found] == [t for t, _ in fragments]
+    assert [w for _, w in found] == pytest.approx([w for _, w in fragments])
+
+
+@pytest.fixture(scope="module")
+def encoder(worker: Worker) -> PromptEncoder:
+    return worker.prompt_encoder
+
+
+def test_a_plain_prompt_under_77_tokens_goes_to_the_pipeline_as_text(encoder: PromptEncoder) -> None:
+    encoded = encoder.encode("a lighthouse at dusk", "blurry", weighting=True)
+    assert encoded.kwargs == {"prompt": "a lighthouse at dusk", "negative_prompt": "blurry"}
+    assert encoded.tokens == {"prompt": 4, "negative_prompt": 1}
+
+
+def test_every_token_of_a_long_prompt_is_encoded(encoder: PromptEncoder) -> None:
+    encoded = encoder.encode(LONG, None, weighting=True)
+    tokens = encoded.tokens["prompt"]
+    assert tokens > 4 * CHUNK_TOKENS - 10
+    chunks = -(-tokens // CHUNK_TOKENS)
+    assert encoded.kwargs["prompt_embeds"].shape[1] == 77 * chunks
+    assert encoded.kwargs["pooled_prompt_embeds"].shape[0] == 1
+
+
+def test_the_tail_of_a_long_prompt_changes_the_image(worker: Worker) -> None:
+    """What stock diffusers would cut off (everything after CLIP's first 77 tokens) reaches the image here."""
+    head = worker.prompt_encoder.pipe.tokenizer.decode(
+        worker.prompt_encoder.pipe.tokenizer(LONG, add_special_tokens=False).input_ids[:CHUNK_TOKENS])
+    job = {"width": 256, "height": 256, "num_inference_steps": 2, "seed": 5}
+    full = worker.handle({"id": "long", "input": {"prompt": LONG, **job}})
+    cut = worker.handle({"id": "cut", "input": {"prompt": head, **job}})
+    assert full["prompt_tokens"]["prompt"] > 250 and full["prompt_tokens"]["dropped"] == 0
+    assert cut["prompt_tokens"]["prompt"] <= CHUNK_TOKENS
+    assert full["images"] != cut["images"]
+
+
+def test_weights_move_the_embedding_further_the_further_they_are_from_1(encoder: PromptEncoder) -> None:
+    def embeds(prompt: str) -> torch.Tensor:
+        return encoder.encode(prompt, None, weighting=True).kwargs.get("prompt_embeds")
+
+    plain = encoder.encode("a red car", "x", weighting=True)
+    assert "prompt" in plain.kwargs  # no weights: text, as before
+    base = embeds("a (red:1.0001) car")
+    small, large, down = embeds("a (red:1.2) car"), embeds("a (red:1.6) car"), embeds("a [red] car")
+    assert 0 < (small - base).norm() < (large - base).norm()
+    assert torch.dot((small - base).flatten(), (large - base).flatten()) > 0
+    assert (down - base).norm() > 0
+
+
+def test_weighting_off_keeps_parentheses_as_text(encoder: PromptEncoder) -> None:
+    encoded = encoder.encode("a (red:1.5) car", None, weighting=False)
+    assert encoded.kwargs == {"prompt": "a (red:1.5) car", "negative_prompt": None}
+    assert encoded.tokens["prompt"] > encoder.encode("a (red:1.5) car", None, weighting=True).tokens["prompt"]
+
+
+def test_a_long_negative_prompt_and_a_short_prompt_pad_to_one_length(encoder: PromptEncoder) -> None:
+    encoded = encoder.encode("a lighthouse", LONG, weighting=True)
+    assert encoded.kwargs["prompt_embeds"].shape == encoded.kwargs["negative_prompt_embeds"].shape
+    assert encoded.kwargs["negative_pooled_prompt_embeds"].shape == encoded.kwargs["pooled_prompt_embeds"].shape
