@@ -241,6 +241,8 @@ def from_single_file(checkpoint: Path, model_path: Path, *, config_dir: Path | N
         configs = {name: model_config(name, config_dir) for name in MODEL_COMPONENTS}
     except OSError as exc:
         raise PrepareError(f"--config {config_dir}: {exc.filename} cannot be read ({exc.strerror})", 2) from exc
+    except ValueError as exc:  # JSON that does not parse
+        raise PrepareError(f"--config {config_dir}: a model config.json is not valid JSON ({exc})", 2) from exc
     parts = [single_file.plan_component(info, name, staging, configs[name], source)
              for name in MODEL_COMPONENTS if not (name == "vae" and vae_dir)]
     vae = single_file.vae_work(vae_dir, staging) if vae_dir else None

@@ -137,8 +137,9 @@ def plan_fp16(report: VolumeReport, free_bytes: int) -> Fp16Plan:
         reason = f"fp16 set broken: {fp16.problem}" if fp16 is not None and fp16.present else "no fp16 set"
         work = component_work(component.name, component.library, folder, standard.files, reason)
         if fp16 is not None and fp16.present:
-            # Index first: the moment it is gone the set is invisible, whatever is deleted after.
-            work.remove = [folder / f for f in fp16.files if (folder / f).is_file()]
+            # Index first: the moment it is gone the set is invisible, whatever is deleted after. Never a file of
+            # the standard set, even when a broken index names one.
+            work.remove = [folder / f for f in fp16.files if (folder / f).is_file() and f not in standard.files]
         plan.work.append(work)
     return plan
 

@@ -102,7 +102,13 @@ def components_in(info: SafetensorsInfo) -> dict[str, int]:
 def plan_component(info: SafetensorsInfo, component: str, folder: Path, config: dict[str, Any],
                    config_source: str) -> ConvertedComponent:
     """Convert the component on meta tensors: the fp16 file it gives, checked against `config`."""
-    converted = convert(component, _meta_tensors(info, PREFIXES[component]), config)
+    try:
+        converted = convert(component, _meta_tensors(info, PREFIXES[component]), config)
+    # diffusers' mappings index the tensors they expect: a checkpoint that lacks one, or holds one of another
+    # shape, fails there, before anything is written.
+    except (KeyError, IndexError, ValueError, RuntimeError) as exc:
+        raise PrepareError(f"{component}: the checkpoint's tensors cannot be converted ({type(exc).__name__}: "
+                           f"{' '.join(str(exc).split())[:160]})") from None
     shapes = {name: tuple(t.shape) for name, t in converted.items()}
     expected = architecture.expected_from_manifest(component, CLASSES[component], config) \
         or architecture.expected_from_meta(LIBRARIES[component], CLASSES[component], config)

@@ -87,3 +87,16 @@ def test_verification_finds_one_changed_value(fp32_volume: Path) -> None:
     tensors[name].view(-1)[0] += 1
     save_file(tensors, path, metadata={"format": "pt"})
     assert f"tensor {name} in {path.name} differs" in verify_fp16_set(fp32_volume / "vae", report.components["vae"])
+
+
+def test_a_broken_fp16_index_naming_standard_shards_never_deletes_them(sharded_volume: Path) -> None:
+    folder = sharded_volume / "unet"
+    standard = json.loads((folder / index_file_names("diffusers", "standard")[0]).read_text())
+    broken = {**standard, "weight_map": {**standard["weight_map"], "extra.weight": "missing-shard.safetensors"}}
+    (folder / index_file_names("diffusers", "fp16")[0]).write_text(json.dumps(broken))
+    shards = {name: (folder / name).read_bytes() for name in set(standard["weight_map"].values())}
+    unet = next(w for w in plan_fp16(check_volume(sharded_volume), free_bytes=10**12).work if w.name == "unet")
+    assert "broken" in unet.reason and [p.name for p in unet.remove] == [index_file_names("diffusers", "fp16")[0]]
+    write_component(unet)
+    assert {name: (folder / name).read_bytes() for name in shards} == shards
+    assert check_volume(sharded_volume).components["unet"].weight_sets["fp16"].complete

@@ -66,3 +66,16 @@ def test_weights_that_do_not_fit_the_config_are_refused_before_writing(checkpoin
                                            r"of another shape"):
         plan_component(info, "unet", tmp_path, model_config("unet"), "SDXL base 1.0")
     assert not any(tmp_path.iterdir())
+
+
+def test_a_checkpoint_missing_a_tensor_the_mapping_needs_is_one_sentence(checkpoint: Path, fp32_volume_source: Path,
+                                                                         tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(checkpoint)
+    del tensors["model.diffusion_model.label_emb.0.2.weight"]
+    damaged = tmp_path / "damaged.safetensors"
+    save_file(tensors, damaged)
+    info = read_safetensors_header(damaged)
+    with pytest.raises(PrepareError, match=r"^unet: the checkpoint's tensors cannot be converted \(KeyError: "):
+        plan_component(info, "unet", tmp_path, model_config("unet", fp32_volume_source), "the test's")
