@@ -182,7 +182,7 @@ class Worker:
             if _cuda_unusable(exc):
                 reply["refresh_worker"] = True
             return reply
-        return self._out_of_memory(job_id, params)
+        return self._out_of_memory(job_id, params, inputs)
 
     def _run(self, job: dict[str, Any], job_id: str, params: JobInput, inputs: InputImages | None,
              started: float) -> dict[str, Any]:
@@ -192,7 +192,7 @@ class Worker:
         pipe = self.pipelines.get(params.mode, self.pipe)
         prompts = self.prompt_encoder.encode(params.prompt, params.negative_prompt, params.prompt_weighting)
         generated = generate(pipe, params, self.schedulers[params.scheduler], on_progress, inputs, prompts)
-        width, height = (inputs.width, inputs.height) if inputs is not None else (params.width, params.height)
+        width, height = job_size(params, inputs)
         encode_started = time.perf_counter()
         images = [encode_image(image, params.output_format, params.encode_quality) for image in generated.images]
         encode_s = time.perf_counter() - encode_started
@@ -222,13 +222,14 @@ class Worker:
         }
         return deliver(reply, job_id, params.output, self.settings.result_max_mb, self.bucket)
 
-    def _out_of_memory(self, job_id: str, params: JobInput) -> dict[str, Any]:
+    def _out_of_memory(self, job_id: str, params: JobInput, inputs: InputImages | None) -> dict[str, Any]:
         import torch
 
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        asked = f"{params.num_images} image(s) of {params.width}x{params.height}"
+        width, height = job_size(params, inputs)
+        asked = f"{params.num_images} image(s) of {width}x{height}"
         if self.largest_fit:
             n, w, h = self.largest_fit
             fits = f"the largest job that has fit on this worker is {n} image(s) of {w}x{h}"
@@ -236,6 +237,11 @@ class Worker:
             fits = "no job has completed on this worker yet"
         log.warning("job %s: CUDA out of memory for %s; memory freed, still serving", job_id, asked)
         return {"error": f"CUDA out of memory generating {asked}; {fits}: retry with fewer images or a smaller size."}
+
+
+def job_size(params: JobInput, inputs: InputImages | None) -> tuple[int, int]:
+    """The size a job generates: its input image's when it has one, else its width and height."""
+    return (inputs.width, inputs.height) if inputs is not None else (params.width, params.height)
 
 
 def image_pipelines(pipe: Any) -> dict[str, Any]:

@@ -130,6 +130,8 @@ def test_out_of_memory_answers_sizes_and_keeps_serving(worker: Worker, monkeypat
     reply = run(worker, width=2048, height=1024, num_images=4, seed=1)
     assert reply == {"error": "CUDA out of memory generating 4 image(s) of 2048x1024; the largest job that has fit "
                               "on this worker is 1 image(s) of 512x256: retry with fewer images or a smaller size."}
+    image_job = run_image(worker, image=_png_b64(_source_image()), num_images=2)
+    assert image_job["error"].startswith("CUDA out of memory generating 2 image(s) of 296x264;")
     monkeypatch.undo()
     assert "images" in run(worker)
 
