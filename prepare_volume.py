@@ -32,15 +32,15 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from model_loader import plan_load, weight_files
 from sdxl_worker.logs import configure_logging
 from sdxl_worker.prepare import fp16_set, single_file
-from sdxl_worker.prepare.fp16_set import Float16RangeError, PrepareError
+from sdxl_worker.prepare.fp16_set import Float16RangeError, PrepareError, Progress
 from sdxl_worker.prepare.pipeline_files import MODEL_COMPONENTS, ConfigFolderError, model_config, write_pipeline_files
 from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError, read_safetensors_header
 from sdxl_worker.weights.safetensors_io import fsync_path, partial_path
 from volume_check import VolumeReport, check_volume, format_bytes
 
-Progress = Callable[[int], None]
 # Opens a progress display for (total bytes, label), giving the callback to count written bytes with.
 ProgressBar = Callable[[int, str], AbstractContextManager[Progress]]
 
@@ -109,8 +109,6 @@ class Summary:
 
 def load_plan_line(report: VolumeReport) -> str | None:
     """What the worker will read at each cold start on a GPU, in words."""
-    from model_loader import plan_load
-
     if not report.loadable:
         return None
     plan = plan_load(report, "cuda")
@@ -203,7 +201,8 @@ def _drop_standard(summary: Summary, model_path: Path) -> None:
     for component in models:
         if not component.weight_sets["standard"].complete:
             continue
-        for path in fp16_set.standard_files(report, component.name):  # the index first: the set goes at once
+        # The index first (the check lists it first): the set disappears at once.
+        for path in weight_files(model_path, report, {component.name: "standard"}):
             summary.freed_bytes += path.stat().st_size
             path.unlink()
         fsync_path(model_path / component.name)

@@ -53,19 +53,22 @@ def sharded_volume_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
                         shard_bytes=1_000_000)
 
 
+def private_copy(source: Path, tmp_path: Path) -> Path:
+    """A copy of a session volume at <tmp>/runpod-volume/photonicfusion-sdxl, free to damage."""
+    target = tmp_path / "runpod-volume" / "photonicfusion-sdxl"
+    shutil.copytree(source, target)
+    return target
+
+
 @pytest.fixture
 def volume(tiny_volume_source: Path, tmp_path: Path) -> Path:
-    """A private copy of the tiny volume at <tmp>/runpod-volume/photonicfusion-sdxl, free to damage."""
-    target = tmp_path / "runpod-volume" / "photonicfusion-sdxl"
-    shutil.copytree(tiny_volume_source, target)
-    return target
+    """A private copy of the tiny volume, free to damage."""
+    return private_copy(tiny_volume_source, tmp_path)
 
 
 @pytest.fixture
 def sharded_volume(sharded_volume_source: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "runpod-volume" / "photonicfusion-sdxl"
-    shutil.copytree(sharded_volume_source, target)
-    return target
+    return private_copy(sharded_volume_source, tmp_path)
 
 
 @pytest.fixture(scope="session")
@@ -76,9 +79,7 @@ def fp32_volume_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def fp32_volume(fp32_volume_source: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "runpod-volume" / "photonicfusion-sdxl"
-    shutil.copytree(fp32_volume_source, target)
-    return target
+    return private_copy(fp32_volume_source, tmp_path)
 
 
 @pytest.fixture(scope="session")

@@ -81,22 +81,28 @@ def start_api(model_path: Path, log_path: Path, extra_env: dict | None = None) -
     """The worker behind runpod's local API on a free loopback port, on the CPU; returns it and its base URL."""
     port = free_port()
     env = {**os.environ, "MODEL_PATH": str(model_path), "DEVICE": "cpu", **(extra_env or {})}
+    command = [sys.executable, "handler_volume_optimized.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1",
+               "--rp_api_port", str(port)]
+    return start_listening(command, port, env, log_path, "API", 120)
+
+
+def start_listening(command: list[str], port: int, env: dict[str, str], log_path: Path, what: str,
+                    timeout_s: float) -> tuple[subprocess.Popen, str]:
+    """Start `command` (a server for `port` on loopback) and return it with its base URL once it accepts a
+    connection; a server that exits or stays silent fails the test with its log."""
     log = log_path.open("w")
-    process = subprocess.Popen(
-        [sys.executable, "handler_volume_optimized.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1",
-         "--rp_api_port", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    deadline = time.monotonic() + 120
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"API exited with {process.returncode}:\n{log_path.read_text()}")
+            raise AssertionError(f"{what} exited with {process.returncode}:\n{log_path.read_text()}")
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", port)) == 0:
                 return process, f"http://127.0.0.1:{port}"
-        time.sleep(0.3)
+        time.sleep(0.2)
     stop(process)
-    raise AssertionError(f"API did not listen within 120 s:\n{log_path.read_text()}")
+    raise AssertionError(f"{what} did not listen within {timeout_s:g} s:\n{log_path.read_text()}")
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -127,19 +133,8 @@ def start_s3_server(log_path: Path, *, authenticate: bool = False) -> tuple[subp
     first four requests (those create an IAM user with S3 rights, its key and a bucket: `s3_user`)."""
     port = free_port()
     env = {**os.environ, **({"INITIAL_NO_AUTH_ACTION_COUNT": "4"} if authenticate else {})}
-    log = log_path.open("w")
-    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return process, f"http://127.0.0.1:{port}"
-        if process.poll() is not None:
-            break
-        time.sleep(0.2)
-    stop(process)
-    raise AssertionError(f"moto server did not listen:\n{log_path.read_text()}")
+    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    return start_listening(command, port, env, log_path, "moto server", 60)
 
 
 def s3_user(endpoint: str, bucket: str) -> dict[str, str]:

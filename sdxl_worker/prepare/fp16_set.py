@@ -257,13 +257,6 @@ def verify_fp16_set(folder: Path, component: ComponentReport) -> str | None:
     return f"the fp16 set has {len(extra)} tensor(s) the standard files lack, e.g. {extra[0]}" if extra else None
 
 
-def standard_files(report: VolumeReport, component: str) -> list[Path]:
-    """A component's standard weight files, index first."""
-    folder = Path(report.model_path) / component
-    files = report.components[component].weight_sets["standard"].files
-    return [folder / f for f in sorted(files, key=lambda f: not f.endswith(".json"))]
-
-
 def free_bytes(path: Path) -> int:
     """Free bytes on the filesystem holding `path`."""
     return shutil.disk_usage(path).free

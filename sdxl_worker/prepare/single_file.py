@@ -14,13 +14,13 @@ Memory: one component's tensors as the checkpoint stores them (the UNet: 5.1 GB 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from sdxl_worker.prepare.fp16_set import ComponentWork, PrepareError, to_float16
+from sdxl_worker.prepare.fp16_set import ComponentWork, PrepareError, Progress, component_work, to_float16
 from sdxl_worker.weights import architecture
 from sdxl_worker.weights.layout import single_file_name
 from sdxl_worker.weights.safetensors_header import SafetensorsInfo
@@ -32,6 +32,7 @@ from sdxl_worker.weights.safetensors_io import (
     read_tensors,
     write_safetensors,
 )
+from volume_check import check_weight_set
 
 # Where each component's weights sit in an SDXL base checkpoint (Stability's sgm layout).
 PREFIXES = {
@@ -53,7 +54,6 @@ MODEL_TYPES = {
 }
 LORA_MARKERS = ("lora_down", "lora_up", "lora_A", "lora_B", "lora_unet_", "lora_te")
 
-Progress = Callable[[int], None]
 
 
 @dataclass
@@ -155,9 +155,6 @@ def convert(component: str, tensors: dict[str, Any], config: dict[str, Any]) -> 
 
 def vae_work(vae_dir: Path, folder: Path) -> ComponentWork:
     """The fp16 VAE file from a diffusers VAE folder (its standard weights cast, else its fp16 ones copied)."""
-    from sdxl_worker.prepare.fp16_set import component_work
-    from volume_check import check_weight_set
-
     for variant in ("standard", "fp16"):
         weights = check_weight_set("diffusers", vae_dir, variant)
         if weights.complete:

@@ -67,19 +67,22 @@ class SafetensorsInfo:
     file_bytes: int
     parameter_count: int
     dtypes: frozenset[str]
-    shapes: dict[str, tuple[int, ...]]
     # Where the data starts (8 + the header's length), the header's own metadata, and each tensor's record.
-    data_start: int = 0
-    metadata: dict[str, str] | None = None
-    entries: dict[str, TensorEntry] = field(default_factory=dict, repr=False)
+    data_start: int
+    metadata: dict[str, str] | None
+    entries: dict[str, TensorEntry] = field(repr=False)
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: entry.shape for name, entry in self.entries.items()}
 
     @property
     def tensor_names(self) -> frozenset[str]:
-        return frozenset(self.shapes)
+        return frozenset(self.entries)
 
     @property
     def tensor_count(self) -> int:
-        return len(self.shapes)
+        return len(self.entries)
 
 
 def read_safetensors_header(path: Path) -> SafetensorsInfo:
@@ -109,7 +112,6 @@ def read_safetensors_header(path: Path) -> SafetensorsInfo:
 
     parameters = 0
     dtypes: set[str] = set()
-    shapes: dict[str, tuple[int, ...]] = {}
     spans: list[tuple[int, int, str]] = []
     entries: dict[str, TensorEntry] = {}
     metadata = header.get("__metadata__")
@@ -128,8 +130,7 @@ def read_safetensors_header(path: Path) -> SafetensorsInfo:
         spans.append((begin, end, name))
         parameters += count
         dtypes.add(entry["dtype"])
-        shapes[name] = tuple(entry["shape"])
-        entries[name] = TensorEntry(entry["dtype"], shapes[name], begin, end)
+        entries[name] = TensorEntry(entry["dtype"], tuple(entry["shape"]), begin, end)
     data_end = _check_contiguous(path, spans)
 
     data_bytes = file_bytes - 8 - header_len
@@ -141,7 +142,7 @@ def read_safetensors_header(path: Path) -> SafetensorsInfo:
         raise SafetensorsHeaderError(
             f"{path}: {data_bytes - data_end:,} unexpected bytes after the {data_end:,} data bytes the header declares"
         )
-    return SafetensorsInfo(path, file_bytes, parameters, frozenset(dtypes), shapes, 8 + header_len, metadata, entries)
+    return SafetensorsInfo(path, file_bytes, parameters, frozenset(dtypes), 8 + header_len, metadata, entries)
 
 
 def _check_contiguous(path: Path, spans: list[tuple[int, int, str]]) -> int:

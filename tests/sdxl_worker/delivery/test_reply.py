@@ -75,3 +75,15 @@ def test_a_bucket_that_goes_away_mid_job_fails_the_job_and_the_worker_keeps_serv
     assert set(reply) == {"error"} and "Could not connect to the endpoint URL" in reply["error"]
     assert env["BUCKET_SECRET_ACCESS_KEY"] not in reply["error"]
     assert "images" in worker.handle({"id": "next", "input": {**JOB, "num_images": 1, "width": 256, "height": 256}})
+
+
+def test_the_measured_size_is_the_json_runpod_sends() -> None:
+    import base64
+    import json
+    import os
+
+    from sdxl_worker.delivery.reply import reply_bytes
+
+    reply = {"images": [base64.b64encode(os.urandom(n)).decode() for n in (3, 1000, 77_777)], "seed": 1,
+             "seeds": [1, 2, 3], "timings": {"inference_s": 0.5}, "format": "png", "model": {"dtype": "float16"}}
+    assert reply_bytes(reply) == len(json.dumps(reply).encode())
