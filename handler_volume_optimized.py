@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import base64
 import gc
+import inspect
 import io
 import json
 import logging
@@ -245,7 +246,12 @@ def job_size(params: JobInput, inputs: InputImages | None) -> tuple[int, int]:
 
 
 def image_pipelines(pipe: Any) -> dict[str, Any]:
-    """The loaded text-to-image pipeline and its image-to-image and inpainting twins, built on its components."""
+    """The loaded text-to-image pipeline and its image-to-image and inpainting twins, built on its components.
+
+    Built directly rather than with `from_pipe`: diffusers 0.42's from_pipe ends in `.to(dtype=float32)` when no
+    dtype is given (and `.to(dtype)` with one), casting the shared UNet and text encoders in place, which undoes
+    the float16 load and the bf16 VAE for every pipeline and copies the fused q/k/v views apart.
+    """
     import torch
     from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline
 
@@ -254,17 +260,12 @@ def image_pipelines(pipe: Any) -> dict[str, Any]:
         # float32 and back to the job's dtype at every job, undoing VAE_DTYPE; bfloat16 and float32 need no upcast.
         pipe.vae.register_to_config(force_upcast=False)
     pipelines = {"txt2img": pipe}
-    # from_pipe re-applies each model's dtype, and diffusers warns about an empty list of float32 modules each time.
-    modeling_log = logging.getLogger("diffusers.models.modeling_utils")
-    level = modeling_log.level
-    modeling_log.setLevel(logging.ERROR)
-    try:
-        for mode, cls in (("img2img", StableDiffusionXLImg2ImgPipeline),
-                          ("inpaint", StableDiffusionXLInpaintPipeline)):
-            pipelines[mode] = cls.from_pipe(pipe)
-            pipelines[mode].set_progress_bar_config(disable=True)
-    finally:
-        modeling_log.setLevel(level)
+    for mode, cls in (("img2img", StableDiffusionXLImg2ImgPipeline), ("inpaint", StableDiffusionXLInpaintPipeline)):
+        accepted = inspect.signature(cls.__init__).parameters
+        components = {name: module for name, module in pipe.components.items() if name in accepted}
+        options = {key: value for key, value in pipe.config.items() if key in accepted and key not in components}
+        pipelines[mode] = cls(**components, **options)
+        pipelines[mode].set_progress_bar_config(disable=True)
     return pipelines
 
 

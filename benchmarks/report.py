@@ -6,6 +6,7 @@ from benchmarks.results import (
     AttentionResult,
     CachedStart,
     Failure,
+    FeaturesResult,
     FlopsResult,
     GenerationResult,
     LoadResult,
@@ -23,7 +24,7 @@ def render(run: Run) -> str:
     versions = f"torch {env.torch}, diffusers {env.diffusers}; " if env else ""
     lines = [f"Device: {device}; {versions}{settings['size']}x{settings['size']}, {settings['steps']} steps, CFG 7; "
              f"suites: {', '.join(settings['suite'])}"]
-    lines += _generation(run) + _cached_starts(run) + _loads(run) + _prepare(run)
+    lines += _generation(run) + _features(run) + _cached_starts(run) + _loads(run) + _prepare(run)
     lines += _profiles(run) + _attention(run) + _meta(run)
     failures = run.of(Failure)
     if failures:
@@ -52,6 +53,20 @@ def _generation(run: Run) -> list[str]:
             f"| {name} | {', '.join(g.applied) or 'none'} | {_spread(g.stock)} | {_spread(g.ours)} | "
             f"{ratios.median:.2f} ({ratios.low:.2f}-{ratios.high:.2f}) | {g.verdict} | {g.first_job_s} s | "
             f"{g.start_s} s | {_gib(g.peak_vram_gib, g.peak_reserved_gib)} | {g.latents_max_abs_diff} / {psnr} |")
+    return lines
+
+
+def _features(run: Run) -> list[str]:
+    lines = []
+    for name, f in run.of(FeaturesResult):
+        lines += ["", f"Each kind of job, warm ({name}: {', '.join(f.applied) or 'none'}; inference seconds: median, "
+                  "range); the UNet's calls per job as CUDA-graph replays / eager calls.", "",
+                  "| job | mode | prompt tokens | first | warm | UNet replays / eager | image std |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for j in f.jobs:
+            calls = "n/a" if j.unet_replays is None else f"{j.unet_replays} / {j.unet_eager_calls}"
+            lines.append(f"| {j.job} | {j.mode} | {j.prompt_tokens} | {j.first_s} s | {_spread(j.warm)} | {calls} | "
+                         f"{j.image_std} |")
     return lines
 
 

@@ -180,6 +180,28 @@ class PrepareResult:
 
 
 @dataclass(frozen=True)
+class FeatureJob:
+    """One kind of job beyond text to image, warm, and how the UNet served it (per job; None: no CUDA graph)."""
+
+    job: str
+    mode: str
+    first_s: float
+    warm: Spread
+    unet_replays: int | None
+    unet_eager_calls: int | None
+    image_std: float  # of the 8-bit output: 0 is a flat picture
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class FeaturesResult:
+    """A scenario's worker serving each feature's job, text to image first as the yardstick."""
+
+    applied: tuple[str, ...]
+    jobs: tuple[FeatureJob, ...]
+
+
+@dataclass(frozen=True)
 class Failure:
     """A stage that failed on this machine: a finding, kept in the report with its error."""
 
@@ -188,7 +210,7 @@ class Failure:
 
 
 Result = (LoadResult | StockGeneration | GenerationResult | CachedStart | AttentionResult | FlopsResult
-          | TracingResult | PrepareResult | Failure)
+          | TracingResult | PrepareResult | FeaturesResult | Failure)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from benchmarks.results import Failure, Result, Run
 from benchmarks.scenarios import Scenario
 from benchmarks.stages.common import environment, free
 
-VOLUME_STAGES = {"loads", "generation", "cached_start", "prepare"}
+VOLUME_STAGES = {"loads", "generation", "features", "cached_start", "prepare"}
 
 
 class Bench:
@@ -46,6 +46,7 @@ def run_scenarios(bench: Bench, scenarios: list[Scenario], *, scale: str, device
                   runs: int, volume_dir: Path, drop_caches: bool) -> None:
     from benchmarks.stages.attention import measure_attention
     from benchmarks.stages.compile_cache import measure_cached_start
+    from benchmarks.stages.features import measure_features
     from benchmarks.stages.flops import unet_flops
     from benchmarks.stages.generation import Stock, measure_generation, worker_settings
     from benchmarks.stages.io import measure_loads
@@ -85,6 +86,8 @@ def run_scenarios(bench: Bench, scenarios: list[Scenario], *, scale: str, device
                         bench.record("stock diffusers", stock.alone)
                     bench.record(scenario.name, measure_generation(stock, settings, runs,
                                                                    "profile" in scenario.stages))
+                elif stage == "features":
+                    bench.record(scenario.name, measure_features(settings, size, steps, runs))
                 elif stage == "cached_start":
                     bench.record(scenario.name, measure_cached_start(settings, size, steps))
                 elif stage == "prepare":

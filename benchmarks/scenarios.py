@@ -9,6 +9,8 @@ environment, so a run measures what it says). Stages:
 - `generation`: the worker started with `settings`, its warm jobs interleaved with stock diffusers' on the
   same seeds, first job, peak memory, and how far its output is from stock's;
 - `profile`: one warm job of the scenario under torch.profiler (kernel time, top kernels);
+- `features`: the worker started with `settings` serving image to image, inpainting and a long weighted prompt
+  beside text to image: warm times, how the UNet served each (graph replays, eager calls), a blank-image check;
 - `cached_start`: with COMPILE=1, a fresh process with the compile cache filled, as a later cold start;
 - `prepare`: `prepare_volume.py add-fp16` on a standard-only view of the volume against a raw copy of the same
   bytes (read the standard set, write the fp16 set's size), cold page cache, interleaved; its peak RSS;
@@ -24,7 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-Stage = Literal["loads", "attention", "generation", "profile", "cached_start", "flops", "tracing", "prepare"]
+Stage = Literal["loads", "attention", "generation", "profile", "features", "cached_start", "flops", "tracing",
+                "prepare"]
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ SUITES: dict[str, tuple[Scenario, ...]] = {
     ),
     # The defaults against eager alone: the shortest check that the worker as shipped beats stock on a GPU.
     "defaults": (
-        Scenario("ours", ("generation", "profile")),
+        Scenario("ours", ("generation", "profile", "features")),
         Scenario("ours eager", ("generation",), {"CUDA_GRAPHS": "0"}),
     ),
     # What earlier GPU checks measured already (benchmarks/RESULTS.md): the loads, the whole-UNet compile.
@@ -70,7 +73,7 @@ SUITES: dict[str, tuple[Scenario, ...]] = {
     "smoke": (
         LOADS,
         ATTENTION,
-        Scenario("ours", ("generation", "profile")),
+        Scenario("ours", ("generation", "profile", "features")),
         Scenario("ours nofuse", ("generation",), {"FUSE_QKV": "0"}),
         Scenario("ours fp8", ("generation",), {"QUANTIZE": "fp8"}),
         Scenario("ours compiled blocks", ("generation", "cached_start"), COMPILED_BLOCKS),

@@ -374,6 +374,28 @@ def test_inpainting_repaints_the_masked_part(worker: Worker) -> None:
     assert kept < repainted
 
 
+def test_image_pipelines_share_the_loaded_weights_in_their_dtypes(volume: Path) -> None:
+    """As a CUDA load leaves them (float16 weights, a bf16 VAE), cast here on the CPU: building the image-to-image
+    and inpainting twins must neither cast nor copy any of them (diffusers' from_pipe casts all to float32)."""
+    import torch
+
+    from model_loader import load_pipeline
+
+    pipe, _ = load_pipeline(volume, "cpu", prefetch=False)
+    for name in ("unet", "text_encoder", "text_encoder_2"):
+        getattr(pipe, name).to(torch.float16)
+    pipe.vae.to(torch.bfloat16)
+    storage = {name: next(getattr(pipe, name).parameters()).data_ptr() for name in ("unet", "text_encoder", "vae")}
+    pipelines = handler_module.image_pipelines(pipe)
+    assert set(pipelines) == {"txt2img", "img2img", "inpaint"}
+    for twin in pipelines.values():
+        assert twin.unet is pipe.unet and twin.vae is pipe.vae and twin.text_encoder_2 is pipe.text_encoder_2
+    assert (pipe.unet.dtype, pipe.text_encoder.dtype, pipe.text_encoder_2.dtype) == (torch.float16,) * 3
+    assert pipe.vae.dtype == torch.bfloat16 and pipe.vae.config.force_upcast is False
+    assert {name: next(getattr(pipe, name).parameters()).data_ptr() for name in storage} == storage
+    assert pipelines["img2img"].config.force_zeros_for_empty_prompt == pipe.config.force_zeros_for_empty_prompt
+
+
 def test_a_bad_input_image_is_one_sentence_and_the_next_job_runs(worker: Worker) -> None:
     reply = run(worker, image="https://example.com/a.png")
     assert reply == {"error": "Invalid input: image is a URL; the worker fetches nothing: send the image itself, "

@@ -83,7 +83,7 @@ def test_smoke_suite_runs_every_stage_at_tiny_scale(tmp_path: Path) -> None:
     kinds = {(r["scenario"], r["kind"]) for r in results}
     assert {("loads: fp16", "LoadResult"), ("loads: standard", "LoadResult"), ("attention kernels", "AttentionResult"),
             ("stock diffusers", "StockGeneration"), ("ours", "GenerationResult"),
-            ("ours nofuse", "GenerationResult"), ("ours fp8", "GenerationResult"),
+            ("ours", "FeaturesResult"), ("ours nofuse", "GenerationResult"), ("ours fp8", "GenerationResult"),
             ("ours compiled blocks", "GenerationResult"), ("ours compiled blocks", "CachedStart"),
             ("UNet FLOPs", "FlopsResult"), ("Dynamo tracing", "TracingResult"), ("add-fp16", "PrepareResult")} == kinds
     by_name = {(r["scenario"], r["kind"]): r for r in results}
@@ -98,6 +98,11 @@ def test_smoke_suite_runs_every_stage_at_tiny_scale(tmp_path: Path) -> None:
     assert "compile=default, compile_scope=blocks" in compiled["applied"]
     cached = by_name["ours compiled blocks", "CachedStart"]
     assert cached["first_call_s"] > cached["second_call_s"] and cached["priming_compile_s"] > 0
+    features = {job["job"]: job for job in by_name["ours", "FeaturesResult"]["jobs"]}
+    assert [job["mode"] for job in features.values()] == ["txt2img", "img2img", "inpaint", "txt2img"]
+    assert features["long weighted prompt"]["prompt_tokens"] > 77 and all(
+        job["image_std"] > 0 and len(job["warm"]["runs"]) == 2 for job in features.values())
+    assert "| image to image, strength 0.6 | img2img | 15 |" in (tmp_path / "out" / "benchmark.md").read_text()
     assert by_name["loads: fp16", "LoadResult"]["cache_drop"] == "fadvise DONTNEED"
     tracing = by_name["Dynamo tracing", "TracingResult"]["scopes"]
     assert tracing["blocks"]["traced_nodes"] < tracing["full"]["traced_nodes"]

@@ -1,0 +1,82 @@
+"""The jobs beyond text to image, through the worker as a scenario sets it up: image to image, inpainting and a
+long weighted prompt, each timed warm beside a text-to-image job of the same size, with how the UNet served it
+(graph replays or eager calls, where CUDA graphs are on) and whether its image has any content at all (a NaN in
+the decode comes out flat black).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+from benchmarks.results import FeatureJob, FeaturesResult, Spread
+from benchmarks.stages.common import PROMPT, SEED, timed
+from sdxl_worker.settings import Settings
+
+
+def feature_jobs(size: int, steps: int, image_b64: str) -> dict[str, dict[str, Any]]:
+    """The jobs measured, by name; `image_b64` is the text-to-image job's own output (a real picture to edit)."""
+    from PIL import Image
+
+    mask = Image.new("L", (size, size), 0)
+    mask.paste(255, (0, 0, size // 2, size))  # the left half repainted
+    buffer = io.BytesIO()
+    mask.save(buffer, format="PNG")
+    base = {"width": size, "height": size, "num_inference_steps": steps, "seed": SEED}
+    details = ", ".join(f"detail {i}" for i in range(60))
+    return {
+        "text to image": {"prompt": PROMPT, **base},
+        "image to image, strength 0.6": {"prompt": PROMPT, "image": image_b64, "strength": 0.6, **base},
+        "inpainting, left half": {"prompt": PROMPT, "image": image_b64,
+                                  "mask": base64.b64encode(buffer.getvalue()).decode(), **base},
+        "long weighted prompt": {"prompt": f"({PROMPT}:1.2), [fog], {details}", **base},
+    }
+
+
+def measure_features(settings: Settings, size: int, steps: int, runs: int) -> FeaturesResult:
+    from handler_volume_optimized import Worker
+
+    device = settings.device
+    worker = Worker.start(settings)
+    if worker.pipe is None:
+        raise RuntimeError(worker.startup_error)
+    worker.progress = lambda job, update: None
+    forward = worker.pipe.unet.forward
+
+    def handle(job: dict[str, Any]) -> dict[str, Any]:
+        reply = worker.handle({"id": "bench", "input": job})
+        if "error" in reply:
+            raise RuntimeError(reply["error"])
+        return reply
+
+    reference = handle({"prompt": PROMPT, "width": size, "height": size, "num_inference_steps": steps, "seed": SEED})
+    results = []
+    for name, job in feature_jobs(size, steps, reference["images"][0]).items():
+        first_s, reply = timed(lambda job=job: handle(job), device)
+        counts = _unet_counts(forward)
+        warm = [handle(job)["timings"]["inference_s"] for _ in range(runs)]
+        after = _unet_counts(forward)
+        per_job = None if counts is None or after is None else tuple((b - a) // runs for a, b in
+                                                                      zip(counts, after, strict=True))
+        results.append(FeatureJob(
+            job=name, mode=reply["mode"], first_s=round(first_s, 3), warm=Spread(tuple(warm)),
+            unet_replays=per_job[0] if per_job else None, unet_eager_calls=per_job[1] if per_job else None,
+            image_std=_image_std(reply["images"][0]), prompt_tokens=reply["prompt_tokens"]["prompt"]))
+    return FeaturesResult(applied=tuple(worker.speed.labels()), jobs=tuple(results))
+
+
+def _unet_counts(forward: Any) -> tuple[int, int] | None:
+    """(graph replays, eager calls) so far, where the UNet runs through a captured CUDA graph."""
+    if not hasattr(forward, "replays"):
+        return None
+    return forward.replays, forward.eager_calls
+
+
+def _image_std(image_b64: str) -> float:
+    """The 8-bit image's standard deviation: 0 for a flat picture, such as the black of a NaN decode."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(image_b64))).convert("RGB"), dtype=np.float64)
+    return round(float(pixels.std()), 2)
