@@ -33,6 +33,7 @@ from sdxl_worker.contract.generation import generate
 from sdxl_worker.contract.image_encoding import encode_image
 from sdxl_worker.contract.image_input import InputImages, load_inputs
 from sdxl_worker.contract.job_schema import JobInput, JobInputError, parse_job_input
+from sdxl_worker.contract.loras import LoraAdapters
 from sdxl_worker.contract.prompts import PromptEncoder
 from sdxl_worker.contract.schedulers import build_schedulers
 from sdxl_worker.delivery.bucket import Bucket, BucketError
@@ -40,6 +41,7 @@ from sdxl_worker.delivery.reply import DeliveryError, deliver
 from sdxl_worker.logs import PROMPT_LOG_CHARS, configure_logging, job_text, route_library_logs
 from sdxl_worker.settings import Settings, SettingsError
 from sdxl_worker.speed.options import SpeedReport, apply_speedups, freeze_compiled_shapes
+from sdxl_worker.weights.loras import LoraFileError
 from volume_check import VolumeReport, check_volume
 
 log = logging.getLogger("worker")
@@ -83,6 +85,7 @@ class Worker:
         # Image to image and inpainting share the loaded pipeline's components (no second copy of any weight).
         self.pipelines = image_pipelines(pipe) if pipe is not None else {}
         self.prompt_encoder = PromptEncoder(pipe) if pipe is not None else None
+        self.loras = LoraAdapters(settings.loras, settings.speed.compile) if pipe is not None else None
         self.largest_fit: tuple[int, int, int] | None = None  # (images, width, height) of the largest job done
         self.start_timings: dict[str, float] = {}
 
@@ -160,7 +163,8 @@ class Worker:
                 reply["refresh_worker"] = True
             return reply
         try:
-            params = parse_job_input(job.get("input") if isinstance(job, dict) else job, self.settings.max_pixels)
+            params = parse_job_input(job.get("input") if isinstance(job, dict) else job, self.settings.max_pixels,
+                                     self.settings.loras.lora_max_per_job)
             inputs = load_inputs(params, self.settings.max_input_image_mb * 1_000_000, self.settings.max_pixels)
         except JobInputError as exc:
             log.info("job %s refused: %s", job_id, exc)
@@ -171,6 +175,9 @@ class Worker:
         try:
             with job_text(params.prompt, params.negative_prompt):
                 return self._run(job, job_id, params, inputs, started)
+        except LoraFileError as exc:
+            log.info("job %s refused: %s", job_id, exc)
+            return {"error": str(exc)}
         except (DeliveryError, BucketError) as exc:
             log.warning("job %s: images not delivered: %s", job_id, exc)
             return {"error": str(exc)}
@@ -191,8 +198,10 @@ class Worker:
             self.progress(job, {"step": step, "steps": steps, "percent": round(100 * step / steps)})
 
         pipe = self.pipelines.get(params.mode, self.pipe)
-        prompts = self.prompt_encoder.encode(params.prompt, params.negative_prompt, params.prompt_weighting)
-        generated = generate(pipe, params, self.schedulers[params.scheduler], on_progress, inputs, prompts)
+        # The prompts are encoded inside too: a LoRA's text-encoder layers change the embeddings.
+        with self.loras.applied(pipe, params.loras) as loras:
+            prompts = self.prompt_encoder.encode(params.prompt, params.negative_prompt, params.prompt_weighting)
+            generated = generate(pipe, params, self.schedulers[params.scheduler], on_progress, inputs, prompts)
         width, height = job_size(params, inputs)
         encode_started = time.perf_counter()
         images = [encode_image(image, params.output_format, params.encode_quality) for image in generated.images]
@@ -204,9 +213,10 @@ class Worker:
         timings = {"inference_s": round(generated.inference_s, 3), "encode_s": round(encode_s, 3),
                    "total_s": round(total_s, 3)}
         log.info(
-            "job %s: %s %dx%d x%d, %d steps, %s, seed %d, inference %.2f s, encode %.2f s, total %.2f s, prompt %r",
+            "job %s: %s %dx%d x%d, %d steps, %s, seed %d%s, inference %.2f s, encode %.2f s, total %.2f s, prompt %r",
             job_id, params.mode, width, height, params.num_images, params.num_inference_steps, params.scheduler,
-            generated.seeds[0], generated.inference_s, encode_s, total_s, params.prompt[:PROMPT_LOG_CHARS],
+            generated.seeds[0], "".join(f", LoRA {lora['name']} x{lora['scale']}" for lora in loras),
+            generated.inference_s, encode_s, total_s, params.prompt[:PROMPT_LOG_CHARS],
         )
         reply = {
             "images": images,
@@ -215,6 +225,7 @@ class Worker:
             "width": width,
             "height": height,
             "mode": params.mode,
+            "loras": loras,
             # Every token is encoded (compel's 75-token chunks), up to the prompts' character caps: none dropped.
             "prompt_tokens": {**prompts.tokens, "dropped": 0},
             "format": params.output_format,

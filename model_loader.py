@@ -184,6 +184,9 @@ def _load_component(model_path: Path, name: str, library: str, class_name: str, 
         ("load error(s)", info.get("error_msgs"))) if keys]
     if problems:
         raise ComponentLoadError(f"{name}: {'; '.join(problems)}")
+    # Inference only. Loading a LoRA turns requires_grad off on every parameter, and code compiled while it was on
+    # records it in its guards: it would recompile for every job after the first LoRA job.
+    model.requires_grad_(False)
     return model
 
 

@@ -8,10 +8,12 @@ refuses what the loader would refuse, down to each tensor's name and shape (sdxl
 architecture.py). Without --tensors it never imports torch, so the container's HEALTHCHECK and the
 operator's shell can run it cheaply.
 
-    python volume_check.py [PATH] [--json] [--tensors]
+    python volume_check.py [PATH] [--json] [--tensors] [--lora-dir DIR]
 
 PATH defaults to $MODEL_PATH, else /runpod-volume/photonicfusion-sdxl. Exit 0: loadable; 1:
-incomplete or corrupt; 2: the volume or the model folder is missing.
+incomplete or corrupt; 2: the volume or the model folder is missing. The LoRAs in $LORA_DIR (else
+/runpod-volume/loras) are listed after the model, a broken one with its reason; they never change the exit code:
+a job that names a broken LoRA gets that reason, and every other job is served.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from sdxl_worker.settings import DEFAULT_MODEL_PATH, setting_from_env
+from sdxl_worker.settings import DEFAULT_MODEL_PATH, SettingsError, setting_from_env
 from sdxl_worker.weights import architecture
 from sdxl_worker.weights.layout import (
     VARIANTS,
@@ -36,6 +38,7 @@ from sdxl_worker.weights.layout import (
     index_file_names,
     single_file_name,
 )
+from sdxl_worker.weights.loras import DEFAULT_LORA_DIR, LoraFile, scan
 from sdxl_worker.weights.offline import hub_id_refusal
 from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError, read_safetensors_header
 
@@ -607,6 +610,37 @@ def _free_bytes(path: Path) -> int | None:
         return None
 
 
+@dataclass
+class LoraReport:
+    """The LoRA folder: each usable LoRA, each broken one with its reason."""
+
+    folder: str
+    present: bool
+    usable: list[LoraFile]
+    broken: dict[str, str]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"folder": self.folder, "present": self.present, "broken": self.broken,
+                "usable": [{"name": f.name, "bytes": f.bytes, "format": f.format, "parts": list(f.parts),
+                            "rank": f.rank} for f in self.usable]}
+
+    def render(self) -> str:
+        if not self.present:
+            return f"LoRAs: no folder {self.folder} (jobs that name a LoRA are refused; the rest are served)"
+        lines = [f"LoRAs in {self.folder}: {len(self.usable)} usable, {len(self.broken)} broken"]
+        lines += [f"{ICONS['ok']} {f.name}: {f.format}, {', '.join(f.parts)}, rank {f.rank}, {format_bytes(f.bytes)}"
+                  for f in self.usable]
+        lines += [f"{ICONS['fail']} {reason}" for reason in self.broken.values()]
+        return "\n".join(lines)
+
+
+def check_loras(folder: str | os.PathLike[str], max_mb: int) -> LoraReport:
+    """Every LoRA file in `folder`, from its header alone; never raises."""
+    path = Path(folder)
+    usable, broken = scan(path, max_mb * 1_000_000)
+    return LoraReport(str(path), path.is_dir(), usable, broken)
+
+
 def format_bytes(n: int) -> str:
     """Bytes for a person: GB from 0.1 GB up, else MB."""
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
@@ -618,12 +652,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--tensors", action="store_true", help="also compare the tensors of components whose config "
                         "is not SDXL base 1.0's with the model built from it (imports torch: seconds, not 0.1 s)")
+    parser.add_argument("--lora-dir", help=f"LoRA folder (default: $LORA_DIR or {DEFAULT_LORA_DIR})")
     args = parser.parse_args(argv)
     report = check_volume(args.path or setting_from_env("model_path"), tensors=args.tensors)
+    try:
+        loras: LoraReport | str = check_loras(args.lora_dir or setting_from_env("lora_dir"),
+                                              setting_from_env("lora_max_mb"))
+    except SettingsError as exc:  # the worker answers jobs with it; the model's verdict stands
+        loras = f"LoRAs not checked: {exc}"
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(json.dumps({**report.to_dict(), "loras": loras if isinstance(loras, str) else loras.to_dict()},
+                         indent=2))
     else:
         print(report.render())
+        print(loras if isinstance(loras, str) else loras.render())
     return report.exit_code
 
 

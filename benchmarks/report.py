@@ -61,12 +61,12 @@ def _features(run: Run) -> list[str]:
     for name, f in run.of(FeaturesResult):
         lines += ["", f"Each kind of job, warm ({name}: {', '.join(f.applied) or 'none'}; inference seconds: median, "
                   "range); the UNet's calls per job as CUDA-graph replays / eager calls.", "",
-                  "| job | mode | prompt tokens | first | warm | UNet replays / eager | image std |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+                  "| job | mode | prompt tokens | first | warm | UNet replays / eager | image std | image sha256 |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for j in f.jobs:
             calls = "n/a" if j.unet_replays is None else f"{j.unet_replays} / {j.unet_eager_calls}"
             lines.append(f"| {j.job} | {j.mode} | {j.prompt_tokens} | {j.first_s} s | {_spread(j.warm)} | {calls} | "
-                         f"{j.image_std} |")
+                         f"{j.image_std} | `{j.image_sha}` |")
     return lines
 
 

@@ -191,6 +191,7 @@ class FeatureJob:
     unet_eager_calls: int | None
     image_std: float  # of the 8-bit output: 0 is a flat picture
     prompt_tokens: int
+    image_sha: str  # equal for equal images
 
 
 @dataclass(frozen=True)

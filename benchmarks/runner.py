@@ -87,7 +87,7 @@ def run_scenarios(bench: Bench, scenarios: list[Scenario], *, scale: str, device
                     bench.record(scenario.name, measure_generation(stock, settings, runs,
                                                                    "profile" in scenario.stages))
                 elif stage == "features":
-                    bench.record(scenario.name, measure_features(settings, size, steps, runs))
+                    bench.record(scenario.name, measure_features(settings, size, steps, runs, volume_dir / "loras"))
                 elif stage == "cached_start":
                     bench.record(scenario.name, measure_cached_start(settings, size, steps))
                 elif stage == "prepare":

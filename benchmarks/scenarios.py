@@ -9,8 +9,9 @@ environment, so a run measures what it says). Stages:
 - `generation`: the worker started with `settings`, its warm jobs interleaved with stock diffusers' on the
   same seeds, first job, peak memory, and how far its output is from stock's;
 - `profile`: one warm job of the scenario under torch.profiler (kernel time, top kernels);
-- `features`: the worker started with `settings` serving image to image, inpainting and a long weighted prompt
-  beside text to image: warm times, how the UNet served each (graph replays, eager calls), a blank-image check;
+- `features`: the worker started with `settings` serving image to image, inpainting, a long weighted prompt and a
+  LoRA beside text to image: warm times, how the UNet served each (graph replays, eager calls), a blank-image
+  check, and the same text-to-image image after the LoRA job as before it;
 - `cached_start`: with COMPILE=1, a fresh process with the compile cache filled, as a later cold start;
 - `prepare`: `prepare_volume.py add-fp16` on a standard-only view of the volume against a raw copy of the same
   bytes (read the standard set, write the fp16 set's size), cold page cache, interleaved; its peak RSS;
@@ -65,6 +66,8 @@ SUITES: dict[str, tuple[Scenario, ...]] = {
         Scenario("ours compiled", ("generation", "profile", "cached_start"),
                  {"COMPILE": "1", "COMPILE_MODE": "reduce-overhead"}),
     ),
+    # LoRA jobs and the other features under the defaults (CUDA graphs) and under a compiled UNet, no stock.
+    "features": (Scenario("ours", ("features",)), Scenario("ours compiled blocks", ("features",), COMPILED_BLOCKS)),
     "fp8": (Scenario("ours fp8 with CUDA graphs", ("generation", "profile"), {"QUANTIZE": "fp8", "CUDA_GRAPHS": "1"}),
             Scenario("ours fp8 compiled blocks", ("generation", "profile"), {"QUANTIZE": "fp8", **COMPILED_BLOCKS})),
     # Figures from the meta device, on any machine: no volume, no GPU.

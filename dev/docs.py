@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
+from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from sdxl_worker.contract.job_schema import JobInput
@@ -27,9 +28,27 @@ BLOCK = re.compile(r"(<!-- generated: (?P<name>[a-z ]+) -->\n).*?(<!-- end gener
 def contract_table() -> str:
     rows = ["| field | type | default | bounds / choices | meaning |", "| --- | --- | --- | --- | --- |"]
     for name, field in JobInput.model_fields.items():
-        default = "required" if field.is_required() else _value(field.default)
-        rows.append(f"| `{name}` | {_type(field.annotation)} | {default} | {_bounds(field)} | {field.description} |")
+        item = _item_model(field.annotation)
+        if item is None:
+            default = "required" if field.is_required() else _value(field.default)
+            rows.append(f"| `{name}` | {_type(field.annotation)} | {default} | {_bounds(field)} | "
+                        f"{field.description} |")
+            continue
+        # A list of objects: its row, then one row per field of its items.
+        rows.append(f"| `{name}` | array of objects | `[]` | {_bounds(field)} | {field.description} |")
+        for sub, subfield in item.model_fields.items():
+            default = "required" if subfield.is_required() else _value(subfield.default)
+            rows.append(f"| `{name}[].{sub}` | {_type(subfield.annotation)} | {default} | {_bounds(subfield)} | "
+                        f"{subfield.description} |")
     return "\n".join(rows)
+
+
+def _item_model(annotation: Any) -> type[BaseModel] | None:
+    """The model of a `list[Model]` field's items; None for any other field."""
+    args = get_args(annotation)
+    if get_origin(annotation) is list and args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+        return args[0]
+    return None
 
 
 def environment_table() -> str:

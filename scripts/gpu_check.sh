@@ -9,16 +9,16 @@
 #   bash scripts/gpu_check.sh defaults --scale tiny --device cpu    # then the benchmark's flags: a CPU rehearsal
 #
 # How long each suite took is in benchmarks/RESULTS.md. The wheels a machine with torch 2.11, transformers 5.17
-# and accelerate 1.15 but no network lacked (Python 3.12; compel for long prompts), fetched here into .whl/:
+# and accelerate 1.15 but no network lacked (Python 3.12; compel and peft: prompts, LoRAs), fetched here into .whl/:
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
 #     diffusers==0.42.1 pydantic==2.14.3 pydantic_core==2.50.4 annotated-types==0.8.0 typing-inspection==0.4.5 \
-#     torchsde==0.2.6 trampoline==0.1.2 importlib_metadata==10.2.0 torchao==0.18.0 compel==2.5.1
+#     torchsde==0.2.6 trampoline==0.1.2 importlib_metadata==10.2.0 torchao==0.18.0 compel==2.5.1 peft==0.21.0
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 out=${OUT:-bench-out}
 mkdir -p "$out"
-if ! python3 -c "import diffusers, pydantic, torchsde, torchao, compel" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
+if ! python3 -c "import diffusers, pydantic, torchsde, torchao, compel, peft" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || exit 1
   export PYTHONPATH=/tmp/site

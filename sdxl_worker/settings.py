@@ -21,12 +21,13 @@ from pydantic.fields import FieldInfo
 from sdxl_worker.contract.job_schema import DEFAULT_MAX_PIXELS, MIN_PIXELS
 from sdxl_worker.delivery.bucket import BucketSettings
 from sdxl_worker.speed.options import SpeedOptions
+from sdxl_worker.weights.loras import LoraSettings
 
 DEFAULT_MODEL_PATH = "/runpod-volume/photonicfusion-sdxl"
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
-NESTED = ("speed", "bucket")  # groups of settings whose variables are their fields' names, not the group's
+NESTED = ("speed", "bucket", "loras")  # groups of settings whose variables are their fields' names, not the group's
 
 
 class SettingsError(ValueError):
@@ -53,6 +54,7 @@ class Settings(BaseModel):
         "bucket when one is set, else the job fails saying what to change."))
     speed: SpeedOptions = Field(default_factory=SpeedOptions)
     bucket: BucketSettings = Field(default_factory=BucketSettings)
+    loras: LoraSettings = Field(default_factory=LoraSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -62,8 +64,9 @@ class Settings(BaseModel):
 
 
 def setting_from_env(name: str, env: Mapping[str, str] | None = None) -> Any:
-    """One top-level setting alone (the volume check's MODEL_PATH), whatever the other variables hold."""
-    field = Settings.model_fields[name]
+    """One setting alone (the volume check's MODEL_PATH and LORA_DIR), whatever the other variables hold."""
+    fields = dict(environment_fields())
+    field = fields[name.upper()]
     value = _read(name, field, os.environ if env is None else env)
     return field.get_default(call_default_factory=True) if value is _UNSET else value
 

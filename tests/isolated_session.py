@@ -42,8 +42,11 @@ def _png(mode: str, size: tuple[int, int], color: object) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-# Image to image, inpainting and a long weighted prompt (compel), under the same isolation.
+# Image to image, inpainting, a long weighted prompt (compel) and a LoRA (LORA_DIR's `style`), under the same
+# isolation.
 FEATURE_JOBS = [
+    {"prompt": "a lighthouse", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 5,
+     "loras": [{"name": "style", "scale": 0.7}]},
     {"prompt": "a lighthouse", "image": _png("RGB", (256, 256), (40, 90, 160)), "strength": 0.5,
      "num_inference_steps": 2, "seed": 2},
     {"prompt": "a lighthouse", "image": _png("RGB", (256, 256), (40, 90, 160)), "mask": _png("L", (256, 256), 255),

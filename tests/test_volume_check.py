@@ -201,6 +201,28 @@ def test_cli_json_and_exit_codes(volume: Path, capsys: pytest.CaptureFixture[str
     assert "model folder" in capsys.readouterr().out
 
 
+def test_cli_lists_the_loras_without_changing_the_verdict(volume: Path, tmp_path: Path, capsys,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from dev.lora import write_lora
+
+    folder = tmp_path / "loras"
+    write_lora(volume, folder / "photonic-style.safetensors", fmt="kohya")
+    (folder / "cut.safetensors").write_bytes((folder / "photonic-style.safetensors").read_bytes()[:-500])
+    assert main([str(volume), "--lora-dir", str(folder)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-3:] == [f"LoRAs in {folder}: 1 usable, 1 broken",
+                        "✅ photonic-style: kohya, unet, text_encoder, text_encoder_2, rank 4, 0.1 MB",
+                        out[-1]]
+    assert out[-1].startswith("❌ LoRA 'cut' is not a readable safetensors file: truncated")
+    assert main([str(volume), "--json", "--lora-dir", str(tmp_path / "none")]) == 0
+    assert json.loads(capsys.readouterr().out)["loras"] == {"folder": str(tmp_path / "none"), "present": False,
+                                                           "broken": {}, "usable": []}
+    monkeypatch.setenv("LORA_MAX_MB", "lots")
+    assert main([str(volume)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == ("LoRAs not checked: LORA_MAX_MB must be a whole number of at "
+                                                        "most 18 digits, not 'lots'")
+
+
 def test_cli_does_not_import_torch(volume: Path) -> None:
     code = (
         "import sys, volume_check; rc = volume_check.main([sys.argv[1]]);"

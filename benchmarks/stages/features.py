@@ -1,18 +1,25 @@
-"""The jobs beyond text to image, through the worker as a scenario sets it up: image to image, inpainting and a
-long weighted prompt, each timed warm beside a text-to-image job of the same size, with how the UNet served it
-(graph replays or eager calls, where CUDA graphs are on) and whether its image has any content at all (a NaN in
-the decode comes out flat black).
+"""The jobs beyond text to image, through the worker as a scenario sets it up: image to image, inpainting, a
+long weighted prompt and a LoRA, each timed warm beside a text-to-image job of the same size, with how the UNet
+served it (graph replays or eager calls, where CUDA graphs are on), whether its image has any content at all (a
+NaN in the decode comes out flat black), and a hash of it: the text-to-image job run again after the LoRA job
+must draw the same image as before it.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+from pathlib import Path
 from typing import Any
 
 from benchmarks.results import FeatureJob, FeaturesResult, Spread
 from benchmarks.stages.common import PROMPT, SEED, timed
 from sdxl_worker.settings import Settings
+from sdxl_worker.weights.loras import LoraSettings
+
+LORA = "bench-style"
+LORA_RANK = 32
 
 
 def feature_jobs(size: int, steps: int, image_b64: str) -> dict[str, dict[str, Any]]:
@@ -31,12 +38,19 @@ def feature_jobs(size: int, steps: int, image_b64: str) -> dict[str, dict[str, A
         "inpainting, left half": {"prompt": PROMPT, "image": image_b64,
                                   "mask": base64.b64encode(buffer.getvalue()).decode(), **base},
         "long weighted prompt": {"prompt": f"({PROMPT}:1.2), [fog], {details}", **base},
+        f"LoRA (rank {LORA_RANK}, UNet and text encoders)": {"prompt": PROMPT, "loras": [{"name": LORA, "scale": 0.8}],
+                                                            **base},
+        "text to image after the LoRA job": {"prompt": PROMPT, **base},
     }
 
 
-def measure_features(settings: Settings, size: int, steps: int, runs: int) -> FeaturesResult:
+def measure_features(settings: Settings, size: int, steps: int, runs: int, lora_dir: Path) -> FeaturesResult:
+    from dev.lora import write_lora
     from handler_volume_optimized import Worker
 
+    if not (lora_dir / f"{LORA}.safetensors").is_file():
+        write_lora(Path(settings.model_path), lora_dir / f"{LORA}.safetensors", rank=LORA_RANK)
+    settings = settings.model_copy(update={"loras": LoraSettings(lora_dir=str(lora_dir))})
     device = settings.device
     worker = Worker.start(settings)
     if worker.pipe is None:
@@ -62,7 +76,8 @@ def measure_features(settings: Settings, size: int, steps: int, runs: int) -> Fe
         results.append(FeatureJob(
             job=name, mode=reply["mode"], first_s=round(first_s, 3), warm=Spread(tuple(warm)),
             unet_replays=per_job[0] if per_job else None, unet_eager_calls=per_job[1] if per_job else None,
-            image_std=_image_std(reply["images"][0]), prompt_tokens=reply["prompt_tokens"]["prompt"]))
+            image_std=_image_std(reply["images"][0]), prompt_tokens=reply["prompt_tokens"]["prompt"],
+            image_sha=hashlib.sha256(reply["images"][0].encode()).hexdigest()[:12]))
     return FeaturesResult(applied=tuple(worker.speed.labels()), jobs=tuple(results))
 
 

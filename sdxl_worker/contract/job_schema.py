@@ -26,10 +26,24 @@ MAX_PROMPT_CHARS = 2000
 DEFAULT_QUALITY = 90
 DEFAULT_STRENGTH = 0.75
 MAX_NAMED = 3  # breaches named in a refusal; the rest are counted, so that a refusal stays a sentence
+DEFAULT_MAX_LORAS = 4
+# A LoRA's name is its file's stem under LORA_DIR: no separators, no leading dot (so never `.` or `..`).
+LORA_NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
 
 
 class JobInputError(ValueError):
     """A job's input broke the contract; str() is the sentence to return to the caller."""
+
+
+class LoraRequest(BaseModel):
+    """One LoRA a job applies: which file, how strongly."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    name: str = Field(pattern=LORA_NAME_PATTERN, description=(
+        "The file's stem under `LORA_DIR` (`NAME.safetensors`): letters, digits, `._-`, no leading dot."))
+    scale: float = Field(default=1.0, ge=-2.0, le=2.0, allow_inf_nan=False, description=(
+        "How strongly it applies; 0 is the base model, negative inverts it."))
 
 
 class JobInput(BaseModel):
@@ -64,6 +78,9 @@ class JobInput(BaseModel):
         f"With `image`: how far to move from it, 0 < s <= 1; null: {DEFAULT_STRENGTH}."))
     mask: str | None = Field(default=None, description=(
         "With `image`: inpainting; same encoding and size as the image, white = repaint."))
+    loras: list[LoraRequest] = Field(default_factory=list, description=(
+        "LoRAs from the volume for this job only, `[{\"name\": ..., \"scale\": 1.0}]`; at most "
+        "`LORA_MAX_PER_JOB`, each name once. The next job without them is the base model again."))
     output: Literal["base64", "url"] | None = Field(default=None, description=(
         "How images come back: null is base64 in the reply, or bucket URLs when the reply would exceed "
         "`RESULT_MAX_MB` and a bucket is set; `url` always uploads (needs the bucket)."))
@@ -78,11 +95,19 @@ class JobInput(BaseModel):
     @model_validator(mode="after")
     def _limits(self, info: ValidationInfo) -> JobInput:
         max_pixels = (info.context or {}).get("max_pixels", DEFAULT_MAX_PIXELS)
+        max_loras = (info.context or {}).get("max_loras", DEFAULT_MAX_LORAS)
         if self.width * self.height > max_pixels:
             raise ValueError(
                 f"width x height is {self.width}x{self.height} = {self.width * self.height:,} pixels, "
                 f"over this endpoint's limit of {max_pixels:,} (MAX_PIXELS)"
             )
+        if len(self.loras) > max_loras:
+            raise ValueError(f"{len(self.loras)} LoRAs, over this endpoint's limit of {max_loras} per job "
+                             "(LORA_MAX_PER_JOB)")
+        names = [lora.name for lora in self.loras]
+        if len(set(names)) < len(names):
+            twice = next(name for name in names if names.count(name) > 1)
+            raise ValueError(f"LoRA {twice!r} is named twice: give each LoRA once, with its scale")
         if self.quality is not None and self.output_format == "png":
             raise ValueError("quality applies to jpeg and webp only, not png")
         if self.image is None and (self.strength is not None or self.mask is not None):
@@ -105,14 +130,14 @@ class JobInput(BaseModel):
         return DEFAULT_QUALITY if self.quality is None else self.quality
 
 
-def parse_job_input(raw: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> JobInput:
+def parse_job_input(raw: Any, max_pixels: int = DEFAULT_MAX_PIXELS, max_loras: int = DEFAULT_MAX_LORAS) -> JobInput:
     """Validate a job's `input`, raising JobInputError with one sentence on any breach."""
     if not isinstance(raw, dict):
         raise JobInputError(
             f"input must be a JSON object with at least a prompt, got {type(raw).__name__}"
         )
     try:
-        return JobInput.model_validate(raw, context={"max_pixels": max_pixels})
+        return JobInput.model_validate(raw, context={"max_pixels": max_pixels, "max_loras": max_loras})
     except ValidationError as exc:
         raise JobInputError(_sentence(exc)) from None
 
@@ -126,14 +151,19 @@ def _sentence(exc: ValidationError) -> str:
     if unknown:
         names = ", ".join(repr(_cut(name)) for name in unknown[:MAX_NAMED])
         more = f" and {len(unknown) - MAX_NAMED} more" if len(unknown) > MAX_NAMED else ""
-        allowed = ", ".join(JobInput.model_fields)
-        parts.append(f"unknown field{'s' * (len(unknown) > 1)} {names}{more} (allowed: {allowed})")
+        nested = next(e for e in errors if e["type"] == "extra_forbidden")["loc"][0] == "loras"
+        allowed = ", ".join(LoraRequest.model_fields if nested else JobInput.model_fields)
+        where = " in a LoRA" if nested else ""
+        parts.append(f"unknown field{'s' * (len(unknown) > 1)} {names}{more}{where} (allowed: {allowed})")
     for error in others[:MAX_NAMED]:
         field = _cut(".".join(str(p) for p in error["loc"])) or "input"
         if error["type"] == "missing":
             parts.append(f"{field} is required")
         else:
             message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "string_pattern_mismatch" and error["loc"][0] == "loras":
+                message = "a LoRA name is its file's name without .safetensors: letters, digits, '.', '_', '-', " \
+                          "not starting with a dot"
             got = "" if field == "input" else f" (got {_cut(repr(error.get('input')))})"
             parts.append(f"{field}: {message}{got}")
     if len(others) > MAX_NAMED:

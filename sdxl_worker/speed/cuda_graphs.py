@@ -55,6 +55,7 @@ class GraphedForward:
         self.capture = capture
         self.warmup_calls = warmup_calls
         self.frozen = False  # set after the warm-up: no capture inside a user's job
+        self.bypass = False  # every call eager while set: modules changed since the capture (LoRA jobs)
         self.key: tuple[Any, ...] | None = None
         self.static_inputs: list[Any] = []
         self.static_outputs: Any = None
@@ -68,7 +69,7 @@ class GraphedForward:
 
         leaves, spec = pytree.tree_flatten((args, kwargs))
         # A replay records no autograd history: a caller that wants gradients gets the eager forward.
-        key = None if torch.is_grad_enabled() else self._key(leaves, spec)
+        key = None if torch.is_grad_enabled() or self.bypass else self._key(leaves, spec)
         if key is not None and self.key is None and not self.frozen:
             self._capture(leaves, spec, key)
         if key is None or key != self.key:

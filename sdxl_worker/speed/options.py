@@ -158,6 +158,10 @@ def apply_speedups(pipe: Any, options: SpeedOptions, device: str) -> SpeedReport
         done["channels_last"] = True
     if fp8:
         done["fp8_layers"] = quantize_unet_fp8(pipe.unet)
+    # The fused layers are new parameters. Compiled code records requires_grad, which loading a LoRA turns off
+    # on every parameter: off from the start, a LoRA job leaves the guards of the code compiled before it intact.
+    for model in (pipe.unet, pipe.vae):
+        model.requires_grad_(False)
     if options.use_cuda_graphs and on_cuda:
         graph_unet(pipe.unet)
         done["cuda_graphs"] = True

@@ -88,6 +88,16 @@ def test_one_setting_reads_alone_whatever_the_others_hold() -> None:
         setting_from_env("log_level", {"LOG_LEVEL": "chatty"})
 
 
+def test_lora_settings_read_from_their_variables() -> None:
+    settings = Settings.from_env({"LORA_DIR": "/runpod-volume/my-loras", "LORA_MAX_PER_JOB": "2", "LORA_CACHE_MB": "0"})
+    assert (settings.loras.lora_dir, settings.loras.lora_max_per_job, settings.loras.lora_cache_mb) == (
+        "/runpod-volume/my-loras", 2, 0)
+    assert setting_from_env("lora_dir", {}) == "/runpod-volume/loras"
+    with pytest.raises(SettingsError, match=r"^LORA_MAX_PER_JOB='0' is refused: input should be greater than or "
+                                            r"equal to 1$"):
+        Settings.from_env({"LORA_MAX_PER_JOB": "0"})
+
+
 def test_every_setting_has_one_variable_and_a_description() -> None:
     variables = [name for name, _ in environment_fields()]
     assert len(variables) == len(set(variables))

@@ -1,0 +1,161 @@
+"""A job's LoRAs: found on the volume, loaded once, applied with the job's scales, and gone after the job.
+
+Loading an SDXL LoRA into the UNet takes about a second (benchmarks/RESULTS.md) while switching between loaded
+ones takes milliseconds, so loaded LoRAs stay in the pipeline between jobs, switched off, the least recently
+used dropped past LORA_CACHE_MB. A LoRA switched off leaves each layer computing its base weights alone, so a
+job without LoRAs after one with them gives the same bits as before. A LoRA file changed on the volume
+(size or modification time) is loaded again.
+
+With a compiled UNet the added layers would invalidate the compiled code's guards for every later job, so there
+the LoRAs are taken out of the model after each job (the same bits again), and what stays between jobs is their
+tensors in host memory, within the same budget. Either way a LoRA job runs the plain eager UNet
+(speed/plain.py): CUDA graphs and compiled code were made without the LoRA's layers.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdxl_worker.contract.job_schema import LoraRequest
+from sdxl_worker.speed.plain import plain_module, plain_unet
+from sdxl_worker.weights.loras import LoraFile, LoraFileError, LoraSettings, inspect, resolve
+from sdxl_worker.weights.safetensors_io import read_tensors
+
+
+@dataclass
+class LoadedLora:
+    """A LoRA this worker has read: the adapter name it has in the model, and what it holds."""
+
+    file: LoraFile
+    adapter: str  # PEFT keeps adapters in module dicts, whose keys cannot hold the dots a file name may
+    signature: tuple[int, int]
+    bytes: int
+    tensors: dict[str, Any] | None = None  # kept in host memory when the model does not keep the adapter
+    in_model: bool = False
+
+
+class LoraAdapters:
+    """The LoRAs a worker has loaded, applied per job (`applied`), bounded by LORA_CACHE_MB."""
+
+    def __init__(self, settings: LoraSettings, compiled: bool) -> None:
+        self.settings = settings
+        self.folder = Path(settings.lora_dir)
+        # Compiled code (the whole UNet's or its blocks') guards on the layers a LoRA adds.
+        self.keep_in_model = not compiled
+        self.loaded: OrderedDict[str, LoadedLora] = OrderedDict()  # least recently used first
+        self._ids = itertools.count()
+
+    @property
+    def held_bytes(self) -> int:
+        return sum(lora.bytes for lora in self.loaded.values())
+
+    @contextmanager
+    def applied(self, pipe: Any, requests: Sequence[LoraRequest]) -> Iterator[list[dict[str, Any]]]:
+        """Within: `pipe` draws with these LoRAs at their scales; yields what the reply says was applied."""
+        if not requests:
+            yield []
+            return
+        files = [self._file(request.name) for request in requests]  # every name checked before any loading
+        with plain_unet(pipe):
+            try:
+                loras = []
+                for file in files:
+                    loras.append(self._load(pipe, file, keep={lora.file.name for lora in loras}))
+                pipe.enable_lora()
+                pipe.set_adapters([lora.adapter for lora in loras], adapter_weights=[r.scale for r in requests])
+                yield [{"name": r.name, "scale": r.scale} for r in requests]
+            finally:
+                pipe.disable_lora()
+                if not self.keep_in_model:
+                    self._take_out(pipe)
+                self._evict(pipe, self.settings.lora_cache_mb * 1_000_000)
+
+    def _file(self, name: str) -> LoraFile:
+        return inspect(name, resolve(self.folder, name), self.settings.lora_max_mb * 1_000_000)
+
+    def _load(self, pipe: Any, file: LoraFile, keep: set[str]) -> LoadedLora:
+        """The LoRA in the model, loaded from the volume unless it is loaded already and unchanged; room is made
+        by dropping the least recently used, except those in `keep` (the job's own)."""
+        signature = file.signature
+        lora = self.loaded.get(file.name)
+        if lora is not None and lora.signature != signature:
+            self._drop(pipe, file.name)
+            lora = None
+        if lora is None:
+            tensors = dict(read_tensors(file.info))
+            dtype_size = next(plain_module(pipe.unet).parameters()).element_size()
+            held = sum(t.numel() for t in tensors.values()) * dtype_size if self.keep_in_model else file.bytes
+            lora = LoadedLora(file, f"lora{next(self._ids)}", signature, held,
+                              tensors=None if self.keep_in_model else tensors)
+            self._evict(pipe, self.settings.lora_cache_mb * 1_000_000 - held, keep)
+            self._into_model(pipe, lora, tensors)
+            self.loaded[file.name] = lora
+        elif not lora.in_model:
+            self._into_model(pipe, lora, lora.tensors or {})
+        self.loaded.move_to_end(file.name)
+        return lora
+
+    def _into_model(self, pipe: Any, lora: LoadedLora, tensors: dict[str, Any]) -> None:
+        name = lora.file.name
+        try:
+            with _libraries_quiet():
+                pipe.load_lora_weights(tensors, adapter_name=lora.adapter)
+        # What diffusers and PEFT raise for weights that do not fit this model (shapes, names, formats they do
+        # not convert): the job's answer, after removing whatever part of the adapter was added.
+        except (ValueError, RuntimeError, KeyError, IndexError) as exc:
+            if lora.adapter in _adapters(pipe):
+                pipe.delete_adapters([lora.adapter])
+            text = " ".join(str(exc).split())
+            raise LoraFileError(f"LoRA {name!r} does not fit this model: {text[:200]}.") from exc
+        if lora.adapter not in _adapters(pipe):
+            raise LoraFileError(f"LoRA {name!r} does not fit this model: none of its layers is one of the model's.")
+        lora.in_model = True
+
+    def _take_out(self, pipe: Any) -> None:
+        """Every adapter out of the model, its layers back to the originals."""
+        pipe.unload_lora_weights()
+        for lora in self.loaded.values():
+            lora.in_model = False
+
+    def _evict(self, pipe: Any, budget: int, keep: set[str] = frozenset()) -> None:
+        """Drop the least recently used until what is held fits `budget` bytes (inside `plain_unet`)."""
+        for name in [name for name in self.loaded if name not in keep]:
+            if self.held_bytes <= max(budget, 0):
+                break
+            self._drop(pipe, name)
+
+    def _drop(self, pipe: Any, name: str) -> None:
+        lora = self.loaded.pop(name)
+        if lora.in_model:
+            pipe.delete_adapters([lora.adapter])
+
+
+@contextmanager
+def _libraries_quiet() -> Iterator[None]:
+    """Without the warnings every adapter load prints: transformers 5 reports the base weights as missing from the
+    adapter's state dict, PEFT lists other adapters' keys as missing (checked: every LoRA tensor loads)."""
+    import warnings
+
+    import diffusers
+    import transformers
+
+    levels = transformers.utils.logging.get_verbosity(), diffusers.utils.logging.get_verbosity()
+    transformers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        transformers.utils.logging.set_verbosity(levels[0])
+        diffusers.utils.logging.set_verbosity(levels[1])
+
+
+def _adapters(pipe: Any) -> set[str]:
+    return {name for names in pipe.get_list_adapters().values() for name in names}

@@ -1,0 +1,54 @@
+"""The UNet as plain eager modules for one job, whatever speed options were applied at the start.
+
+A job that changes the UNet's modules (a LoRA adds layers beside its projections) cannot use what the speed
+options built from the modules as they were: a captured CUDA graph replays the base model's kernels and would
+silently leave the LoRA out; compiled code guards on the modules' types and would recompile inside the job; and
+fused q/k/v attention multiplies by the fused weight, leaving out a LoRA on `to_q`, `to_k` or `to_v` (measured:
+0.69 apart from the unfused result on the tiny model). Inside `plain_unet` the graph is bypassed, compiled code
+is skipped (torch's `force_eager` stance; the pipeline holds the uncompiled UNet, whose methods diffusers' LoRA
+functions need), and attention goes through the separate projections, which share the fused weight's memory
+(options.share_fused_weights), so the arithmetic is the base model's plus the LoRA. Everything is put back on
+the way out; the speed options' code and graphs are untouched, so the next plain job replays them as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sdxl_worker.speed.cuda_graphs import GraphedForward
+
+
+def plain_module(module: Any) -> Any:
+    """The module itself under a `torch.compile` wrapper (the wrapper's `_orig_mod`), else `module`."""
+    return getattr(module, "_orig_mod", module)
+
+
+@contextmanager
+def plain_unet(pipe: Any) -> Iterator[Any]:
+    """Within: `pipe.unet` is the uncompiled UNet, run eagerly with unfused attention; yields it."""
+    import torch
+    from diffusers.models.attention_processor import AttnProcessor2_0, FusedAttnProcessor2_0
+
+    wrapped = pipe.unet
+    unet = plain_module(wrapped)
+    graphed = unet.forward if isinstance(unet.forward, GraphedForward) else None
+    processors = dict(unet.attn_processors)
+    fused = any(isinstance(p, FusedAttnProcessor2_0) for p in processors.values())
+    if unet is not wrapped:
+        pipe.unet = unet
+    if graphed is not None:
+        graphed.bypass = True
+    if fused:
+        unet.set_attn_processor(AttnProcessor2_0())
+    try:
+        with torch.compiler.set_stance("force_eager"):  # restores the worker's own stance on the way out
+            yield unet
+    finally:
+        if fused:
+            unet.set_attn_processor(processors)
+        if graphed is not None:
+            graphed.bypass = False
+        if unet is not wrapped:
+            pipe.unet = wrapped

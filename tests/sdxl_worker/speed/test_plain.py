@@ -1,0 +1,79 @@
+"""LoRA jobs under the speed options: a captured graph or compiled code never serves them, nothing is captured or
+compiled inside them, and the next plain job is served as before, with the same bits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dev.lora import write_lora
+from handler_volume_optimized import Worker
+from sdxl_worker.speed.cuda_graphs import graph_unet
+from sdxl_worker.speed.options import SpeedOptions
+from sdxl_worker.weights.loras import LoraSettings
+from tests.helpers import cpu_settings, decode
+from tests.sdxl_worker.speed.test_cuda_graphs import RecordingCapture
+
+SMALL = {"prompt": "a photonic lighthouse", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 5}
+STYLE = [{"name": "style", "scale": 0.9}]
+
+
+def draw(worker: Worker, **fields: object) -> np.ndarray:
+    reply = worker.handle({"id": "t", "input": {**SMALL, **fields}})
+    assert "images" in reply, reply
+    return np.asarray(decode(reply["images"][0]).convert("RGB")).astype(int)
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tiny_volume_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("loras")
+    write_lora(tiny_volume_source, folder / "style.safetensors", seed=3)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_volume_source: Path, lora_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Base and LoRA images from a worker with no fused attention, graph or compiler."""
+    worker = Worker.start(cpu_settings(tiny_volume_source, speed=SpeedOptions(fuse_qkv=False),
+                                       loras=LoraSettings(lora_dir=str(lora_dir))), warmup=False)
+    return draw(worker), draw(worker, loras=STYLE)
+
+
+def test_a_lora_job_bypasses_the_captured_graph_and_the_next_job_replays_it(
+        tiny_volume_source: Path, lora_dir: Path, reference: tuple[np.ndarray, np.ndarray]) -> None:
+    worker = Worker.start(cpu_settings(tiny_volume_source, loras=LoraSettings(lora_dir=str(lora_dir))), warmup=False)
+    capture = RecordingCapture()
+    graphed = graph_unet(worker.pipe.unet, "cpu", capture)
+    base, styled = reference
+    assert np.array_equal(draw(worker), base)
+    replays = graphed.replays
+    assert np.array_equal(draw(worker, loras=STYLE), styled)  # fused attention off inside: every LoRA layer counts
+    assert graphed.replays == replays and graphed.eager_calls == 2 and capture.captures == 1
+    assert np.array_equal(draw(worker), base)
+    assert graphed.replays == replays + 2 and not graphed.bypass
+
+
+@pytest.mark.slow
+def test_a_compiled_worker_serves_lora_jobs_eagerly_without_recompiling(
+        tiny_volume_source: Path, lora_dir: Path, reference: tuple[np.ndarray, np.ndarray]) -> None:
+    import torch
+
+    worker = Worker.start(cpu_settings(tiny_volume_source, speed=SpeedOptions(compile=True),
+                                       loras=LoraSettings(lora_dir=str(lora_dir))))
+    assert worker.pipe is not None, worker.startup_error
+    compiled_unet = worker.pipe.unet
+    base, styled = reference
+    try:
+        draw(worker)  # the job's size, compiled once
+        torch.compiler.set_stance("fail_on_recompile")  # any recompile from here on fails the job
+        first = draw(worker)
+        np.testing.assert_allclose(first, base, atol=2)  # inductor's kernels: not bit for bit the eager ones
+        assert np.array_equal(draw(worker, loras=STYLE), styled)  # no compiled code at all: the eager image
+        assert np.array_equal(draw(worker), first)
+        assert worker.pipe.unet is compiled_unet and worker.pipelines["img2img"].unet is compiled_unet
+        assert worker.loras.loaded["style"].tensors is not None  # kept in host memory, out of the model
+    finally:
+        torch.compiler.set_stance("default")
+        torch._dynamo.reset()
