@@ -8,11 +8,12 @@ complete, else from fp16. Because the plan asks only for files the check found i
 is ever needed to discover a missing variant: any error raised while loading (CUDA, a file that
 changed since the check, a bug) propagates with its cause.
 
-Each component is loaded explicitly (local files only, safetensors only, dtype passed explicitly
-because transformers 5 writes its own "dtype" into configs) and straight onto the target device
-(`device_map`, so no CPU copy is materialised first),
-while a background reader streams the planned files into the page cache (see prefetch.py), then
-assembled into the pipeline class model_index.json names.
+Each model is built empty from its config and given its tensors as parallel streams read its files, each byte
+once, cast on the way where the plan says (weights/streamed.py; LOAD_STREAMS). With LOAD_STREAMS=0 the libraries
+load it instead (local files only, safetensors only, dtype passed explicitly because transformers 5 writes its own
+"dtype" into configs, straight onto the device with `device_map`) while background readers stream the planned
+files into the page cache (see prefetch.py). Then the components are assembled into the pipeline class
+model_index.json names.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 from sdxl_worker.weights.layout import Variant, variant_suffix
 from sdxl_worker.weights.offline import enforce_offline, require_local_path
 from sdxl_worker.weights.prefetch import Prefetcher
+from sdxl_worker.weights.streamed import file_infos, read_state_dict
 from volume_check import VolumeReport, check_volume
 
 log = logging.getLogger(__name__)
@@ -126,8 +128,13 @@ class LoadedComponents:
     prefetch_lead_gb: dict[str, float]
 
 
-def load_components(report: VolumeReport, plan: LoadPlan, *, prefetch: bool = True) -> LoadedComponents:
-    """Load every component the plan names, one after another, while the prefetch readers stream its files."""
+def load_components(report: VolumeReport, plan: LoadPlan, *, prefetch: bool = True,
+                    streams: int = 0) -> LoadedComponents:
+    """Load every component the plan names, one after another.
+
+    `streams` > 0: each model's files read once by that many parallel streams (weights/streamed.py). 0: the
+    libraries' own loader, memory-mapping the files while the prefetch readers stream them into the page cache.
+    """
     import torch
 
     model_path = Path(report.model_path)
@@ -139,13 +146,22 @@ def load_components(report: VolumeReport, plan: LoadPlan, *, prefetch: bool = Tr
     loaded = LoadedComponents({}, {}, {})
     needed = 0
     files = weight_files(model_path, report, plan.variants)
-    with Prefetcher(files) if prefetch else nullcontext() as prefetcher:
+    with Prefetcher(files) if prefetch and not streams else nullcontext() as prefetcher:
         for name, component in report.components.items():
             began = time.perf_counter()
-            options = {"variant": variant_suffix(plan.variants[name]), "dtype": dtype, "device_map": plan.device,
-                       **no_mmap} if component.kind == "model" else {}
-            loaded.components[name] = _load_component(model_path, name, component.library, component.class_name,
-                                                      options)
+            if component.kind != "model":
+                loaded.components[name] = _load_component(model_path, name, component.library, component.class_name,
+                                                          {})
+            elif streams:
+                own = [p for p in weight_files(model_path, report, {name: plan.variants[name]})
+                       if p.name.endswith(".safetensors")]  # a sharded set's index lists the shards
+                loaded.components[name] = _load_streamed(model_path, name, component.library, component.class_name,
+                                                         own, dtype, plan.device, streams)
+            else:
+                options = {"variant": variant_suffix(plan.variants[name]), "dtype": dtype, "device_map": plan.device,
+                           **no_mmap}
+                loaded.components[name] = _load_component(model_path, name, component.library,
+                                                          component.class_name, options)
             loaded.seconds[name] = round(time.perf_counter() - began, 3)
             if component.kind == "model":
                 needed += component.weight_sets[plan.variants[name]].bytes
@@ -190,6 +206,40 @@ def _load_component(model_path: Path, name: str, library: str, class_name: str, 
     return model
 
 
+def _load_streamed(model_path: Path, name: str, library: str, class_name: str, files: list[Path], dtype: Any,
+                   device: str, streams: int) -> Any:
+    """One model built empty from its config, then given its tensors as read once from `files`; refused, naming
+    the component, when the tensors do not fill it exactly (as `_load_component`)."""
+    from accelerate import init_empty_weights
+
+    cls = _component_class(library, class_name)
+    folder = model_path / name
+    try:
+        if library == "diffusers":
+            config = cls.load_config(folder, local_files_only=True)
+            with init_empty_weights():  # parameters on the meta device; buffers real (CLIP's position ids)
+                model = cls.from_config(config)
+        else:
+            config = cls.config_class.from_pretrained(folder, local_files_only=True)
+            with init_empty_weights():
+                model = cls(config)
+        state = read_state_dict(file_infos(files), dtype, device, streams)
+        result = model.load_state_dict(state, strict=False, assign=True)
+    except Exception as exc:
+        text = " ".join(str(exc).split())[:300]
+        raise ComponentLoadError(f"{name}: {type(exc).__name__}: {text}") from exc
+    empty = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    problems = [f"{len(keys)} {what}, e.g. {sorted(keys)[0]}" for what, keys in (
+        ("tensor(s) missing from its weights", empty),
+        ("tensor(s) in its weights that it has no place for", result.unexpected_keys)) if keys]
+    if problems:
+        raise ComponentLoadError(f"{name}: {'; '.join(problems)}")
+    model.to(device)  # the buffers the weights do not hold
+    model.train(False)  # inference mode for dropout and norms, as from_pretrained leaves it
+    model.requires_grad_(False)
+    return model
+
+
 def assemble_pipeline(report: VolumeReport, components: Mapping[str, Any]) -> Any:
     """The pipeline class model_index.json names, built from the loaded components and its own settings."""
     import diffusers
@@ -202,7 +252,8 @@ def assemble_pipeline(report: VolumeReport, components: Mapping[str, Any]) -> An
     return pipe
 
 
-def load_planned(report: VolumeReport, plan: LoadPlan, *, prefetch: bool = True) -> tuple[Any, LoadRecord]:
+def load_planned(report: VolumeReport, plan: LoadPlan, *, prefetch: bool = True,
+                 streams: int = 0) -> tuple[Any, LoadRecord]:
     """Load what `plan` says from the checked volume, offline; the pipeline and how it was loaded."""
     enforce_offline()
     import diffusers
@@ -216,7 +267,7 @@ def load_planned(report: VolumeReport, plan: LoadPlan, *, prefetch: bool = True)
     log.info("loading %s (%s, %s on %s, %.2f GB)", report.model_path, plan.label, plan.dtype, plan.device,
              plan.bytes_to_read / 1e9)
     started = time.perf_counter()
-    loaded = load_components(report, plan, prefetch=prefetch)
+    loaded = load_components(report, plan, prefetch=prefetch, streams=streams)
     pipe = assemble_pipeline(report, loaded.components)
     record = LoadRecord(
         model_path=report.model_path,
@@ -235,10 +286,10 @@ def load_planned(report: VolumeReport, plan: LoadPlan, *, prefetch: bool = True)
 
 
 def load_pipeline(path: str | os.PathLike[str], device: str = "auto", *,
-                  prefetch: bool = True) -> tuple[Any, LoadRecord]:
+                  prefetch: bool = True, streams: int = 0) -> tuple[Any, LoadRecord]:
     """Check the volume at `path`, plan and load: the whole path in one call, for tools and tests."""
     report = check_volume(require_local_path(path), tensors=True)
-    return load_planned(report, plan_load(report, resolve_device(device)), prefetch=prefetch)
+    return load_planned(report, plan_load(report, resolve_device(device)), prefetch=prefetch, streams=streams)
 
 
 def weight_files(model_path: Path, report: VolumeReport, variants: Mapping[str, Variant]) -> list[Path]:

@@ -10,6 +10,7 @@ from benchmarks.results import (
     FlopsResult,
     GenerationResult,
     LoadResult,
+    NetworkLoadResult,
     PrepareResult,
     Run,
     Spread,
@@ -24,7 +25,7 @@ def render(run: Run) -> str:
     versions = f"torch {env.torch}, diffusers {env.diffusers}; " if env else ""
     lines = [f"Device: {device}; {versions}{settings['size']}x{settings['size']}, {settings['steps']} steps, CFG 7; "
              f"suites: {', '.join(settings['suite'])}"]
-    lines += _generation(run) + _features(run) + _cached_starts(run) + _loads(run) + _prepare(run)
+    lines += _generation(run) + _features(run) + _cached_starts(run) + _loads(run) + _network_loads(run) + _prepare(run)
     lines += _profiles(run) + _attention(run) + _meta(run)
     failures = run.of(Failure)
     if failures:
@@ -97,6 +98,22 @@ def _loads(run: Run) -> list[str]:
                  f"{r.ours_cold_s} / {r.ours_warm_s} s",
                  f"{r.stock_cold_s / r.raw_read_s:.2f}x, {r.ours_cold_s / r.raw_read_s:.2f}x", parts]
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _network_loads(run: Run) -> list[str]:
+    results = run.of(NetworkLoadResult)
+    if not results:
+        return []
+    lines = ["", "The worker's load plan through the simulated network volume (dev/netfs.py), cold: seconds (x the "
+             "best raw read), and the bytes the filesystem served (x the plan's bytes).", "",
+             "| network | plan | raw read: 1 stream / parallel | stock | ours | bytes served: raw, stock, ours |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for _, r in results:
+        served = ", ".join(f"{b / r.plan_bytes:.2f}x" for b in (r.raw_bytes, r.stock_bytes, r.ours_bytes))
+        lines.append(f"| {r.network} | {r.plan}, {r.plan_bytes / 1e9:.2f} GB | {r.raw_s} / {r.raw_parallel_s} s | "
+                     f"{r.stock_s} s ({r.stock_s / r.bound_s:.2f}x) | **{r.ours_s} s ({r.ours_s / r.bound_s:.2f}x)** | "
+                     f"{served} |")
     return lines
 
 

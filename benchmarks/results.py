@@ -57,6 +57,26 @@ class LoadResult:
 
 
 @dataclass(frozen=True)
+class NetworkLoadResult:
+    """One cell of the simulated network volume's grid: each way's seconds, and the bytes it had served."""
+
+    network: str
+    plan: str  # the weight set read: fp16 on CUDA, standard on the CPU
+    plan_bytes: int
+    raw_s: float
+    raw_parallel_s: float
+    stock_s: float
+    ours_s: float
+    raw_bytes: int
+    stock_bytes: int
+    ours_bytes: int
+
+    @property
+    def bound_s(self) -> float:
+        return min(self.raw_s, self.raw_parallel_s)
+
+
+@dataclass(frozen=True)
 class Kernel:
     name: str
     ms: float
@@ -210,8 +230,8 @@ class Failure:
     error: str
 
 
-Result = (LoadResult | StockGeneration | GenerationResult | CachedStart | AttentionResult | FlopsResult
-          | TracingResult | PrepareResult | FeaturesResult | Failure)
+Result = (LoadResult | NetworkLoadResult | StockGeneration | GenerationResult | CachedStart | AttentionResult
+          | FlopsResult | TracingResult | PrepareResult | FeaturesResult | Failure)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from benchmarks.results import Failure, Result, Run
 from benchmarks.scenarios import Scenario
 from benchmarks.stages.common import environment, free
 
-VOLUME_STAGES = {"loads", "generation", "features", "cached_start", "prepare"}
+VOLUME_STAGES = {"loads", "network_loads", "generation", "features", "cached_start", "prepare"}
 
 
 class Bench:
@@ -50,8 +50,10 @@ def run_scenarios(bench: Bench, scenarios: list[Scenario], *, scale: str, device
     from benchmarks.stages.flops import unet_flops
     from benchmarks.stages.generation import Stock, measure_generation, worker_settings
     from benchmarks.stages.io import measure_loads
+    from benchmarks.stages.netfs import measure_network_loads
     from benchmarks.stages.prepare import measure_prepare
     from benchmarks.stages.tracing import measure_tracing
+    from dev.netfs import unavailable
     from dev.synthetic_volume import build_volume, component_config
 
     bench.run.environment = environment(device)
@@ -78,6 +80,11 @@ def run_scenarios(bench: Bench, scenarios: list[Scenario], *, scale: str, device
                 if stage == "loads":
                     for result in measure_loads(volume, device, drop_caches):
                         bench.record(f"{scenario.name}: {result.plan}", result)
+                elif stage == "network_loads":
+                    if (why := unavailable()) is not None:
+                        raise RuntimeError(f"no simulated network volume here: {why}")
+                    for result in measure_network_loads(volume, device, scale, volume_dir / "netfs-mount"):
+                        bench.record(f"{scenario.name}: {result.network}", result)
                 elif stage == "attention":
                     bench.record(scenario.name, measure_attention(device, size))
                 elif stage == "generation":

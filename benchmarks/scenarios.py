@@ -5,6 +5,8 @@ environment, so a run measures what it says). Stages:
 
 - `loads`: raw sequential and parallel reads of each load plan's bytes, then stock `from_pretrained` against
   the worker's loader, cold and warm page cache, for the fp16 variant and for the standard-files fallback;
+- `network_loads`: the fp16 plan through a simulated network volume (dev/netfs.py; needs FUSE), a grid of
+  latency, bandwidth and page cache: raw reads, stock and ours, seconds and bytes served;
 - `attention`: each SDPA kernel on the UNet's attention shapes;
 - `generation`: the worker started with `settings`, its warm jobs interleaved with stock diffusers' on the
   same seeds, first job, peak memory, and how far its output is from stock's;
@@ -27,8 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-Stage = Literal["loads", "attention", "generation", "profile", "features", "cached_start", "flops", "tracing",
-                "prepare"]
+Stage = Literal["loads", "network_loads", "attention", "generation", "profile", "features", "cached_start", "flops",
+                "tracing", "prepare"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ ATTENTION = Scenario("attention kernels", ("attention",))
 FLOPS = Scenario("UNet FLOPs", ("flops",))
 TRACING = Scenario("Dynamo tracing", ("tracing",))
 PREPARE = Scenario("add-fp16", ("prepare",))
+NETWORK_LOADS = Scenario("network volume", ("network_loads",))
 COMPILED_BLOCKS = {"COMPILE": "1", "COMPILE_SCOPE": "blocks"}
 
 SUITES: dict[str, tuple[Scenario, ...]] = {
@@ -60,6 +63,8 @@ SUITES: dict[str, tuple[Scenario, ...]] = {
     ),
     # What earlier GPU checks measured already (benchmarks/RESULTS.md): the loads, the whole-UNet compile.
     "loads": (LOADS,),
+    # Loads through a simulated network volume: CPU and FUSE, any machine with /dev/fuse.
+    "netfs": (NETWORK_LOADS,),
     # Writing the fp16 set onto a volume that lacks it: CPU and disk only, any machine.
     "prepare": (PREPARE,),
     "compile-full": (

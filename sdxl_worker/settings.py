@@ -45,6 +45,9 @@ class Settings(BaseModel):
         "`auto`: `cuda` when PyTorch sees a GPU, else `cpu`."))
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=MIN_PIXELS, description=(
         "Cap on each image's width x height (1536x1536)."))
+    load_streams: int = Field(0, ge=0, le=64, description=(
+        "N > 0: the weights read once by N parallel streams (the same tensors; not yet measured at full size, "
+        "e.g. 8); 0: the libraries' memory-mapped loader with prefetch readers (reads a FUSE volume's bytes twice)."))
     max_input_image_mb: int = Field(10, ge=1, le=100, description=(
         "Cap on a job's input image and mask, each, in MB as sent (base64 counts as its decoded bytes)."))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description=(

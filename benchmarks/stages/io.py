@@ -14,6 +14,7 @@ from pathlib import Path
 from benchmarks.results import LoadResult
 from benchmarks.stages.common import free, stock_load, sync, timed
 from model_loader import load_pipeline, weight_files
+from sdxl_worker.settings import Settings
 from sdxl_worker.weights.layout import Variant
 from sdxl_worker.weights.prefetch import READ_BYTES, Prefetcher
 from volume_check import check_volume
@@ -63,16 +64,18 @@ def plan_files(volume: Path, variant: Variant) -> list[Path]:
     return weight_files(volume, report, dict.fromkeys(models, variant))
 
 
-def standard_view(volume: Path, suffix: str = "-standard-only") -> Path:
-    """The same volume without its fp16 files (hard links, no copy): what a fallback deployment sees."""
+def standard_view(volume: Path, suffix: str = "-standard-only", fp16: bool = False) -> Path:
+    """The same volume without its fp16 files (hard links, no copy): what a fallback deployment sees. With
+    `fp16`, without its standard weight files instead: what a prepared volume holds."""
     view = volume.with_name(volume.name + suffix)
     if view.exists():
         return view
     for path in sorted(volume.rglob("*")):
         target = view / path.relative_to(volume)
+        weights = path.name.endswith((".safetensors", ".safetensors.index.json"))
         if path.is_dir():
             target.mkdir(parents=True, exist_ok=True)
-        elif ".fp16." not in path.name:
+        elif (".fp16." in path.name) == fp16 or not weights:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.link(path, target)
     return view
@@ -99,7 +102,7 @@ def measure_loads(volume: Path, device: str, drop_all: bool) -> list[LoadResult]
                 if loader == "stock":
                     pipe = stock_load(path, variant, device)
                 else:
-                    pipe, loaded = load_pipeline(path, device)
+                    pipe, loaded = load_pipeline(path, device, streams=Settings().load_streams)
                     record = loaded if state == "cold" else record
                 sync(device)
                 seconds[f"{loader}_{state}"] = round(time.perf_counter() - started, 3)

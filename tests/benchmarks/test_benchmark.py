@@ -143,3 +143,19 @@ def test_sdxl_unet_flops_match_the_published_count_and_fp8_covers_its_linear_wor
     assert flops.per_call_tflop * 30 == pytest.approx(405.7, abs=0.1)
     assert flops.linear_share == pytest.approx(0.644, abs=0.001)
     assert flops.fp8_layers_share_of_linear > 0.9999
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("dev.netfs").netfs.unavailable() is not None, reason="no FUSE here")
+def test_netfs_suite_counts_the_bytes_each_loader_had_served(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--scale", "tiny", "--device", "cpu", "--suite", "netfs",
+         "--no-drop-caches", "--out", str(tmp_path / "out"), "--volume-dir", str(tmp_path / "vol")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    [cell] = [r for r in json.loads((tmp_path / "out" / "benchmark.json").read_text())["results"]
+              if r["kind"] == "NetworkLoadResult"]
+    assert cell["plan"] == "fp16" and cell["raw_bytes"] == cell["plan_bytes"]
+    assert cell["ours_bytes"] >= cell["plan_bytes"] and cell["stock_bytes"] > 0
+    assert "| 0.5 ms, 100 MB/s a stream, 400 MB/s in all" in (tmp_path / "out" / "benchmark.md").read_text()

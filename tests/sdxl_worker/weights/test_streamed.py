@@ -1,0 +1,108 @@
+"""The read-once loader: the same tensors as the libraries' loader, every byte read once, faults one sentence."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from dev.netfs import Network, mounted, read_stats, unavailable
+from model_loader import ComponentLoadError, load_pipeline, weight_files
+from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError, read_safetensors_header
+from sdxl_worker.weights.streamed import StreamedFiles, read_state_dict
+from volume_check import check_volume
+
+MODELS = ("unet", "vae", "text_encoder", "text_encoder_2")
+
+
+def every_tensor(pipe) -> dict[str, torch.Tensor]:
+    return {f"{component}.{name}": tensor for component in MODELS
+            for name, tensor in [*getattr(pipe, component).named_parameters(),
+                                 *getattr(pipe, component).named_buffers()]}
+
+
+@pytest.mark.parametrize("fixture", ["volume", "sharded_volume"])
+def test_the_same_tensors_as_the_libraries_loader(fixture: str, request: pytest.FixtureRequest) -> None:
+    path = request.getfixturevalue(fixture)
+    library, _ = load_pipeline(path, "cpu", prefetch=False)
+    streamed, record = load_pipeline(path, "cpu", streams=3)
+    ours, theirs = every_tensor(streamed), every_tensor(library)
+    assert ours.keys() == theirs.keys()
+    for name, tensor in theirs.items():
+        assert (ours[name].dtype, ours[name].device) == (tensor.dtype, tensor.device), name
+        assert torch.equal(ours[name], tensor), name
+    assert all(not getattr(streamed, c).training for c in MODELS) and record.variant == "standard"
+    assert not any(t.requires_grad for t in ours.values())
+
+
+def test_floating_tensors_are_cast_as_the_plan_says(volume: Path) -> None:
+    report = check_volume(volume)
+    infos = [read_safetensors_header(p) for p in weight_files(volume, report, {"vae": "standard"})]
+    state = read_state_dict(infos, torch.float16, "cpu", streams=2)
+    assert {t.dtype for t in state.values()} == {torch.float16}
+    assert len(state) == sum(len(info.entries) for info in infos)
+
+
+def test_each_byte_is_read_once_in_requests_of_the_chunk_size(volume: Path) -> None:
+    path = volume / "unet" / "diffusion_pytorch_model.safetensors"
+    info = read_safetensors_header(path)
+    with StreamedFiles([info], streams=4, chunk_bytes=64 * 1024) as files:
+        names = [name for name, _ in files.tensors()]
+    assert files.bytes_read == info.file_bytes - info.data_start
+    assert sorted(names) == sorted(info.entries)
+
+
+def test_a_file_cut_short_during_the_load_is_one_sentence(volume: Path) -> None:
+    path = volume / "unet" / "diffusion_pytorch_model.safetensors"
+    info = read_safetensors_header(path)  # as the volume check saw it
+    os.truncate(path, info.file_bytes - 1000)
+    with pytest.raises(SafetensorsHeaderError, match=r"shorter than its header says \(changed while being read\)"), \
+            StreamedFiles([info], streams=2, chunk_bytes=64 * 1024) as files:
+        list(files.tensors())
+
+
+def test_weights_that_do_not_fit_the_config_are_refused_naming_the_component(volume: Path) -> None:
+    from dev.synthetic_volume import component_config
+
+    config = {**component_config("tiny", "vae"), "latent_channels": 8}
+    (volume / "vae" / "config.json").write_text(__import__("json").dumps(config))
+    from model_loader import load_planned, plan_load
+
+    report = check_volume(volume)  # without tensors: the check would refuse the shapes itself
+    with pytest.raises(ComponentLoadError, match=r"^vae: RuntimeError: Error\(s\) in loading state_dict"):
+        load_planned(report, plan_load(report, "cpu"), streams=2)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(unavailable() is not None, reason=f"no FUSE here: {unavailable()}")
+def test_through_a_network_volume_each_byte_crosses_once(volume: Path, tmp_path: Path) -> None:
+    """The libraries' loader with its prefetch readers reads the files twice there (FUSE drops the page cache
+    at each open); the streamed loader reads exactly the plan's bytes."""
+    report = check_volume(volume)
+    weights = {str(p.relative_to(volume.parent)): p.stat().st_size
+               for p in weight_files(volume, report, dict.fromkeys(MODELS, "standard"))}
+    # Direct I/O: no readahead, every byte the loader asks for is counted, and only those.
+    with mounted(volume.parent, tmp_path / "mnt", Network(latency_s=0.0005, direct_io=True)) as mnt:
+        load_pipeline(mnt / volume.name, "cpu", streams=4)
+        streamed = read_stats(mnt)["files"]
+    for name, size in weights.items():
+        # The data once; the header twice (the volume check, then the loader), each through a buffered reader
+        # that may read up to a buffer past it.
+        extra = streamed[name] - size - read_safetensors_header(volume.parent / name).data_start
+        assert 0 <= extra <= 2 * 8192, (name, extra)
+    with mounted(volume.parent, tmp_path / "mnt2", Network(latency_s=0.0005)) as mnt:
+        load_pipeline(mnt / volume.name, "cpu")  # streams=0: the libraries' loader and the prefetch readers
+        library = read_stats(mnt)["files"]
+    assert sum(library[name] for name in weights) > 1.5 * sum(weights.values())
+
+
+def test_the_worker_with_load_streams_draws_what_it_draws_without(tiny_volume_source: Path, worker) -> None:
+    from handler_volume_optimized import Worker
+    from tests.helpers import cpu_settings
+
+    streamed = Worker.start(cpu_settings(tiny_volume_source, load_streams=4), warmup=False)
+    job = {"id": "t", "input": {"prompt": "a lighthouse", "width": 256, "height": 256, "num_inference_steps": 2,
+                                "seed": 3}}
+    assert streamed.handle(job)["images"] == worker.handle(job)["images"]
