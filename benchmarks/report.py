@@ -105,8 +105,8 @@ def _network_loads(run: Run) -> list[str]:
     results = run.of(NetworkLoadResult)
     if not results:
         return []
-    lines = ["", "The worker's load plan through the simulated network volume (dev/netfs.py), cold: seconds (x the "
-             "best raw read), and the bytes the filesystem served (x the plan's bytes).", "",
+    lines = ["", "The fp16 set through the simulated network volume (dev/netfs.py), cold, ours the read-once loader: "
+             "seconds (x the best raw read), and the bytes the filesystem served (x the set's bytes).", "",
              "| network | plan | raw read: 1 stream / parallel | stock | ours | bytes served: raw, stock, ours |",
              "| --- | --- | --- | --- | --- | --- |"]
     for _, r in results:

@@ -61,7 +61,7 @@ class NetworkLoadResult:
     """One cell of the simulated network volume's grid: each way's seconds, and the bytes it had served."""
 
     network: str
-    plan: str  # the weight set read: fp16 on CUDA, standard on the CPU
+    plan: str  # the weight set read (fp16: a CPU run reads the volume's fp16-only view)
     plan_bytes: int
     raw_s: float
     raw_parallel_s: float

@@ -24,7 +24,7 @@ from typing import Any
 
 from sdxl_worker.contract.job_schema import LoraRequest
 from sdxl_worker.speed.plain import plain_module, plain_unet
-from sdxl_worker.weights.loras import LoraFile, LoraFileError, LoraSettings, inspect, resolve
+from sdxl_worker.weights.loras import LoraFile, LoraFileError, LoraSettings, inspect, resolve, signature_of
 from sdxl_worker.weights.safetensors_io import read_tensors
 
 
@@ -34,7 +34,6 @@ class LoadedLora:
 
     file: LoraFile
     adapter: str  # PEFT keeps adapters in module dicts, whose keys cannot hold the dots a file name may
-    signature: tuple[int, int]
     bytes: int
     tensors: dict[str, Any] | None = None  # kept in host memory when the model does not keep the adapter
     in_model: bool = False
@@ -77,21 +76,25 @@ class LoraAdapters:
                 self._evict(pipe, self.settings.lora_cache_mb * 1_000_000)
 
     def _file(self, name: str) -> LoraFile:
-        return inspect(name, resolve(self.folder, name), self.settings.lora_max_mb * 1_000_000)
+        """The named LoRA's file, inspected; one loaded already and unchanged on the volume is not read again."""
+        path = resolve(self.folder, name)
+        cached = self.loaded.get(name)
+        if cached is not None and cached.file.path == path and cached.file.signature == signature_of(path):
+            return cached.file
+        return inspect(name, path, self.settings.lora_max_mb * 1_000_000)
 
     def _load(self, pipe: Any, file: LoraFile, keep: set[str]) -> LoadedLora:
         """The LoRA in the model, loaded from the volume unless it is loaded already and unchanged; room is made
         by dropping the least recently used, except those in `keep` (the job's own)."""
-        signature = file.signature
         lora = self.loaded.get(file.name)
-        if lora is not None and lora.signature != signature:
+        if lora is not None and lora.file is not file:  # changed on the volume since it was loaded
             self._drop(pipe, file.name)
             lora = None
         if lora is None:
             tensors = dict(read_tensors(file.info))
             dtype_size = next(plain_module(pipe.unet).parameters()).element_size()
             held = sum(t.numel() for t in tensors.values()) * dtype_size if self.keep_in_model else file.bytes
-            lora = LoadedLora(file, f"lora{next(self._ids)}", signature, held,
+            lora = LoadedLora(file, f"lora{next(self._ids)}", held,
                               tensors=None if self.keep_in_model else tensors)
             self._evict(pipe, self.settings.lora_cache_mb * 1_000_000 - held, keep)
             self._into_model(pipe, lora, tensors)

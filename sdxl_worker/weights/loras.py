@@ -57,17 +57,25 @@ class LoraFile:
     name: str
     path: Path
     bytes: int
+    mtime_ns: int
     format: LoraFormat
     parts: tuple[str, ...]  # of unet, text_encoder, text_encoder_2
     rank: int  # the largest among its layers
-    tensors: int
     info: SafetensorsInfo
 
     @property
     def signature(self) -> tuple[int, int]:
-        """What says the file changed since it was loaded: its size and modification time."""
-        stat = self.path.stat()
-        return stat.st_size, stat.st_mtime_ns
+        """What says the file changed since it was inspected: its size and modification time."""
+        return self.bytes, self.mtime_ns
+
+
+def signature_of(path: Path) -> tuple[int, int] | None:
+    """A file's size and modification time now, as `LoraFile.signature`; None if it cannot be read."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
 
 
 def available(folder: Path) -> list[str]:
@@ -102,9 +110,10 @@ def resolve(folder: Path, name: str) -> Path:
 def inspect(name: str, path: Path, max_bytes: int) -> LoraFile:
     """Check a LoRA file from its size and header alone: LoraFileError with the reason if it is unusable."""
     try:
-        size = path.stat().st_size
+        stat = path.stat()
     except OSError as exc:
         raise LoraFileError(f"LoRA {name!r} cannot be read ({exc.strerror or exc}).") from exc
+    size = stat.st_size
     if size > max_bytes:
         raise LoraFileError(f"LoRA {name!r} is {size / 1e6:,.0f} MB, over this endpoint's limit of "
                             f"{max_bytes / 1e6:,.0f} MB (LORA_MAX_MB).")
@@ -126,7 +135,7 @@ def inspect(name: str, path: Path, max_bytes: int) -> LoraFile:
     parts = [part for part in MODELS if part in found]
     ranks = [entry.shape[0] for key, entry in info.entries.items()
              if (".lora_A." in key or ".lora_down." in key or ".lora.down." in key) and entry.shape]
-    return LoraFile(name, path, size, fmt, tuple(parts), max(ranks, default=0), len(keys), info)
+    return LoraFile(name, path, size, stat.st_mtime_ns, fmt, tuple(parts), max(ranks, default=0), info)
 
 
 def scan(folder: Path, max_bytes: int) -> tuple[list[LoraFile], dict[str, str]]:
