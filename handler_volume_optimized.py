@@ -333,8 +333,10 @@ def self_test(out: Path | None) -> int:
         return 1
     record = worker.record
     seconds = time.perf_counter() - started
+    reader = f"{record.streams} parallel streams" if record.streams else "the libraries' loader"
     print(f"✅ load: {record.variant} weights as {record.dtype} on {record.device}, "
-          f"attention {worker.speed.attention}, {record.bytes_read / 1e9:.2f} GB in {seconds:.2f} s")
+          f"attention {worker.speed.attention}, {record.bytes_read / 1e9:.2f} GB in {seconds:.2f} s by {reader} "
+          f"({record.streams_reason})")
     size, steps = (1024, 30) if record.device.startswith("cuda") else (256, 4)
     job = {"prompt": "a photonic lighthouse on a cliff at dusk, volumetric light", "width": size, "height": size,
            "num_inference_steps": steps, "seed": 0}

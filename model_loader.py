@@ -8,11 +8,12 @@ complete, else from fp16. Because the plan asks only for files the check found i
 is ever needed to discover a missing variant: any error raised while loading (CUDA, a file that
 changed since the check, a bug) propagates with its cause.
 
-Each model is built empty from its config and given its tensors as parallel streams read its files, each byte
-once, cast on the way where the plan says (weights/streamed.py; LOAD_STREAMS). With LOAD_STREAMS=0 the libraries
-load it instead (local files only, safetensors only, dtype passed explicitly because transformers 5 writes its own
-"dtype" into configs, straight onto the device with `device_map`) while background readers stream the planned
-files into the page cache (see prefetch.py). Then the components are assembled into the pipeline class
+On a network filesystem (weights/filesystem.py) or the CPU (LOAD_STREAMS=auto) each model is built empty from
+its config and given its tensors as parallel streams read its files, each byte once, cast on the way where the
+plan says (weights/streamed.py). On a GPU host's local disk, or with LOAD_STREAMS=0, the libraries load it
+instead (local files only, safetensors only, dtype passed explicitly because transformers 5 writes its own "dtype"
+into configs, straight onto the device with `device_map`) while background readers stream the planned files into
+the page cache (see prefetch.py). Then the components are assembled into the pipeline class
 model_index.json names.
 """
 
@@ -29,10 +30,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdxl_worker.weights.filesystem import mount_of
 from sdxl_worker.weights.layout import Variant, variant_suffix
 from sdxl_worker.weights.offline import enforce_offline, require_local_path
 from sdxl_worker.weights.prefetch import Prefetcher
-from sdxl_worker.weights.streamed import file_infos, read_state_dict
+from sdxl_worker.weights.safetensors_header import SafetensorsInfo
+from sdxl_worker.weights.streamed import DEFAULT_STREAMS, read_state_dict
 from volume_check import VolumeReport, check_volume
 
 log = logging.getLogger(__name__)
@@ -70,6 +73,9 @@ class LoadRecord:
     seconds: float
     bytes_read: int
     reasons: list[str] = field(default_factory=list)
+    # Parallel streams that read the weights (0: the libraries' loader), and why that many.
+    streams: int = 0
+    streams_reason: str = ""
     # See LoadedComponents.
     components_s: dict[str, float] = field(default_factory=dict)
     prefetch_lead_gb: dict[str, float] = field(default_factory=dict)
@@ -106,6 +112,24 @@ def plan_load(report: VolumeReport, device: str) -> LoadPlan:
     total = sum(models[n].weight_sets[v].bytes for n, v in variants.items())
     dtype = "float16" if on_cuda else "float32"
     return LoadPlan(device, dtype, variants, label, total, tuple(reasons))
+
+
+def choose_streams(model_path: str | os.PathLike[str], setting: int | None, device: str) -> tuple[int, str]:
+    """LOAD_STREAMS resolved, and why: the setting when given; for auto (None) DEFAULT_STREAMS on the CPU or when
+    the model folder is on a network filesystem, else 0 (the libraries' loader, measured within 1.1x of a raw read
+    on a GPU host's local disk; on the CPU, where it may not memory-map the volume, it measured 1.4-1.7x slower
+    than the read-once loader: benchmarks/RESULTS.md)."""
+    if setting is not None:
+        return setting, f"LOAD_STREAMS={setting}"
+    if not device.startswith("cuda"):
+        return DEFAULT_STREAMS, "LOAD_STREAMS=auto: on the CPU the weights are copied into memory, not mapped"
+    mount = mount_of(model_path)
+    if mount is None:
+        return 0, "LOAD_STREAMS=auto: the mount table is unreadable, so the libraries' loader"
+    where = f"{mount.fs_type} at {mount.mount_point}"
+    if mount.network:
+        return DEFAULT_STREAMS, f"LOAD_STREAMS=auto: {where} is a network filesystem"
+    return 0, f"LOAD_STREAMS=auto: {where} is a local filesystem"
 
 
 def resolve_device(setting: str) -> str:
@@ -153,10 +177,9 @@ def load_components(report: VolumeReport, plan: LoadPlan, *, prefetch: bool = Tr
                 loaded.components[name] = _load_component(model_path, name, component.library, component.class_name,
                                                           {})
             elif streams:
-                own = [p for p in weight_files(model_path, report, {name: plan.variants[name]})
-                       if p.name.endswith(".safetensors")]  # a sharded set's index lists the shards
+                headers = component.weight_sets[plan.variants[name]].headers
                 loaded.components[name] = _load_streamed(model_path, name, component.library, component.class_name,
-                                                         own, dtype, plan.device, streams)
+                                                         headers, dtype, plan.device, streams)
             else:
                 options = {"variant": variant_suffix(plan.variants[name]), "dtype": dtype, "device_map": plan.device,
                            **no_mmap}
@@ -206,10 +229,11 @@ def _load_component(model_path: Path, name: str, library: str, class_name: str, 
     return model
 
 
-def _load_streamed(model_path: Path, name: str, library: str, class_name: str, files: list[Path], dtype: Any,
-                   device: str, streams: int) -> Any:
-    """One model built empty from its config, then given its tensors as read once from `files`; refused, naming
-    the component, when the tensors do not fill it exactly (as `_load_component`)."""
+def _load_streamed(model_path: Path, name: str, library: str, class_name: str, headers: list[SafetensorsInfo],
+                   dtype: Any, device: str, streams: int) -> Any:
+    """One model built empty from its config, then given its tensors as read once from the files whose headers
+    the volume check parsed; refused, naming the component, when the tensors do not fill it exactly (as
+    `_load_component`)."""
     from accelerate import init_empty_weights
 
     cls = _component_class(library, class_name)
@@ -223,7 +247,7 @@ def _load_streamed(model_path: Path, name: str, library: str, class_name: str, f
             config = cls.config_class.from_pretrained(folder, local_files_only=True)
             with init_empty_weights():
                 model = cls(config)
-        state = read_state_dict(file_infos(files), dtype, device, streams)
+        state = read_state_dict(headers, dtype, device, streams)
         result = model.load_state_dict(state, strict=False, assign=True)
     except Exception as exc:
         text = " ".join(str(exc).split())[:300]
@@ -253,8 +277,11 @@ def assemble_pipeline(report: VolumeReport, components: Mapping[str, Any]) -> An
 
 
 def load_planned(report: VolumeReport, plan: LoadPlan, *, prefetch: bool = True,
-                 streams: int = 0) -> tuple[Any, LoadRecord]:
-    """Load what `plan` says from the checked volume, offline; the pipeline and how it was loaded."""
+                 streams: int | None = 0) -> tuple[Any, LoadRecord]:
+    """Load what `plan` says from the checked volume, offline; the pipeline and how it was loaded.
+
+    `streams`: parallel streams reading each weight byte once; 0: the libraries' loader; None: by the device and the
+    filesystem (`choose_streams`)."""
     enforce_offline()
     import diffusers
     import transformers
@@ -264,8 +291,10 @@ def load_planned(report: VolumeReport, plan: LoadPlan, *, prefetch: bool = True,
     transformers.utils.logging.disable_progress_bar()
     for reason in plan.reasons:
         log.warning("load plan: %s", reason)
-    log.info("loading %s (%s, %s on %s, %.2f GB)", report.model_path, plan.label, plan.dtype, plan.device,
-             plan.bytes_to_read / 1e9)
+    streams, streams_reason = choose_streams(report.model_path, streams, plan.device)
+    reader = f"{streams} parallel streams" if streams else "the libraries' loader"
+    log.info("loading %s (%s, %s on %s, %.2f GB) with %s (%s)", report.model_path, plan.label, plan.dtype,
+             plan.device, plan.bytes_to_read / 1e9, reader, streams_reason)
     started = time.perf_counter()
     loaded = load_components(report, plan, prefetch=prefetch, streams=streams)
     pipe = assemble_pipeline(report, loaded.components)
@@ -280,13 +309,15 @@ def load_planned(report: VolumeReport, plan: LoadPlan, *, prefetch: bool = True,
         reasons=list(plan.reasons),
         components_s=loaded.seconds,
         prefetch_lead_gb=loaded.prefetch_lead_gb,
+        streams=streams,
+        streams_reason=streams_reason,
     )
     log.info("loaded in %.2f s: %s", record.seconds, record.to_dict())
     return pipe, record
 
 
 def load_pipeline(path: str | os.PathLike[str], device: str = "auto", *,
-                  prefetch: bool = True, streams: int = 0) -> tuple[Any, LoadRecord]:
+                  prefetch: bool = True, streams: int | None = 0) -> tuple[Any, LoadRecord]:
     """Check the volume at `path`, plan and load: the whole path in one call, for tools and tests."""
     report = check_volume(require_local_path(path), tensors=True)
     return load_planned(report, plan_load(report, resolve_device(device)), prefetch=prefetch, streams=streams)

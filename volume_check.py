@@ -40,7 +40,7 @@ from sdxl_worker.weights.layout import (
 )
 from sdxl_worker.weights.loras import DEFAULT_LORA_DIR, LoraFile, scan
 from sdxl_worker.weights.offline import hub_id_refusal
-from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError, read_safetensors_header
+from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError, SafetensorsInfo, read_safetensors_header
 
 Status = Literal["ok", "warn", "fail"]
 ICONS: dict[str, str] = {"ok": "✅", "warn": "⚠️", "fail": "❌"}
@@ -98,6 +98,8 @@ class WeightSet:
     parameters: int = 0
     problem: str | None = None
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
+    # Each file's parsed header, in load order: the read-once loader reads the data from these, not the headers again.
+    headers: list[SafetensorsInfo] = field(default_factory=list, repr=False)
 
 
 @dataclass
@@ -176,6 +178,7 @@ class VolumeReport:
         for component in data["components"].values():  # the tensor shapes: thousands of lines, no verdict
             for weights in component["weight_sets"].values():
                 weights.pop("shapes")
+                weights.pop("headers")
         data.update(loadable=self.loadable, exit_code=self.exit_code, summary=self.summary())
         return data
 
@@ -484,6 +487,7 @@ def _add_safetensors(weights: WeightSet, path: Path, expected: set[str] | None =
         return str(exc)
     weights.bytes += info.file_bytes
     weights.parameters += info.parameter_count
+    weights.headers.append(info)
     weights.shapes.update(info.shapes)
     absent = (expected or set()) - info.tensor_names
     if absent:

@@ -54,6 +54,9 @@ class LoadResult:
     ours_variant: str
     ours_cold_components_s: dict[str, float]
     ours_cold_prefetch_lead_gb: dict[str, float]
+    ours_streams: int = 0  # the worker's default loader: its parallel streams; 0: the libraries' loader
+    streamed_cold_s: float | None = None  # the read-once loader, its default streams (16)
+    streamed_warm_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -65,11 +68,14 @@ class NetworkLoadResult:
     plan_bytes: int
     raw_s: float
     raw_parallel_s: float
-    stock_s: float
+    stock_s: float  # when stopped, the limit it ran to
     ours_s: float
     raw_bytes: int
-    stock_bytes: int
+    stock_bytes: int  # when stopped, what it had been served by then
     ours_bytes: int
+    stock_stopped: bool = False
+    ours_by_streams: dict[int, float] = field(default_factory=dict)  # seconds by number of streams
+    ours_bytes_most: int = 0  # the most bytes any of ours' loads had served
 
     @property
     def bound_s(self) -> float:

@@ -56,7 +56,7 @@ def environment_table() -> str:
     for variable, field in environment_fields():
         default = field.get_default(call_default_factory=True)
         if default is None:
-            shown = "`auto`" if field_types(field.annotation)[0] is bool else "unset"
+            shown = "`auto`" if field_types(field.annotation)[0] in (bool, int) else "unset"
         elif default == "":
             shown = "empty"
         else:
@@ -103,7 +103,7 @@ def _choices(variable: str, field: FieldInfo) -> str:
         return "`1`, `0`" + (", `auto`" if type(None) in get_args(field.annotation) else "")
     if kind is int:
         low = next((rule.ge for rule in field.metadata if getattr(rule, "ge", None) is not None), 0)
-        return f"a whole number >= {_number(low)}"
+        return f"a whole number >= {_number(low)}" + (", `auto`" if type(None) in get_args(field.annotation) else "")
     if field.examples:
         shown = ", ".join(f"`{example}`" for example in field.examples)
         # A pattern makes the examples the choices (DEVICE's); otherwise they are one value of many.

@@ -54,15 +54,17 @@ def _input(variable: str, field: FieldInfo) -> dict[str, Any]:
     description = field.description or ""
     if kind is bool and default is not None:
         kind_name, shown = "boolean", default
-    elif kind is int:
+    elif kind is int and default is not None:
         kind_name, shown = "number", default
-    else:
+    else:  # a string, or a bool or number that may also be `auto`
         kind_name = "string"
-        shown = "auto" if kind is bool else ("" if default is None else str(default))
+        shown = "auto" if kind in (bool, int) else ("" if default is None else str(default))
         if get_origin(kind) is Literal:
             description += f" One of: {', '.join(map(str, get_args(kind)))}."
         elif kind is bool:
             description += " One of: 1, 0, auto."
+        elif kind is int:
+            description += " A whole number or auto."
     name = variable.replace("_", " ").capitalize()
     return {"key": variable, "input": {"name": name, "type": kind_name, "description": description,
                                        "default": shown, "advanced": variable not in ESSENTIAL}}

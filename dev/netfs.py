@@ -25,6 +25,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -63,19 +64,24 @@ def _operations_class() -> type:
         def __init__(self, root: Path, network: Network) -> None:
             self.root = root
             self.network = network
-            self.lock = threading.Lock()
+            self.mutex = threading.Lock()  # not `lock`: that name is FUSE's file-locking operation
             self.link_free = 0.0  # when the shared link has sent everything reserved so far
             self.stream_free: dict[int, float] = {}  # the same, per open file
             self.bytes_read: Counter[str] = Counter()
+            self.handles: dict[str, set[int]] = {}  # the opens each file was read through: its streams
+            self.opens = 0
+            self.open_number: dict[int, int] = {}  # descriptor -> which open it is (descriptors are reused)
             self.requests = 0
 
         def _path(self, path: str) -> str:
             return os.path.join(self.root, path.lstrip("/"))
 
         def _stats(self) -> bytes:
-            with self.lock:
+            with self.mutex:
                 files = dict(sorted(self.bytes_read.items()))
-                return json.dumps({"bytes": sum(files.values()), "requests": self.requests, "files": files}).encode()
+                streams = {name: len(handles) for name, handles in sorted(self.handles.items())}
+                return json.dumps({"bytes": sum(files.values()), "requests": self.requests, "files": files,
+                                   "streams": streams}).encode()
 
         def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
             if path == f"/{STATS}":
@@ -101,6 +107,9 @@ def _operations_class() -> type:
                 return 0
             fi.fh = os.open(self._path(path), os.O_RDONLY)
             fi.direct_io = self.network.direct_io
+            with self.mutex:
+                self.opens += 1
+                self.open_number[fi.fh] = self.opens
             return 0
 
         def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
@@ -110,8 +119,9 @@ def _operations_class() -> type:
             # The kernel's requests are at most 128 KiB here; larger ones would be cut to the volume's largest.
             for start in range(0, max(len(data), 1), self.network.max_request):
                 self._pace(fi.fh, min(self.network.max_request, len(data) - start))
-            with self.lock:
+            with self.mutex:
                 self.bytes_read[path.lstrip("/")] += len(data)
+                self.handles.setdefault(path.lstrip("/"), set()).add(self.open_number[fi.fh])
                 self.requests += 1
             return data
 
@@ -121,7 +131,7 @@ def _operations_class() -> type:
             net = self.network
             now = time.monotonic()
             done = now + net.latency_s
-            with self.lock:
+            with self.mutex:
                 if net.stream_bytes_s:
                     self.stream_free[stream] = max(self.stream_free.get(stream, 0.0), now) + size / net.stream_bytes_s
                     done = max(done, self.stream_free[stream])
@@ -133,7 +143,7 @@ def _operations_class() -> type:
 
         def release(self, path: str, fi: Any) -> int:
             if fi.fh:
-                with self.lock:
+                with self.mutex:
                     self.stream_free.pop(fi.fh, None)
                 os.close(fi.fh)
             return 0
@@ -178,26 +188,31 @@ def mounted(source: Path, mountpoint: Path, network: Network, timeout_s: float =
                "--total-mbps", str(network.total_bytes_s / 1e6), "--max-request-kb", str(network.max_request >> 10)]
     if network.direct_io:
         command.append("--direct-io")
-    server = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1], stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + timeout_s
-    while not os.path.ismount(mountpoint):
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            raise RuntimeError(f"netfs did not mount {mountpoint}: {(server.communicate()[1] or '').strip()[-500:]}")
-        time.sleep(0.05)
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False, capture_output=True)
+    # The server's messages go to a file: a pipe nobody reads fills up and stops the server mid-request.
+    with tempfile.TemporaryFile("w+") as log:
+        server = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1], stderr=log, text=True)
+        deadline = time.monotonic() + timeout_s
+        while not os.path.ismount(mountpoint):
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                server.wait()
+                log.seek(0)
+                raise RuntimeError(f"netfs did not mount {mountpoint}: {log.read().strip()[-500:]}")
+            time.sleep(0.05)
         try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+            yield mountpoint
+        finally:
+            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False, capture_output=True)
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
 
 
 def read_stats(mountpoint: Path) -> dict[str, Any]:
-    """Bytes read so far through the mount, in all and per file (paths relative to the source)."""
+    """Bytes read so far through the mount, in all and per file (paths relative to the source), and per file how
+    many opens read it (the simulator's streams)."""
     return json.loads((mountpoint / STATS).read_bytes())
 
 

@@ -13,12 +13,21 @@
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
 #     diffusers==0.42.1 pydantic==2.14.3 pydantic_core==2.50.4 annotated-types==0.8.0 typing-inspection==0.4.5 \
-#     torchsde==0.2.6 trampoline==0.1.2 importlib_metadata==10.2.0 torchao==0.18.0 compel==2.5.1 peft==0.21.0
+#     torchsde==0.2.6 trampoline==0.1.2 importlib_metadata==10.2.0 torchao==0.18.0 compel==2.5.1 peft==0.21.0 \
+#     mfusepy==3.1.1
+# and, for the suite netfs where the machine lacks fuse3 (it needs /dev/fuse and root), Debian's packages, unpacked
+# under /tmp/fuse-root: (cd .whl && apt-get download fuse3 libfuse3-3)
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 out=${OUT:-bench-out}
 mkdir -p "$out"
-if ! python3 -c "import diffusers, pydantic, torchsde, torchao, compel, peft" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
+if ! command -v fusermount3 >/dev/null && compgen -G ".whl/*fuse3*.deb" >/dev/null && command -v dpkg-deb >/dev/null; then
+  for deb in .whl/*fuse3*.deb; do dpkg-deb -x "$deb" /tmp/fuse-root || exit 1; done
+  export PATH="/tmp/fuse-root/bin:/tmp/fuse-root/usr/bin:$PATH"
+  export FUSE_LIBRARY_PATH=/tmp/fuse-root/lib/x86_64-linux-gnu/libfuse3.so.3  # where mfusepy looks first
+fi
+if ! python3 -c "import diffusers, pydantic, torchsde, torchao, compel, peft, mfusepy" 2>/dev/null \
+    && compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || exit 1
   export PYTHONPATH=/tmp/site

@@ -45,9 +45,10 @@ class Settings(BaseModel):
         "`auto`: `cuda` when PyTorch sees a GPU, else `cpu`."))
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=MIN_PIXELS, description=(
         "Cap on each image's width x height (1536x1536)."))
-    load_streams: int = Field(0, ge=0, le=64, description=(
-        "N > 0: the weights read once by N parallel streams (the same tensors; not yet measured at full size, "
-        "e.g. 8); 0: the libraries' memory-mapped loader with prefetch readers (reads a FUSE volume's bytes twice)."))
+    load_streams: int | None = Field(None, ge=0, le=64, description=(
+        "N > 0: the weights read once by N parallel streams, each its own open file (the same tensors); 0: the "
+        "libraries' memory-mapped loader with prefetch readers (reads a FUSE volume's bytes twice); `auto`: 16 on a "
+        "network filesystem (FUSE, as RunPod's network volumes, NFS, SMB, Ceph...) or on the CPU, else 0."))
     max_input_image_mb: int = Field(10, ge=1, le=100, description=(
         "Cap on a job's input image and mask, each, in MB as sent (base64 counts as its decoded bytes)."))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description=(
@@ -129,8 +130,11 @@ def _parse(variable: str, raw: str, annotation: Any) -> Any:
         also = ", 0 or auto" if _is_optional(annotation) else " or 0"
         raise SettingsError(f"{variable} must be 1{also}, not {_quoted(raw)}")
     if kind is int:
+        if _is_optional(annotation) and raw.lower() == "auto":
+            return None
         if not re.fullmatch(r"\d{1,18}", raw):  # 18 digits: more pixels than any GPU holds, and within int()'s limit
-            raise SettingsError(f"{variable} must be a whole number of at most 18 digits, not {_quoted(raw)}")
+            also = " or auto" if _is_optional(annotation) else ""
+            raise SettingsError(f"{variable} must be a whole number of at most 18 digits{also}, not {_quoted(raw)}")
         return int(raw)
     return raw
 

@@ -201,6 +201,7 @@ def test_self_test_cli(tiny_volume_source: Path, tmp_path: Path, monkeypatch: py
     assert main(["--test", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "✅ generation: 256x256, 4 steps" in printed and f"saved to {out}" in printed
+    assert "by 16 parallel streams (LOAD_STREAMS=auto: on the CPU the weights are copied into memory" in printed
     assert decode(__import__("base64").b64encode(out.read_bytes()).decode()).size == (256, 256)
     monkeypatch.setenv("MODEL_PATH", str(tmp_path / "nothing-here"))
     assert main(["--test"]) == 1

@@ -11,6 +11,7 @@ import pytest
 
 from model_loader import VolumeNotLoadable, load_pipeline, plan_load
 from sdxl_worker.weights.offline import HubIdRefused
+from sdxl_worker.weights.streamed import DEFAULT_STREAMS
 from tests.helpers import MODELS, drop_variant
 from volume_check import check_volume
 
@@ -139,3 +140,15 @@ def test_other_load_errors_name_the_component(volume: Path, monkeypatch) -> None
     config.write_text(json.dumps({**json.loads(config.read_text()), "latent_channels": 8}))
     with pytest.raises(model_loader.ComponentLoadError, match=r"^vae: "):
         load_pipeline(volume, "cpu")
+
+
+def test_load_streams_auto_chooses_by_filesystem_and_device(volume: Path) -> None:
+    from model_loader import choose_streams
+
+    streams, reason = choose_streams(volume, None, "cuda")  # a GPU host's local disk: the libraries' loader
+    assert streams == 0 and reason.startswith("LOAD_STREAMS=auto: ") and reason.endswith(" is a local filesystem")
+    assert choose_streams(volume, None, "cpu") == (
+        DEFAULT_STREAMS, "LOAD_STREAMS=auto: on the CPU the weights are copied into memory, not mapped")
+    assert choose_streams(volume, 3, "cuda") == (3, "LOAD_STREAMS=3")
+    _, record = load_pipeline(volume, "cpu", streams=None)
+    assert record.streams == DEFAULT_STREAMS

@@ -14,9 +14,9 @@ from pathlib import Path
 from benchmarks.results import LoadResult
 from benchmarks.stages.common import free, stock_load, sync, timed
 from model_loader import load_pipeline, weight_files
-from sdxl_worker.settings import Settings
 from sdxl_worker.weights.layout import Variant
 from sdxl_worker.weights.prefetch import READ_BYTES, Prefetcher
+from sdxl_worker.weights.streamed import DEFAULT_STREAMS
 from volume_check import check_volume
 
 
@@ -82,7 +82,8 @@ def standard_view(volume: Path, suffix: str = "-standard-only", fp16: bool = Fal
 
 
 def measure_loads(volume: Path, device: str, drop_all: bool) -> list[LoadResult]:
-    """One LoadResult per plan: the fp16 variant, and the standard files cast to fp16 (the fallback)."""
+    """One LoadResult per plan: the fp16 variant, and the standard files cast to fp16 (the fallback). Ours is the
+    worker's default (LOAD_STREAMS=auto: the libraries' loader on a local disk), then the read-once loader."""
     plans: dict[Variant, tuple[Path, str | None]] = {"fp16": (volume, "fp16"),
                                                      "standard": (standard_view(volume), None)}
     results = []
@@ -94,7 +95,7 @@ def measure_loads(volume: Path, device: str, drop_all: bool) -> list[LoadResult]
         parallel_s, _ = timed(lambda files=files: parallel_read(files), "cpu")
         seconds: dict[str, float] = {}
         record = None
-        for loader in ("stock", "ours"):
+        for loader in ("stock", "ours", "streamed"):
             for state in ("cold", "warm"):
                 if state == "cold":
                     evict(files, drop_all)
@@ -102,8 +103,8 @@ def measure_loads(volume: Path, device: str, drop_all: bool) -> list[LoadResult]
                 if loader == "stock":
                     pipe = stock_load(path, variant, device)
                 else:
-                    pipe, loaded = load_pipeline(path, device, streams=Settings().load_streams)
-                    record = loaded if state == "cold" else record
+                    pipe, loaded = load_pipeline(path, device, streams=None if loader == "ours" else DEFAULT_STREAMS)
+                    record = loaded if (loader, state) == ("ours", "cold") else record
                 sync(device)
                 seconds[f"{loader}_{state}"] = round(time.perf_counter() - started, 3)
                 del pipe
@@ -114,5 +115,6 @@ def measure_loads(volume: Path, device: str, drop_all: bool) -> list[LoadResult]
             raw_read_parallel_s=round(parallel_s, 3), stock_cold_s=seconds["stock_cold"],
             stock_warm_s=seconds["stock_warm"], ours_cold_s=seconds["ours_cold"], ours_warm_s=seconds["ours_warm"],
             ours_variant=record.variant, ours_cold_components_s=record.components_s,
-            ours_cold_prefetch_lead_gb=record.prefetch_lead_gb))
+            ours_cold_prefetch_lead_gb=record.prefetch_lead_gb, ours_streams=record.streams,
+            streamed_cold_s=seconds["streamed_cold"], streamed_warm_s=seconds["streamed_warm"]))
     return results

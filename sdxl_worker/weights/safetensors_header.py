@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 # Bytes per element for every dtype the safetensors format defines.
 DTYPE_SIZES: dict[str, float] = {
@@ -85,6 +87,18 @@ class SafetensorsInfo:
         return len(self.entries)
 
 
+def _read_exactly(handle: BinaryIO, size: int) -> bytes:
+    """`size` bytes, or fewer only at the end of the file (a raw read may return less than asked)."""
+    parts, got = [], 0
+    while got < size:
+        part = handle.read(size - got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
 def read_safetensors_header(path: Path) -> SafetensorsInfo:
     """Parse and validate the header of `path`; raise SafetensorsHeaderError if it is broken or unreadable."""
     path = Path(path)
@@ -92,14 +106,18 @@ def read_safetensors_header(path: Path) -> SafetensorsInfo:
         file_bytes = path.stat().st_size
         if file_bytes < 8:
             raise SafetensorsHeaderError(f"{path}: {file_bytes} bytes, too short to hold a safetensors header")
-        with path.open("rb") as handle:
-            (header_len,) = struct.unpack("<Q", handle.read(8))
+        # Unbuffered, no readahead: on a network volume, data read past the header here would cross the network
+        # again when the loader reads it (FUSE drops a file's pages when it is opened again).
+        with path.open("rb", buffering=0) as handle:
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
+            (header_len,) = struct.unpack("<Q", _read_exactly(handle, 8))
             if header_len > MAX_HEADER_BYTES or header_len > file_bytes - 8:
                 raise SafetensorsHeaderError(
                     f"{path}: header length field says {header_len} bytes but the file holds {file_bytes} "
                     "(not a safetensors file, or truncated inside its header)"
                 )
-            raw = handle.read(header_len)
+            raw = _read_exactly(handle, header_len)
     except OSError as exc:  # a network volume's I/O error, a permission: the file is unusable, and says why
         raise SafetensorsHeaderError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
     try:

@@ -15,14 +15,13 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError, SafetensorsInfo
 from sdxl_worker.weights.safetensors_io import TORCH_DTYPES
 
 CHUNK_BYTES = 16 * 1024 * 1024  # one request to the volume
-DEFAULT_STREAMS = 8
+DEFAULT_STREAMS = 16  # the fastest in every cell of the simulated network grid (benchmarks/RESULTS.md)
 
 
 class StreamedFiles:
@@ -44,17 +43,22 @@ class StreamedFiles:
         self.error: BaseException | None = None
         self.next = 0
         self.condition = threading.Condition()
-        self.threads = [threading.Thread(target=self._run, name=f"weight-stream-{n}", daemon=True)
+        self.fds: list[list[int]] = []
+        self.threads = [threading.Thread(target=self._run, args=(n,), name=f"weight-stream-{n}", daemon=True)
                         for n in range(max(1, min(streams, len(self.chunks))))]
 
     def __enter__(self) -> StreamedFiles:
-        # One descriptor a file, shared by the streams: FUSE drops a file's cached pages at every open. No
-        # readahead: the requests are large, and pages read ahead past a chunk would be read again by the next.
-        self.fds = []
-        for info in self.infos:
-            self.fds.append(os.open(info.path, os.O_RDONLY))
-            if hasattr(os, "posix_fadvise"):
-                os.posix_fadvise(self.fds[-1], 0, 0, os.POSIX_FADV_RANDOM)
+        # Every stream its own descriptor of every file: a network filesystem moves one stream at a fraction of its
+        # bandwidth. All are opened before the first read, since FUSE drops a file's cached pages at every open.
+        # No readahead: the requests are large, and pages read ahead past a chunk would be read again by the next.
+        try:
+            for _ in self.threads:
+                self.fds.append([])
+                for info in self.infos:
+                    self.fds[-1].append(_open_unchanged(info))
+        except BaseException:
+            self._close()
+            raise
         for thread in self.threads:
             thread.start()
         return self
@@ -64,11 +68,17 @@ class StreamedFiles:
             self.next = len(self.chunks)  # the readers take nothing more
             self.condition.notify_all()
         for thread in self.threads:
-            thread.join()
-        for fd in self.fds:
-            os.close(fd)
+            if thread.is_alive():
+                thread.join()
+        self._close()
 
-    def _run(self) -> None:
+    def _close(self) -> None:
+        for fds in self.fds:
+            for fd in fds:
+                os.close(fd)
+        self.fds = []
+
+    def _run(self, stream: int) -> None:
         index = 0
         try:
             while True:
@@ -82,7 +92,7 @@ class StreamedFiles:
                 view = memoryview(self.buffers[index].numpy())[offset:offset + size]
                 done = 0
                 while done < size:
-                    count = os.preadv(self.fds[index], [view[done:]], info.data_start + offset + done)
+                    count = os.preadv(self.fds[stream][index], [view[done:]], info.data_start + offset + done)
                     if count == 0:
                         raise SafetensorsHeaderError(f"{info.path}: shorter than its header says (changed while "
                                                      "being read)")
@@ -139,7 +149,17 @@ def read_state_dict(infos: list[SafetensorsInfo], dtype: Any, device: str, strea
     return state
 
 
-def file_infos(paths: list[Path]) -> list[SafetensorsInfo]:
-    from sdxl_worker.weights.safetensors_header import read_safetensors_header
-
-    return [read_safetensors_header(path) for path in paths]
+def _open_unchanged(info: SafetensorsInfo) -> int:
+    """A descriptor of `info`'s file, refused if the file's size is no longer the one its header was read with."""
+    try:
+        fd = os.open(info.path, os.O_RDONLY)
+    except OSError as exc:
+        raise SafetensorsHeaderError(f"{info.path}: cannot be opened ({exc.strerror})") from exc
+    size = os.fstat(fd).st_size
+    if size != info.file_bytes:
+        os.close(fd)
+        raise SafetensorsHeaderError(f"{info.path}: {size} bytes, not the {info.file_bytes} its header was read "
+                                     "with (changed since the volume check)")
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+    return fd

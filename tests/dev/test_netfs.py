@@ -34,6 +34,7 @@ def test_serves_the_folder_read_only_and_counts_every_byte(source: Path, tmp_pat
         (mnt / "unet" / "weights.bin").read_bytes()
         stats = read_stats(mnt)
     assert stats["files"] == {"unet/weights.bin": 2 * 4 * 2**20}
+    assert stats["streams"] == {"unet/weights.bin": 2}
 
 
 def test_direct_io_reads_reach_the_network_every_time(source: Path, tmp_path: Path) -> None:

@@ -56,6 +56,8 @@ def test_empty_variables_take_the_default() -> None:
      ({"MAX_PIXELS": "9" * 5000}, "MAX_PIXELS must be a whole number of at most 18 digits, not "
                                   "'9999999999999999999999999999999999999...'"),
      ({"MAX_PIXELS": "100"}, "MAX_PIXELS='100' is refused: input should be greater than or equal to 65536"),
+     ({"LOAD_STREAMS": "many"}, "LOAD_STREAMS must be a whole number of at most 18 digits or auto, not 'many'"),
+     ({"LOAD_STREAMS": "65"}, "LOAD_STREAMS='65' is refused: input should be less than or equal to 64"),
      ({"DEVICE": "gpu"}, "DEVICE='gpu' is refused: must be auto, cpu, cuda or cuda:N"),
      ({"QUANTIZE": "x" * 100_000}, "QUANTIZE must be one of none, fp8, not 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...'"),
      ({"CUDA_GRAPHS": "sometimes"}, "CUDA_GRAPHS must be 1, 0 or auto, not 'sometimes'"),
@@ -69,6 +71,11 @@ def test_bad_settings_are_one_sentence_naming_the_variable(env: dict, sentence: 
     with pytest.raises(SettingsError) as caught:
         Settings.from_env(env)
     assert str(caught.value) == sentence
+
+
+@pytest.mark.parametrize(("value", "streams"), [("", None), ("auto", None), ("AUTO", None), ("0", 0), ("16", 16)])
+def test_load_streams_is_a_number_or_auto(value: str, streams: int | None) -> None:
+    assert Settings.from_env({"LOAD_STREAMS": value}).load_streams == streams
 
 
 @pytest.mark.parametrize(("env", "graphs"), [({}, True), ({"COMPILE": "1"}, False), ({"CUDA_GRAPHS": "auto"}, True),

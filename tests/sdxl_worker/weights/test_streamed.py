@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from dev.netfs import Network, mounted, read_stats, unavailable
-from model_loader import ComponentLoadError, load_pipeline, weight_files
+from model_loader import ComponentLoadError, choose_streams, load_pipeline, weight_files
 from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError, read_safetensors_header
-from sdxl_worker.weights.streamed import StreamedFiles, read_state_dict
+from sdxl_worker.weights.streamed import DEFAULT_STREAMS, StreamedFiles, read_state_dict
 from volume_check import check_volume
 
 MODELS = ("unet", "vae", "text_encoder", "text_encoder_2")
@@ -54,13 +54,44 @@ def test_each_byte_is_read_once_in_requests_of_the_chunk_size(volume: Path) -> N
     assert sorted(names) == sorted(info.entries)
 
 
-def test_a_file_cut_short_during_the_load_is_one_sentence(volume: Path) -> None:
+def test_a_file_changed_since_the_check_is_one_sentence(volume: Path) -> None:
     path = volume / "unet" / "diffusion_pytorch_model.safetensors"
     info = read_safetensors_header(path)  # as the volume check saw it
     os.truncate(path, info.file_bytes - 1000)
-    with pytest.raises(SafetensorsHeaderError, match=r"shorter than its header says \(changed while being read\)"), \
-            StreamedFiles([info], streams=2, chunk_bytes=64 * 1024) as files:
-        list(files.tensors())
+    with pytest.raises(SafetensorsHeaderError, match=rf"^{path}: {info.file_bytes - 1000} bytes, not the "
+                       rf"{info.file_bytes} its header was read with \(changed since the volume check\)$"):
+        StreamedFiles([info], streams=2).__enter__()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(unavailable() is not None, reason=f"no FUSE here: {unavailable()}")
+def test_a_file_cut_short_during_the_load_is_one_sentence(volume: Path, tmp_path: Path) -> None:
+    # Through a slow volume (10 ms a request), so that the cut lands while the streams are reading.
+    with mounted(volume.parent, tmp_path / "mnt", Network(latency_s=0.01, direct_io=True)) as mnt:
+        path = mnt / volume.name / "unet" / "diffusion_pytorch_model.safetensors"
+        info = read_safetensors_header(path)
+        with pytest.raises(SafetensorsHeaderError, match=r"shorter than its header says \(changed while being "
+                           r"read\)$"), StreamedFiles([info], streams=2, chunk_bytes=64 * 1024) as files:
+            os.truncate(volume / "unet" / "diffusion_pytorch_model.safetensors", info.data_start + 4096)
+            list(files.tensors())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(unavailable() is not None, reason=f"no FUSE here: {unavailable()}")
+def test_each_stream_reads_through_its_own_open_file(volume: Path, tmp_path: Path) -> None:
+    """The simulator, like a network volume, moves each open file at one stream's rate: streams sharing one
+    descriptor would read no faster than one."""
+    # 2 ms a request: every stream has started before the first chunks are in, so each has chunks to read.
+    with mounted(volume.parent, tmp_path / "mnt", Network(latency_s=0.002, direct_io=True)) as mnt:
+        path = mnt / volume.name / "unet" / "diffusion_pytorch_model.safetensors"
+        info = read_safetensors_header(path)
+        before = read_stats(mnt)["files"][f"{volume.name}/unet/diffusion_pytorch_model.safetensors"]
+        with StreamedFiles([info], streams=4, chunk_bytes=64 * 1024) as files:
+            list(files.tensors())
+        stats = read_stats(mnt)
+    name = f"{volume.name}/unet/diffusion_pytorch_model.safetensors"
+    assert stats["streams"][name] == 1 + 4  # the header's reader, then the four streams
+    assert stats["files"][name] - before == info.file_bytes - info.data_start
 
 
 def test_weights_that_do_not_fit_the_config_are_refused_naming_the_component(volume: Path) -> None:
@@ -85,13 +116,13 @@ def test_through_a_network_volume_each_byte_crosses_once(volume: Path, tmp_path:
                for p in weight_files(volume, report, dict.fromkeys(MODELS, "standard"))}
     # Direct I/O: no readahead, every byte the loader asks for is counted, and only those.
     with mounted(volume.parent, tmp_path / "mnt", Network(latency_s=0.0005, direct_io=True)) as mnt:
-        load_pipeline(mnt / volume.name, "cpu", streams=4)
+        # What LOAD_STREAMS=auto chooses there for a GPU worker.
+        assert choose_streams(mnt / volume.name, None, "cuda") == (
+            DEFAULT_STREAMS, f"LOAD_STREAMS=auto: fuse at {tmp_path / 'mnt'} is a network filesystem")
+        load_pipeline(mnt / volume.name, "cpu", streams=DEFAULT_STREAMS)
         streamed = read_stats(mnt)["files"]
-    for name, size in weights.items():
-        # The data once; the header twice (the volume check, then the loader), each through a buffered reader
-        # that may read up to a buffer past it.
-        extra = streamed[name] - size - read_safetensors_header(volume.parent / name).data_start
-        assert 0 <= extra <= 2 * 8192, (name, extra)
+    for name, size in weights.items():  # the header once (the volume check's), the data once
+        assert streamed[name] == size, (name, streamed[name] - size)
     with mounted(volume.parent, tmp_path / "mnt2", Network(latency_s=0.0005)) as mnt:
         load_pipeline(mnt / volume.name, "cpu")  # streams=0: the libraries' loader and the prefetch readers
         library = read_stats(mnt)["files"]
