@@ -111,7 +111,10 @@ def read_safetensors_header(path: Path) -> SafetensorsInfo:
         with path.open("rb", buffering=0) as handle:
             if hasattr(os, "posix_fadvise"):
                 os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
-            (header_len,) = struct.unpack("<Q", _read_exactly(handle, 8))
+            head = _read_exactly(handle, 8)
+            if len(head) < 8:  # cut since the stat above
+                raise SafetensorsHeaderError(f"{path}: {len(head)} bytes, too short to hold a safetensors header")
+            (header_len,) = struct.unpack("<Q", head)
             if header_len > MAX_HEADER_BYTES or header_len > file_bytes - 8:
                 raise SafetensorsHeaderError(
                     f"{path}: header length field says {header_len} bytes but the file holds {file_bytes} "

@@ -68,8 +68,7 @@ class StreamedFiles:
             self.next = len(self.chunks)  # the readers take nothing more
             self.condition.notify_all()
         for thread in self.threads:
-            if thread.is_alive():
-                thread.join()
+            thread.join()
         self._close()
 
     def _close(self) -> None:
@@ -154,7 +153,7 @@ def _open_unchanged(info: SafetensorsInfo) -> int:
     try:
         fd = os.open(info.path, os.O_RDONLY)
     except OSError as exc:
-        raise SafetensorsHeaderError(f"{info.path}: cannot be opened ({exc.strerror})") from exc
+        raise SafetensorsHeaderError(f"{info.path}: cannot be opened ({exc.strerror or exc})") from exc
     size = os.fstat(fd).st_size
     if size != info.file_bytes:
         os.close(fd)
