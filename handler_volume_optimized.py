@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from model_loader import LoadRecord, load_planned, plan_load, resolve_device
+from model_loader import LoadRecord, load_planned, plan_load, reader_name, resolve_device
 from sdxl_worker.contract.generation import generate
 from sdxl_worker.contract.image_encoding import encode_image
 from sdxl_worker.contract.image_input import InputImages, load_inputs
@@ -333,10 +333,9 @@ def self_test(out: Path | None) -> int:
         return 1
     record = worker.record
     seconds = time.perf_counter() - started
-    reader = f"{record.streams} parallel streams" if record.streams else "the libraries' loader"
     print(f"✅ load: {record.variant} weights as {record.dtype} on {record.device}, "
-          f"attention {worker.speed.attention}, {record.bytes_read / 1e9:.2f} GB in {seconds:.2f} s by {reader} "
-          f"({record.streams_reason})")
+          f"attention {worker.speed.attention}, {record.bytes_read / 1e9:.2f} GB in {seconds:.2f} s by "
+          f"{reader_name(record.streams)} ({record.streams_reason})")
     size, steps = (1024, 30) if record.device.startswith("cuda") else (256, 4)
     job = {"prompt": "a photonic lighthouse on a cliff at dusk, volumetric light", "width": size, "height": size,
            "num_inference_steps": steps, "seed": 0}

@@ -132,6 +132,11 @@ def choose_streams(model_path: str | os.PathLike[str], setting: int | None, devi
     return 0, f"LOAD_STREAMS=auto: {where} is a local filesystem"
 
 
+def reader_name(streams: int) -> str:
+    """How a load with `streams` (0: none) reads the weights, in words for logs and reports."""
+    return f"{streams} parallel streams" if streams else "the libraries' loader"
+
+
 def resolve_device(setting: str) -> str:
     """The DEVICE setting as a torch device: `auto` is CUDA when torch sees a GPU, else the CPU."""
     if setting != "auto":
@@ -292,9 +297,8 @@ def load_planned(report: VolumeReport, plan: LoadPlan, *, prefetch: bool = True,
     for reason in plan.reasons:
         log.warning("load plan: %s", reason)
     streams, streams_reason = choose_streams(report.model_path, streams, plan.device)
-    reader = f"{streams} parallel streams" if streams else "the libraries' loader"
     log.info("loading %s (%s, %s on %s, %.2f GB) with %s (%s)", report.model_path, plan.label, plan.dtype,
-             plan.device, plan.bytes_to_read / 1e9, reader, streams_reason)
+             plan.device, plan.bytes_to_read / 1e9, reader_name(streams), streams_reason)
     started = time.perf_counter()
     loaded = load_components(report, plan, prefetch=prefetch, streams=streams)
     pipe = assemble_pipeline(report, loaded.components)

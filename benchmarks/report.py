@@ -17,6 +17,7 @@ from benchmarks.results import (
     StockGeneration,
     TracingResult,
 )
+from model_loader import reader_name
 
 
 def render(run: Run) -> str:
@@ -94,10 +95,9 @@ def _loads(run: Run) -> list[str]:
     for name, r in results:
         parts = ", ".join(f"{c} {s}" + (f" ({r.ours_cold_prefetch_lead_gb[c]})" if c in r.ours_cold_prefetch_lead_gb
                                         else "") for c, s in r.ours_cold_components_s.items())
-        reader = f"{r.ours_streams} streams" if r.ours_streams else "the libraries' loader"
         streamed = f"{r.streamed_cold_s} / {r.streamed_warm_s} s" if r.streamed_cold_s is not None else "-"
         ratios = [r.stock_cold_s, r.ours_cold_s] + ([r.streamed_cold_s] if r.streamed_cold_s is not None else [])
-        cells = [f"{name} (ours loaded: {r.ours_variant} by {reader}; cache: {r.cache_drop})",
+        cells = [f"{name} (ours loaded: {r.ours_variant} by {reader_name(r.ours_streams)}; cache: {r.cache_drop})",
                  f"{r.bytes / 1e9:.2f} GB",
                  f"{r.raw_read_s} s ({r.raw_read_parallel_s} s)", f"{r.stock_cold_s} / {r.stock_warm_s} s",
                  f"{r.ours_cold_s} / {r.ours_warm_s} s", streamed,

@@ -217,14 +217,18 @@ def _read_at(fd: int, offset: int, size: int, path: Path) -> Any:
     import torch
 
     buffer = torch.empty(size, dtype=torch.uint8)
-    view = memoryview(buffer.numpy())
+    pread_fully(fd, memoryview(buffer.numpy()), offset, path)
+    return buffer
+
+
+def pread_fully(fd: int, view: memoryview, offset: int, path: Path) -> None:
+    """Fill `view` from `offset` of the open file; a file that ends first was cut while being read."""
     done = 0
-    while done < size:
+    while done < len(view):
         count = os.preadv(fd, [view[done:]], offset + done)
         if count == 0:
             raise SafetensorsHeaderError(f"{path}: shorter than its header says (changed while being read)")
         done += count
-    return buffer
 
 
 def _byte_dtype() -> Any:

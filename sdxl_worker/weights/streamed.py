@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError, SafetensorsInfo
-from sdxl_worker.weights.safetensors_io import TORCH_DTYPES
+from sdxl_worker.weights.safetensors_io import TORCH_DTYPES, pread_fully
 
 CHUNK_BYTES = 16 * 1024 * 1024  # one request to the volume
 DEFAULT_STREAMS = 16  # the fastest in every cell of the simulated network grid (benchmarks/RESULTS.md)
@@ -89,13 +89,7 @@ class StreamedFiles:
                 index, offset, size = self.chunks[n]
                 info = self.infos[index]
                 view = memoryview(self.buffers[index].numpy())[offset:offset + size]
-                done = 0
-                while done < size:
-                    count = os.preadv(self.fds[stream][index], [view[done:]], info.data_start + offset + done)
-                    if count == 0:
-                        raise SafetensorsHeaderError(f"{info.path}: shorter than its header says (changed while "
-                                                     "being read)")
-                    done += count
+                pread_fully(self.fds[stream][index], view, info.data_start + offset, info.path)
                 with self.condition:
                     self.bytes_read += size
                     self.done[n] = True
