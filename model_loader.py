@@ -30,13 +30,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdxl_worker.weights.architecture import map_names, rules_of
 from sdxl_worker.weights.filesystem import mount_of
 from sdxl_worker.weights.layout import Variant, variant_suffix
 from sdxl_worker.weights.offline import enforce_offline, require_local_path
 from sdxl_worker.weights.prefetch import Prefetcher
-from sdxl_worker.weights.safetensors_header import SafetensorsInfo
 from sdxl_worker.weights.streamed import DEFAULT_STREAMS, read_state_dict
-from volume_check import VolumeReport, check_volume
+from volume_check import VolumeReport, WeightSet, check_volume
 
 log = logging.getLogger(__name__)
 
@@ -182,9 +182,9 @@ def load_components(report: VolumeReport, plan: LoadPlan, *, prefetch: bool = Tr
                 loaded.components[name] = _load_component(model_path, name, component.library, component.class_name,
                                                           {})
             elif streams:
-                headers = component.weight_sets[plan.variants[name]].headers
+                weights = component.weight_sets[plan.variants[name]]
                 loaded.components[name] = _load_streamed(model_path, name, component.library, component.class_name,
-                                                         headers, dtype, plan.device, streams)
+                                                         weights, dtype, plan.device, streams)
             else:
                 options = {"variant": variant_suffix(plan.variants[name]), "dtype": dtype, "device_map": plan.device,
                            **no_mmap}
@@ -234,11 +234,12 @@ def _load_component(model_path: Path, name: str, library: str, class_name: str, 
     return model
 
 
-def _load_streamed(model_path: Path, name: str, library: str, class_name: str, headers: list[SafetensorsInfo],
+def _load_streamed(model_path: Path, name: str, library: str, class_name: str, weights: WeightSet,
                    dtype: Any, device: str, streams: int) -> Any:
     """One model built empty from its config, then given its tensors as read once from the files whose headers
-    the volume check parsed; refused, naming the component, when the tensors do not fill it exactly (as
-    `_load_component`)."""
+    the volume check parsed, under the names its library gives them (weights/architecture.py: transformers 4's
+    `text_model.` prefix, stored `position_ids`, ...); refused, naming the component, when the tensors do not fill
+    it exactly (as `_load_component`)."""
     from accelerate import init_empty_weights
 
     cls = _component_class(library, class_name)
@@ -252,15 +253,18 @@ def _load_streamed(model_path: Path, name: str, library: str, class_name: str, h
             config = cls.config_class.from_pretrained(folder, local_files_only=True)
             with init_empty_weights():
                 model = cls(config)
-        state = read_state_dict(headers, dtype, device, streams)
-        result = model.load_state_dict(state, strict=False, assign=True)
+        names = map_names(rules_of(model), weights.shapes, model.state_dict(), single_file=not weights.sharded)
+        state = read_state_dict(weights.headers, dtype, device, streams)
+        model.load_state_dict({names.names[k]: t for k, t in state.items() if k in names.names}, strict=False,
+                              assign=True)
     except Exception as exc:
         text = " ".join(str(exc).split())[:300]
         raise ComponentLoadError(f"{name}: {type(exc).__name__}: {text}") from exc
     empty = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     problems = [f"{len(keys)} {what}, e.g. {sorted(keys)[0]}" for what, keys in (
         ("tensor(s) missing from its weights", empty),
-        ("tensor(s) in its weights that it has no place for", result.unexpected_keys)) if keys]
+        ("tensor(s) in its weights that it has no place for", names.unexpected),
+        ("tensor(s) stored under two names", names.duplicates)) if keys]
     if problems:
         raise ComponentLoadError(f"{name}: {'; '.join(problems)}")
     model.to(device)  # the buffers the weights do not hold

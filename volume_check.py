@@ -101,6 +101,11 @@ class WeightSet:
     # Each file's parsed header, in load order: the read-once loader reads the data from these, not the headers again.
     headers: list[SafetensorsInfo] = field(default_factory=list, repr=False)
 
+    @property
+    def sharded(self) -> bool:
+        """Listed by a shard index (diffusers renames old tensor names only in single files)."""
+        return any(f.endswith(".json") for f in self.files)
+
 
 @dataclass
 class ComponentReport:
@@ -404,7 +409,7 @@ def _check_model(report: VolumeReport, component: ComponentReport, folder: Path,
     for variant in VARIANTS:
         weights = check_weight_set(component.library, folder, variant)
         if weights.complete and expected is not None:
-            weights.problem = architecture.compare(expected, weights.shapes)
+            weights.problem = architecture.compare(expected, weights.shapes, single_file=not weights.sharded)
             weights.complete = weights.problem is None
         component.weight_sets[variant] = weights
         used.update(weights.files)
@@ -428,7 +433,7 @@ def _check_model(report: VolumeReport, component: ComponentReport, folder: Path,
 
 
 def _expected_tensors(report: VolumeReport, component: ComponentReport, config: dict | None,
-                      tensors: bool) -> architecture.Shapes | None:
+                      tensors: bool) -> architecture.Expected | None:
     """The tensors the component's config describes: SDXL's from the manifest, others from the meta device when
     `tensors` (else None, with a warning that they went unchecked)."""
     if config is None:
@@ -442,6 +447,9 @@ def _expected_tensors(report: VolumeReport, component: ComponentReport, config: 
         return None
     try:
         return architecture.expected_from_meta(component.library, component.class_name, config)
+    except architecture.UnsupportedNaming as exc:
+        component.ok = False
+        report.add("fail", f"{component.name}: its tensors cannot be compared: {_short(exc, 200)}")
     except ImportError as exc:  # an image without torch or the model's library cannot load anything either
         component.ok = False
         report.add("fail", f"{component.name}: its tensors cannot be compared: {_short(exc)}")

@@ -6,7 +6,15 @@ memory of loading and sampling depend on shapes and bytes, not on weight values,
 published SDXL base 1.0 configs, shipped in sdxl_worker/assets) stands in for PhotonicFusion SDXL
 in benchmarks, and `tiny` (same structure, small widths) generates in seconds on a CPU.
 
-    python -m dev.synthetic_volume OUT [--scale tiny|full] [--variants fp16,standard]
+`--layout` says whose names the files use. `current`: what today's libraries write. `published`: what the
+published SDXL repositories hold (their text encoders saved by transformers 4.32: CLIPTextModel's tensors under
+`text_model.`; configs with transformers 4's `torch_dtype` and diffusers 0.19's version; the standard UNet
+sharded with its index, as diffusers shards a float32 SDXL UNet): at full scale every file's size equals the
+published one's (tests/sdxl_worker/test_published_layout.py). `legacy`: older conversions, `published` plus the
+`position_ids` buffer transformers < 4.31 stored in both text encoders and the VAE attention names diffusers
+< 0.14 wrote (`query`, `key`, `value`, `proj_attn`).
+
+    python -m dev.synthetic_volume OUT [--scale tiny|full] [--variants fp16,standard] [--layout current]
                                                [--seed 0] [--extras] [--shard-mb N] [--device cpu]
 
 The same arguments give the same bytes. The folder appears complete or not at all: it is written
@@ -29,7 +37,15 @@ from sdxl_worker.prepare.pipeline_files import MODEL_COMPONENTS, model_config, w
 from sdxl_worker.weights.layout import VARIANTS, Variant, index_file_names, shard_file_name, single_file_name
 
 SCALES = ("tiny", "full")
+LAYOUTS = ("current", "published", "legacy")
 STAMP = ".synthetic_volume.json"
+# What the published SDXL base 1.0 configs carry beside the shapes (shared/reference, sdxl_worker/assets).
+PUBLISHED_CONFIG_KEYS = {
+    "transformers": {"torch_dtype": "float16", "transformers_version": "4.32.0.dev0"},
+    "diffusers": {"_diffusers_version": "0.19.0.dev0"},
+}
+# diffusers < 0.14's names for the VAE's attention projections, as its _fix_state_dict_keys_on_load lists them.
+DEPRECATED_VAE_ATTENTION = {"to_q.": "query.", "to_k.": "key.", "to_v.": "value.", "to_out.0.": "proj_attn."}
 
 _TINY_TEXT = {
     "attention_dropout": 0.0,
@@ -104,9 +120,39 @@ DECOYS = {
 }
 
 
-def component_config(scale: str, component: str) -> dict[str, object]:
+def component_config(scale: str, component: str, layout: str = "current") -> dict[str, object]:
     """The config.json written for a model component at `scale` (full: the published one, verbatim)."""
-    return model_config(component) if scale == "full" else dict(TINY_CONFIGS[component])
+    if scale == "full":
+        return model_config(component)
+    config = dict(TINY_CONFIGS[component])
+    if layout != "current":
+        config.update(PUBLISHED_CONFIG_KEYS["transformers" if component.startswith("text_encoder") else "diffusers"])
+    return config
+
+
+def stored_tensors(component: str, state: dict, layout: str, max_positions: int = 77) -> dict:
+    """A model's state dict under the names (and with the buffers) files of `layout` hold."""
+    if layout == "current":
+        return state
+    import torch
+
+    if component == "text_encoder":  # transformers 4's CLIPTextModel held the transformer as `text_model`
+        state = {f"text_model.{name}": tensor for name, tensor in state.items()}
+    if layout == "legacy" and component.startswith("text_encoder"):
+        state["text_model.embeddings.position_ids"] = torch.arange(max_positions).expand((1, -1))
+    if layout == "legacy" and component == "vae":
+        state = {_deprecated_attention(name): tensor for name, tensor in state.items()}
+    return state
+
+
+def _deprecated_attention(name: str) -> str:
+    if ".mid_block.attentions." not in name:
+        return name
+    for new, old in DEPRECATED_VAE_ATTENTION.items():
+        head, found, tail = name.rpartition(f".{new}")
+        if found and "." not in tail:
+            return f"{head}.{old}{tail}"
+    return name
 
 
 def build_volume(
@@ -118,17 +164,20 @@ def build_volume(
     shard_bytes: int | None = None,
     device: str = "cpu",
     reuse: bool = True,
+    layout: str = "current",
 ) -> Path:
     """Write the folder and return its path; with `reuse`, a folder built with the same arguments is kept."""
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, not {scale!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
     variants = tuple(v for v in VARIANTS if v in set(variants))
     if not variants:
         raise ValueError("choose at least one of the variants fp16, standard")
     out = Path(out)
-    configs = json.dumps([component_config(scale, c) for c in MODEL_COMPONENTS], sort_keys=True).encode()
+    configs = json.dumps([component_config(scale, c, layout) for c in MODEL_COMPONENTS], sort_keys=True).encode()
     params = {"scale": scale, "variants": list(variants), "seed": seed, "extras": extras, "shard_bytes": shard_bytes,
-              "configs": hashlib.sha256(configs).hexdigest()[:16]}
+              "layout": layout, "configs": hashlib.sha256(configs).hexdigest()[:16]}
     stamp = out / STAMP
     if reuse and stamp.is_file() and json.loads(stamp.read_text()) == params:
         return out
@@ -137,7 +186,8 @@ def build_volume(
     partial.mkdir(parents=True)
     write_pipeline_files(partial)
     for number, component in enumerate(MODEL_COMPONENTS):
-        _write_model(partial / component, scale, component, variants, seed * 1000 + number, shard_bytes, device)
+        _write_model(partial / component, scale, component, variants, seed * 1000 + number, shard_bytes, device,
+                     layout)
     if extras:
         _write_decoys(partial, seed)
     (partial / STAMP).write_text(json.dumps(params))
@@ -155,20 +205,25 @@ def _write_model(
     seed: int,
     shard_bytes: int | None,
     device: str,
+    layout: str = "current",
 ) -> None:
     import torch
 
-    config = component_config(scale, component)
+    config = component_config(scale, component, layout)
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     torch.manual_seed(seed)
-    with torch.device(device):
-        model, library = _instantiate(component, config)
-    state = model.state_dict()
+    with torch.device(device):  # the same weights in every layout (transformers would init in torch_dtype)
+        model, library = _instantiate(component, component_config(scale, component))
+    state = stored_tensors(component, model.state_dict(), layout, int(config.get("max_position_embeddings", 77)))
     del model
     for variant in variants:
         dtype = torch.float16 if variant == "fp16" else torch.float32
-        tensors = {name: t.detach().to(dtype).contiguous().cpu() for name, t in state.items()}
-        _save_weights(folder, library, variant, tensors, shard_bytes)
+        tensors = {name: (t.detach().to(dtype) if t.is_floating_point() else t).contiguous().cpu()
+                   for name, t in state.items()}
+        shards = shard_bytes
+        if layout != "current" and component == "unet" and variant == "standard" and shards is None:
+            shards = math.ceil(sum(t.numel() * t.element_size() for t in tensors.values()) / 2)  # two shards
+        _save_weights(folder, library, variant, tensors, shards)
         del tensors
 
 
@@ -222,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path)
     parser.add_argument("--scale", choices=SCALES, default="tiny")
     parser.add_argument("--variants", default="fp16,standard", help="comma-separated: fp16, standard")
+    parser.add_argument("--layout", choices=LAYOUTS, default="current", help="whose tensor names the files use")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--extras", action="store_true", help="add the flax/onnx/single-file decoys")
     parser.add_argument("--shard-mb", type=float, help="shard weight files larger than this many MB")
@@ -234,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown variant(s) {', '.join(sorted(unknown))}; choose from {', '.join(VARIANTS)}")
     shard_bytes = math.ceil(args.shard_mb * 1e6) if args.shard_mb else None
     path = build_volume(args.out, args.scale, variants, args.seed, args.extras, shard_bytes, args.device,
-                        reuse=not args.force)
+                        reuse=not args.force, layout=args.layout)
     print(path)
     return 0
 

@@ -1,4 +1,4 @@
-"""Write the manifest of SDXL base 1.0's tensor names and shapes (sdxl_worker/weights/architecture.py).
+"""Write the manifest of SDXL base 1.0's tensor names, shapes and naming rules (sdxl_worker/weights/architecture.py).
 
     python -m dev.tensor_manifest     # rewrite sdxl_worker/assets/sdxl-base-1.0/tensors.json
 
@@ -23,9 +23,10 @@ def build_manifest() -> dict[str, Any]:
     for component in MODEL_COMPONENTS:
         library, class_name = index[component]
         config = component_config("full", component)
+        expected = expected_from_meta(library, class_name, config)
         manifest[component] = {"class": class_name, "config": shape_config(config),
-                               "tensors": {name: list(shape) for name, shape in
-                                           sorted(expected_from_meta(library, class_name, config).items())}}
+                               "names": expected.rules.to_dict(),
+                               "tensors": {name: list(shape) for name, shape in sorted(expected.shapes.items())}}
     return manifest
 
 

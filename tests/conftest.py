@@ -13,7 +13,7 @@ import hypothesis
 import pytest
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from dev.synthetic_volume import build_volume
+from dev.synthetic_volume import LAYOUTS, build_volume
 from tests.helpers import ROOT, cpu_settings, start_s3_server, stop
 from tests.write_guard import WriteGuard, isolate
 
@@ -69,6 +69,21 @@ def volume(tiny_volume_source: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def sharded_volume(sharded_volume_source: Path, tmp_path: Path) -> Path:
     return private_copy(sharded_volume_source, tmp_path)
+
+
+@pytest.fixture(scope="session", params=LAYOUTS)
+def layout_volume_source(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny volume (both variants, the same weights as tiny_volume_source) named as each kind of file users
+    bring: today's libraries' names, the published SDXL repositories' (transformers 4 text encoders, a sharded
+    standard UNet), and older conversions' (stored position_ids, deprecated VAE attention names)."""
+    return build_volume(tmp_path_factory.mktemp(f"layout-{request.param}") / "photonicfusion-sdxl", "tiny",
+                        layout=request.param)
+
+
+@pytest.fixture
+def layout_volume(layout_volume_source: Path, tmp_path: Path) -> Path:
+    """A private copy of one layout's volume, free to damage."""
+    return private_copy(layout_volume_source, tmp_path)
 
 
 @pytest.fixture(scope="session")

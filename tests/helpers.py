@@ -47,6 +47,13 @@ def draw_latents(pipe: Any, size: int = 256, steps: int = 2, seed: int = 5) -> A
                 generator=torch.Generator("cpu").manual_seed(seed)).images.float()
 
 
+def every_tensor(pipe: Any) -> dict[str, Any]:
+    """Every parameter and buffer of the pipeline's models, by component and the name the model gives it."""
+    return {f"{component}.{name}": tensor for component in MODELS
+            for name, tensor in [*getattr(pipe, component).named_parameters(),
+                                 *getattr(pipe, component).named_buffers()]}
+
+
 def weight_bytes(model: Any) -> int:
     """Bytes of distinct storage behind a model's parameters: what it holds in memory (for a tensor subclass
     such as an fp8 weight, the storage of its data and scales)."""

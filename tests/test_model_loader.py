@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from model_loader import VolumeNotLoadable, load_pipeline, plan_load
 from sdxl_worker.weights.offline import HubIdRefused
 from sdxl_worker.weights.streamed import DEFAULT_STREAMS
-from tests.helpers import MODELS, drop_variant
+from tests.helpers import MODELS, drop_variant, every_tensor
 from volume_check import check_volume
 
 
@@ -112,23 +113,50 @@ def test_file_corrupted_after_check_propagates(volume: Path, monkeypatch: pytest
     assert "diffusion_pytorch_model.safetensors" in str(caught.value) or "Safetensor" in type(caught.value).__name__
 
 
-def test_weights_that_do_not_fill_the_model_are_refused_naming_the_component(volume: Path, monkeypatch) -> None:
-    """Past the check (a file changed since, or a case it cannot see): the library's load report is a refusal."""
+@pytest.fixture(scope="module")
+def reference(tiny_volume_source: Path) -> tuple[dict, np.ndarray]:
+    """Every tensor and an image of the tiny model as this project's own tools write it."""
+    pipe, _ = load_pipeline(tiny_volume_source, "cpu", prefetch=False)
+    return every_tensor(pipe), generate(pipe, 7)
+
+
+@pytest.mark.parametrize("streams", [0, 3, None], ids=["libraries-loader", "3-streams", "auto"])
+def test_every_loader_path_serves_every_layout_with_the_same_weights(layout_volume_source: Path, streams: int | None,
+                                                                     reference: tuple, no_network: list) -> None:
+    """Published names (transformers 4 text encoders, a sharded UNet), older ones (stored position_ids, deprecated
+    VAE attention names) and today's: the same weights under each, so every tensor and the image are the same."""
+    pipe, record = load_pipeline(layout_volume_source, "cpu", streams=streams)
+    assert record.streams == (DEFAULT_STREAMS if streams is None else streams)
+    tensors, image = reference
+    ours = every_tensor(pipe)
+    assert ours.keys() == tensors.keys()
+    for name, tensor in tensors.items():
+        assert ours[name].dtype == tensor.dtype and torch.equal(ours[name], tensor), name
+    assert np.array_equal(generate(pipe, 7), image)
+
+
+@pytest.mark.parametrize("streams", [0, 3], ids=["libraries-loader", "3-streams"])
+def test_weights_that_do_not_fill_the_model_are_refused_naming_the_component(layout_volume: Path, streams: int,
+                                                                             monkeypatch) -> None:
+    """Past the check (a file changed since, or a case it cannot see): the library's load report is a refusal, in
+    every layout, naming the tensor as the model names it."""
     from safetensors.torch import load_file, save_file
 
     import model_loader
 
+    volume = layout_volume
     drop_variant(volume, "fp16")
-    report = check_volume(volume)
-    monkeypatch.setattr(model_loader, "check_volume", lambda path, tensors: report)
     path = volume / "text_encoder" / "model.safetensors"
     tensors = load_file(path)
-    dropped = sorted(tensors)[-1]
+    dropped = sorted(n for n in tensors if not n.endswith("position_ids"))[-1]
     del tensors[dropped]
     save_file(tensors, path, metadata={"format": "pt"})
+    report = check_volume(volume)  # headers only: a tiny config is not SDXL's, so its tensors go uncompared here
+    monkeypatch.setattr(model_loader, "check_volume", lambda path, tensors: report)
+    missing = dropped.removeprefix("text_model.")
     with pytest.raises(model_loader.ComponentLoadError,
-                       match=rf"^text_encoder: 1 tensor\(s\) missing from its weights, e.g. {dropped}$"):
-        load_pipeline(volume, "cpu")
+                       match=rf"^text_encoder: 1 tensor\(s\) missing from its weights, e.g. {missing}$"):
+        load_pipeline(volume, "cpu", streams=streams)
 
 
 def test_other_load_errors_name_the_component(volume: Path, monkeypatch) -> None:

@@ -334,22 +334,38 @@ def test_header_offsets_overlapping_are_refused(volume: Path) -> None:
     assert "overlaps the tensor before it" in fails(check_volume(volume))
 
 
-def test_missing_tensor_in_a_text_encoder_is_named(volume: Path) -> None:
-    """Valid headers, one tensor short: transformers would fill it with random values; the check refuses it."""
+def test_every_layout_users_bring_is_loadable(layout_volume_source: Path) -> None:
+    report = check_volume(layout_volume_source, tensors=True)
+    assert report.exit_code == 0 and report.plans["fp16"].possible and report.plans["standard"].possible, \
+        report.render()
+
+
+@pytest.mark.parametrize("damage", ["missing", "misshaped"])
+def test_missing_or_misshaped_tensor_in_a_text_encoder_is_named(layout_volume: Path, damage: str) -> None:
+    """Valid headers, one tensor short or of another shape: transformers would fill it with random values or
+    refuse it; the check refuses it, in every layout, naming it as the model does."""
     from safetensors.torch import load_file, save_file
 
+    volume = layout_volume
     drop_variant(volume, "fp16", ("text_encoder",))
     path = volume / "text_encoder" / "model.safetensors"
     tensors = load_file(path)
-    dropped = sorted(tensors)[-1]
-    del tensors[dropped]
+    dropped = sorted(n for n in tensors if not n.endswith("position_ids"))[-1]
+    name = dropped.removeprefix("text_model.")
+    if damage == "missing":
+        del tensors[dropped]
+        expected = f"1 tensor(s) the config needs are missing, e.g. {name}"
+    else:
+        shape = list(tensors[dropped].shape)
+        tensors[dropped] = tensors[dropped][..., :-1].contiguous()
+        expected = (f"1 tensor(s) of another shape, e.g. {name} is {[*shape[:-1], shape[-1] - 1]}, the config "
+                    f"makes it {shape}")
     save_file(tensors, path, metadata={"format": "pt"})
     quick = check_volume(volume)  # a tiny model's config is not SDXL's: the quick check says it did not compare
     assert "text_encoder: config differs from SDXL base 1.0's" in quick.render()
     report = check_volume(volume, tensors=True)
     assert report.exit_code == 1 and not report.loadable
-    assert f"text_encoder: standard weights broken: 1 tensor(s) the config needs are missing, e.g. {dropped}" in \
-        fails(report)
+    assert f"text_encoder: standard weights broken: {expected}" in fails(report)
 
 
 def test_model_path_that_is_a_file_or_a_hub_id(volume: Path, tmp_path: Path, monkeypatch) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dev.synthetic_volume import build_volume, component_config, main
+from dev.synthetic_volume import build_volume, component_config, main, stored_tensors
 from sdxl_worker.prepare.pipeline_files import ASSETS
 from volume_check import check_volume
 
@@ -67,3 +67,56 @@ def test_cli_refuses_unknown_variant(capsys: pytest.CaptureFixture[str], tmp_pat
     with pytest.raises(SystemExit):
         main([str(tmp_path / "v"), "--variants", "fp8"])
     assert "unknown variant(s) fp8" in capsys.readouterr().err
+
+
+PUBLISHED_SIZES = Path(__file__).resolve().parents[1] / "data" / "sdxl-base-1.0-weight-files.tsv"
+
+
+def unsharded_file_bytes(component: str, variant: str, layout: str) -> int:
+    """The size of one component's weight file of `layout` at full scale, as safetensors writes it unsharded."""
+    from sdxl_worker.weights.architecture import meta_model
+    from sdxl_worker.weights.safetensors_io import SAFETENSORS_DTYPES, TensorSpec
+    from sdxl_worker.weights.safetensors_io import layout as file_layout
+
+    library, class_name = json.loads((ASSETS / "model_index.json").read_text())[component]
+    state = stored_tensors(component, meta_model(library, class_name, component_config("full", component)).state_dict(),
+                           layout)
+    floating = "F16" if variant == "fp16" else "F32"
+    specs = [TensorSpec(name, floating if t.is_floating_point()
+                        else SAFETENSORS_DTYPES[str(t.dtype).removeprefix("torch.")], tuple(t.shape))
+             for name, t in state.items()]
+    return file_layout(specs, {"format": "pt"}).file_bytes
+
+
+def test_the_published_layout_names_what_the_published_files_hold() -> None:
+    """At full scale every weight file of the `published` layout is exactly as large as the published SDXL base
+    1.0 file: its header lists the same names, dtypes and shapes (one stored position_ids, or a text encoder
+    without `text_model.`, changes the size by hundreds of bytes)."""
+    published = dict(line.split("\t") for line in PUBLISHED_SIZES.read_text().splitlines() if line[0] != "#")
+    assert len(published) == 8
+    for path, size in published.items():
+        component = path.split("/")[0]
+        variant = "fp16" if ".fp16." in path else "standard"
+        assert unsharded_file_bytes(component, variant, "published") == int(size), path
+    # Today's libraries' names are not the published ones: the comparison can tell.
+    assert unsharded_file_bytes("text_encoder", "standard", "current") != int(
+        published["text_encoder/model.safetensors"])
+    assert unsharded_file_bytes("text_encoder_2", "standard", "legacy") != int(
+        published["text_encoder_2/model.safetensors"])
+
+
+def test_every_layout_holds_the_same_weights_under_its_own_names(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    current = build_volume(tmp_path / "current", "tiny", ["standard"])
+    legacy = build_volume(tmp_path / "legacy", "tiny", ["standard"], layout="legacy")
+    ours = load_file(current / "text_encoder" / "model.safetensors")
+    theirs = load_file(legacy / "text_encoder" / "model.safetensors")
+    assert theirs.keys() == {f"text_model.{n}" for n in ours} | {"text_model.embeddings.position_ids"}
+    assert all((theirs[f"text_model.{n}"] == t).all() for n, t in ours.items())
+    vae = load_file(legacy / "vae" / "diffusion_pytorch_model.safetensors")
+    assert {"encoder.mid_block.attentions.0.query.weight", "decoder.mid_block.attentions.0.proj_attn.bias"} <= set(vae)
+    assert sorted(p.name for p in (legacy / "unet").glob("*.safetensors*")) == [
+        "diffusion_pytorch_model-00001-of-00003.safetensors", "diffusion_pytorch_model-00002-of-00003.safetensors",
+        "diffusion_pytorch_model-00003-of-00003.safetensors", "diffusion_pytorch_model.safetensors.index.json"]
+    assert json.loads((legacy / "text_encoder" / "config.json").read_text())["transformers_version"] == "4.32.0.dev0"

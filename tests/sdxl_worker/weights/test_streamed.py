@@ -12,15 +12,8 @@ from dev.netfs import Network, mounted, read_stats, unavailable
 from model_loader import ComponentLoadError, choose_streams, load_pipeline, weight_files
 from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError, read_safetensors_header
 from sdxl_worker.weights.streamed import DEFAULT_STREAMS, StreamedFiles, read_state_dict
+from tests.helpers import MODELS, every_tensor
 from volume_check import check_volume
-
-MODELS = ("unet", "vae", "text_encoder", "text_encoder_2")
-
-
-def every_tensor(pipe) -> dict[str, torch.Tensor]:
-    return {f"{component}.{name}": tensor for component in MODELS
-            for name, tensor in [*getattr(pipe, component).named_parameters(),
-                                 *getattr(pipe, component).named_buffers()]}
 
 
 @pytest.mark.parametrize("fixture", ["volume", "sharded_volume"])
