@@ -3,13 +3,16 @@
     python prepare_volume.py add-fp16 MODEL_DIR [--drop-standard] [--dry-run] [--json] [--progress]
     python prepare_volume.py from-single-file CHECKPOINT.safetensors MODEL_DIR [--config DIR] [--vae DIR]
                                              [--dry-run] [--json] [--progress]
+    python prepare_volume.py convert-bin MODEL_DIR [--dry-run] [--json] [--progress]
     python prepare_volume.py plan MODEL_DIR [--json]
 
 `add-fp16` writes the fp16 variant of every model component whose fp16 set is missing or broken, from its
 standard files (sdxl_worker/prepare/fp16_set.py): without it every cold start reads twice the bytes.
 `--drop-standard` then deletes the standard files, only after re-reading every fp16 tensor and finding it equal
 to its source cast. `from-single-file` converts an SDXL single-file checkpoint into a new diffusers folder with
-the fp16 variant (sdxl_worker/prepare/single_file.py). `plan` (and `--dry-run`) says what would be written, how
+the fp16 variant (sdxl_worker/prepare/single_file.py). `convert-bin` writes safetensors files from components'
+pickled `.bin` weights, which the worker never loads, refusing any pickle that is not plain tensors
+(sdxl_worker/prepare/bin_weights.py). `plan` (and `--dry-run`) says what would be written, how
 many bytes and the free space, and writes nothing.
 
 Before the first byte, the free space is checked. Every file is written under a hidden temporary name, fsynced
@@ -34,7 +37,7 @@ from pathlib import Path
 
 from model_loader import plan_load, weight_files
 from sdxl_worker.logs import configure_logging
-from sdxl_worker.prepare import fp16_set, single_file
+from sdxl_worker.prepare import bin_weights, fp16_set, single_file
 from sdxl_worker.prepare.fp16_set import Float16RangeError, PrepareError, Progress
 from sdxl_worker.prepare.pipeline_files import MODEL_COMPONENTS, ConfigFolderError, model_config, write_pipeline_files
 from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError, read_safetensors_header
@@ -91,7 +94,9 @@ class Summary:
         if self.status == "dry run":
             lines.append(f"Dry run: would write {format_bytes(self.bytes_to_write)}; {free} free. Nothing written.")
         elif self.status == "nothing to do":
-            lines.append("Nothing to do: the volume already has every fp16 set. Nothing written.")
+            done = {"convert-bin": "no component has .bin weights that it lacks as safetensors"}.get(
+                self.command, "the volume already has every fp16 set")
+            lines.append(f"Nothing to do: {done}. Nothing written.")
         elif self.written:
             rate = self.bytes_to_write / self.seconds / 1e6 if self.seconds else 0.0
             peak = f"; peak memory {format_bytes(self.peak_memory_bytes)}" if self.peak_memory_bytes else ""
@@ -209,6 +214,44 @@ def _drop_standard(summary: Summary, model_path: Path) -> None:
         summary.actions.append(f"{component.name}: standard files verified against the fp16 set and deleted")
 
 
+def convert_bin(model_path: Path, *, dry_run: bool = False, progress: ProgressBar | None = None) -> Summary:
+    """The `convert-bin` command (see the module docstring)."""
+    summary = Summary("convert-bin", str(model_path))
+    progress = progress or progress_bar(False)
+    report = check_volume(model_path)
+    if report.path_missing or report.pipeline_class is None:
+        raise PrepareError(f"{model_path} is not a model folder the worker can read: {report.summary()}", 2)
+    models = {c.name: (c.library, set(c.complete_variants())) for c in report.components.values() if c.kind == "model"}
+    work = bin_weights.plan_bins(models, model_path)
+    summary.bytes_to_write, summary.free_bytes = sum(w.bytes for w in work), fp16_set.free_bytes(model_path)
+    for item in work:
+        files = ", ".join(p.name for p in item.sources)
+        summary.actions.append(f"{item.name}: {'would convert' if dry_run else 'converting'} {files} to "
+                               f"{', '.join(p.name for p in item.targets())}")
+    if dry_run or not work:
+        summary.status = "dry run" if dry_run else "nothing to do"
+        return summary if dry_run else finish(summary, model_path)
+    needed = fp16_set.bytes_needed(summary.bytes_to_write)
+    if summary.free_bytes < needed:
+        raise PrepareError(fp16_set.space_sentence(model_path, summary.free_bytes, summary.bytes_to_write, needed))
+    started = time.perf_counter()
+    with progress(summary.bytes_to_write, "convert-bin") as bar:
+        for item in work:
+            try:
+                written = bin_weights.convert(item, bar)
+            except bin_weights.BinRefused as exc:
+                summary.failures.append(f"{item.name}: {exc}; nothing written for it")
+                continue
+            except OSError as exc:
+                summary.failures.append(f"{item.name}: writing its safetensors failed ({exc.strerror or exc}); "
+                                        "nothing written for it, the volume is as before")
+                continue
+            summary.written += [str(p.relative_to(model_path)) for p in written]
+    summary.seconds = time.perf_counter() - started
+    summary.status = "failed" if summary.failures else "done"
+    return finish(summary, model_path)
+
+
 def from_single_file(checkpoint: Path, model_path: Path, *, config_dir: Path | None = None,
                      vae_dir: Path | None = None, dry_run: bool = False,
                      progress: ProgressBar | None = None) -> Summary:
@@ -310,11 +353,13 @@ def main(argv: list[str] | None = None) -> int:
                          "(default: SDXL base 1.0's, shipped)")
     convert.add_argument("--vae", type=Path, help="a diffusers VAE folder, for a checkpoint without a VAE "
                          "(or to replace its own)")
+    bins = commands.add_parser("convert-bin", help="write safetensors from components' .bin weights")
+    bins.add_argument("model_dir", type=Path)
     plan = commands.add_parser("plan", help="what add-fp16 would write; writes nothing")
     plan.add_argument("model_dir", type=Path)
-    for sub in (add, convert, plan):
+    for sub in (add, convert, bins, plan):
         sub.add_argument("--json", action="store_true", help="print a machine-readable summary")
-    for sub in (add, convert):
+    for sub in (add, convert, bins):
         sub.add_argument("--dry-run", action="store_true", help="say what would be written; write nothing")
         sub.add_argument("--progress", action="store_true", default=None,
                          help="show the progress bar even when stderr is not a terminal")
@@ -325,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "from-single-file":
             summary = from_single_file(args.checkpoint, args.model_dir, config_dir=args.config, vae_dir=args.vae,
                                        dry_run=args.dry_run, progress=progress)
+        elif args.command == "convert-bin":
+            summary = convert_bin(args.model_dir, dry_run=args.dry_run, progress=progress)
         else:
             dry_run = args.command == "plan" or args.dry_run
             summary = add_fp16(args.model_dir, drop_standard=getattr(args, "drop_standard", False), dry_run=dry_run,

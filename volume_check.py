@@ -425,8 +425,9 @@ def _check_model(report: VolumeReport, component: ComponentReport, folder: Path,
     if not component.complete_variants():
         component_bins = sorted(p.name for p in folder.glob("*.bin"))
         if component_bins:
-            report.add("fail", f"{name}: only .bin weights ({', '.join(component_bins)}); this worker loads "
-                       "safetensors only: convert them", folder)
+            report.add("fail", f"{name}: only .bin weights ({_names(component_bins)}); this worker loads "
+                       f"safetensors only: convert them with `python prepare_volume.py convert-bin "
+                       f"{report.model_path}`", folder)
     others = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in used and p.name != "config.json")
     if others:
         report.add("ok", f"{name}: ignoring {len(others)} other file(s), not read: {_names(others)}")

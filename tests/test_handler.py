@@ -208,6 +208,18 @@ def test_self_test_cli(tiny_volume_source: Path, tmp_path: Path, monkeypatch: py
     assert "❌ volume check: model at" in capsys.readouterr().out
 
 
+def test_the_self_test_serves_every_layout_with_default_settings(layout_volume_source: Path, monkeypatch,
+                                                                 capsys) -> None:
+    """Published SDXL files (transformers 4 text encoders, a sharded UNet) and older conversions, with no setting
+    but MODEL_PATH: the read-once loader the CPU and every network volume get."""
+    monkeypatch.setenv("MODEL_PATH", str(layout_volume_source))
+    for name in ("LOAD_STREAMS", "DEVICE"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["--test"]) == 0
+    printed = capsys.readouterr().out
+    assert "✅ generation: 256x256, 4 steps" in printed and "by 16 parallel streams (LOAD_STREAMS=auto" in printed
+
+
 def test_compiled_worker_freezes_shapes_after_its_warm_up(tiny_volume_source: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """With COMPILE=1 the warm-up compiles the usual job shape, then other shapes must not compile in a job."""

@@ -334,3 +334,129 @@ def test_an_interrupted_conversion_is_invisible_and_cleaned_by_the_next(checkpoi
     summary = prepare_volume.from_single_file(checkpoints["F32"], target, config_dir=fp32_volume_source)
     assert summary.exit_code == 0 and summary.removed_leftovers == [f".photonicfusion-sdxl{PARTIAL_SUFFIX}"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photonicfusion-sdxl"]
+
+
+def serve(model_path: Path, **settings: object) -> list[str]:
+    """The images of one small job from a worker started on `model_path` with default settings but those given."""
+    from handler_volume_optimized import Worker
+    from tests.helpers import cpu_settings
+
+    worker = Worker.start(cpu_settings(model_path, **settings), warmup=False)
+    assert worker.pipe is not None, worker.startup_error
+    reply = worker.handle({"id": "t", "input": {"prompt": "a lighthouse", "width": 256, "height": 256,
+                                                "num_inference_steps": 2, "seed": 3}})
+    assert "images" in reply, reply
+    return reply["images"]
+
+
+def test_a_single_file_conversion_is_served_with_default_settings(checkpoints: dict[str, Path],
+                                                                  fp32_volume_source: Path, tmp_path: Path) -> None:
+    """diffusers' conversion writes the published names (transformers 4's `text_model.`): the default read-once
+    loader serves them, drawing what the libraries' loader draws."""
+    target = tmp_path / "runpod-volume" / "photonicfusion-sdxl"
+    target.parent.mkdir()
+    assert prepare_volume.from_single_file(checkpoints["F32"], target, config_dir=fp32_volume_source).exit_code == 0
+    assert "text_model.final_layer_norm.weight" in read_safetensors_header(
+        target / "text_encoder" / "model.fp16.safetensors").entries
+    assert serve(target) == serve(target, load_streams=0)
+
+
+def test_add_fp16_on_every_layout_keeps_its_names_and_is_served(layout_volume: Path) -> None:
+    """The fp16 set of a published volume (sharded UNet, transformers 4 names) holds the same names, verifies
+    tensor by tensor, and the worker serves it once the standard files are gone."""
+    for path in layout_volume.rglob("*.fp16*"):
+        path.unlink()
+    standard = {c: set(standard_tensors(layout_volume / c)) for c in MODELS}
+    summary = prepare_volume.add_fp16(layout_volume, drop_standard=True)
+    assert summary.exit_code == 0, summary.render()
+    assert {c: set(fp16_tensors(layout_volume / c)) for c in MODELS} == standard
+    assert not [p for p in layout_volume.rglob("*.safetensors") if ".fp16" not in p.name]
+    assert len(serve(layout_volume)) == 1
+
+
+class RunsCode:
+    """Pickles as a call of os.mkdir: what a hostile .bin does when a plain unpickler loads it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return os.mkdir, (str(self.marker),)
+
+
+def pickle_weights(volume: Path, component: str, legacy_format: bool = False) -> dict[str, torch.Tensor]:
+    """Replace a component's standard safetensors with the .bin files older repositories ship (shards and index
+    where it is sharded); return its tensors."""
+    from sdxl_worker.weights.layout import BIN_PREFIX
+
+    folder = volume / component
+    prefix = BIN_PREFIX["transformers" if component.startswith("text_encoder") else "diffusers"]
+    shards = sorted(p for p in folder.glob("*.safetensors") if ".fp16" not in p.name)
+    tensors, weight_map = {}, {}
+    for number, path in enumerate(shards, start=1):
+        shard = load_file(path)
+        name = f"{prefix}.bin" if len(shards) == 1 else f"{prefix}-{number:05d}-of-{len(shards):05d}.bin"
+        torch.save(shard, folder / name, _use_new_zipfile_serialization=not legacy_format)
+        tensors.update(shard)
+        weight_map.update(dict.fromkeys(shard, name))
+        path.unlink()
+    for index in folder.glob("*.safetensors.index.json"):
+        index.unlink()
+        (folder / f"{prefix}.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return tensors
+
+
+def test_bin_only_components_are_converted_and_then_served(layout_volume: Path) -> None:
+    """Every component as an older repository ships it (`pytorch_model.bin`, a sharded UNet's `.bin` shards and
+    index, one in torch's legacy format): the check names the command, which writes safetensors of the same
+    tensors under the same names; the worker then serves the volume."""
+    for path in layout_volume.rglob("*.fp16*"):
+        path.unlink()
+    pickled = {c: pickle_weights(layout_volume, c, legacy_format=c == "vae") for c in MODELS}
+    report = check_volume(layout_volume)
+    for component in MODELS:
+        assert f"{component}: only .bin weights" in report.render()
+    assert f"convert them with `python prepare_volume.py convert-bin {layout_volume}`" in report.render()
+    sharded = (layout_volume / "unet" / "diffusion_pytorch_model.bin.index.json").is_file()
+    summary = prepare_volume.convert_bin(layout_volume)
+    assert summary.exit_code == 0, summary.render()
+    for component in MODELS:
+        converted = standard_tensors(layout_volume / component)
+        assert converted.keys() == pickled[component].keys(), component
+        assert all(torch.equal(converted[n], t) for n, t in pickled[component].items()), component
+    assert ("unet/diffusion_pytorch_model.safetensors.index.json" in summary.written) == sharded
+    assert len(serve(layout_volume)) == 1
+    assert prepare_volume.convert_bin(layout_volume).status == "nothing to do"
+
+
+@pytest.mark.parametrize("content", ["runs code", "not tensors", "not a pickle"])
+def test_a_bin_that_is_not_plain_weights_is_refused_and_nothing_written(volume: Path, tmp_path: Path,
+                                                                        content: str) -> None:
+    pickle_weights(volume, "vae")
+    path = volume / "vae" / "diffusion_pytorch_model.bin"
+    marker = tmp_path / "code-ran"
+    if content == "runs code":
+        torch.save({"decoder.conv_in.weight": RunsCode(marker)}, path)
+    elif content == "not tensors":
+        torch.save({"decoder.conv_in.weight": "a string"}, path)
+    else:
+        path.write_bytes(b"\x80\x02not a pickle at all")
+    before = tree_state(volume)
+    result = run_cli("convert-bin", str(volume))
+    assert result.returncode == 1
+    refusal = next(line for line in result.stdout.splitlines() if line.startswith("  ❌ vae: "))
+    assert len(refusal) < 400 and refusal.endswith("; nothing written for it"), refusal
+    assert {"runs code": "does not read it as plain tensors (Trying to load unsupported GLOBAL posix.mkdir",
+            "not tensors": "entry 'decoder.conv_in.weight' is a str, not a dense tensor",
+            "not a pickle": "does not read it as plain tensors (Unsupported operand"}[content] in refusal
+    assert not marker.exists()
+    assert tree_state(volume) == before
+
+
+def test_convert_bin_dry_run_writes_nothing(volume: Path) -> None:
+    pickle_weights(volume, "text_encoder")
+    before = tree_state(volume)
+    result = run_cli("convert-bin", str(volume), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "text_encoder: would convert pytorch_model.bin to model.safetensors" in result.stdout
+    assert tree_state(volume) == before

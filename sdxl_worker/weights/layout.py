@@ -19,6 +19,11 @@ WEIGHT_PREFIX: dict[str, str] = {
     "diffusers": "diffusion_pytorch_model",
     "transformers": "model",
 }
+# The pickled weights older repositories ship (never loaded by the worker; prepare_volume converts them).
+BIN_PREFIX: dict[str, str] = {
+    "diffusers": "diffusion_pytorch_model",
+    "transformers": "pytorch_model",
+}
 
 
 def variant_suffix(variant: Variant) -> str | None:
@@ -45,3 +50,11 @@ def shard_file_name(library: str, variant: Variant, index: int, total: int) -> s
     prefix = WEIGHT_PREFIX[library]
     stem = prefix if variant == "standard" else f"{prefix}.{variant}"
     return f"{stem}-{index:05d}-of-{total:05d}.safetensors"
+
+
+def bin_file_names(library: str, variant: Variant) -> tuple[str, str]:
+    """A pickled set's single file and shard index: `pytorch_model.fp16.bin`, `pytorch_model.bin.index.fp16.json`."""
+    prefix = BIN_PREFIX[library]
+    if variant == "standard":
+        return f"{prefix}.bin", f"{prefix}.bin.index.json"
+    return f"{prefix}.{variant}.bin", f"{prefix}.bin.index.{variant}.json"

@@ -144,3 +144,13 @@ def test_with_no_cache_nothing_stays_loaded(tiny_volume_source: Path, lora_dir: 
     styled = draw(worker, loras=[{"name": "photonic-style"}])
     assert worker.loras.loaded == {} and not np.array_equal(styled, base)
     assert np.array_equal(draw(worker), base)
+
+
+def test_loras_draw_the_same_on_every_layout(layout_volume_source: Path, lora_dir: Path, lora_worker: Worker) -> None:
+    """A published volume (transformers 4 text encoders, sharded UNet) loaded by default takes the same LoRAs, in
+    both formats and on both text encoders, as the volume this project writes: the same images."""
+    worker = Worker.start(cpu_settings(layout_volume_source, loras=LoraSettings(lora_dir=str(lora_dir))))
+    assert worker.pipe is not None, worker.startup_error
+    for loras in ([], [{"name": "photonic-style"}], [{"name": "photonic-style-kohya", "scale": 0.7}]):
+        assert np.array_equal(draw(worker, loras=loras), draw(lora_worker, loras=loras)), loras
+    assert not np.array_equal(draw(worker), draw(worker, loras=[{"name": "photonic-style"}]))

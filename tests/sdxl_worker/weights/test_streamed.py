@@ -122,6 +122,24 @@ def test_through_a_network_volume_each_byte_crosses_once(volume: Path, tmp_path:
     assert sum(library[name] for name in weights) > 1.5 * sum(weights.values())
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(unavailable() is not None, reason=f"no FUSE here: {unavailable()}")
+def test_every_layout_loads_through_a_network_volume_by_default(layout_volume_source: Path, tmp_path: Path) -> None:
+    """Published names and older ones through the simulated network volume with default settings: every tensor
+    the libraries' loader gives, each weight byte read once."""
+    volume = layout_volume_source
+    library, _ = load_pipeline(volume, "cpu", prefetch=False)
+    weights = {str(p.relative_to(volume.parent)): p.stat().st_size
+               for p in weight_files(volume, check_volume(volume), dict.fromkeys(MODELS, "standard"))}
+    with mounted(volume.parent, tmp_path / "mnt", Network(latency_s=0.0005, direct_io=True)) as mnt:
+        assert choose_streams(mnt / volume.name, None, "cuda")[0] == DEFAULT_STREAMS
+        streamed, _ = load_pipeline(mnt / volume.name, "cpu", streams=None)
+        read = read_stats(mnt)["files"]
+    assert {name: read[name] for name in weights} == weights
+    ours, theirs = every_tensor(streamed), every_tensor(library)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[n], t) for n, t in theirs.items())
+
+
 def test_the_worker_with_load_streams_draws_what_it_draws_without(tiny_volume_source: Path, worker) -> None:
     from handler_volume_optimized import Worker
     from tests.helpers import cpu_settings
