@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="sampling steps (default: 30 full, 4 tiny)")
     parser.add_argument("--runs", type=int, default=3, help="warm runs of each side, interleaved")
     parser.add_argument("--out", type=Path, default=Path("bench-out"), help="folder for the results")
+    parser.add_argument("--layout", choices=("current", "published", "legacy"), default="current",
+                        help="whose tensor names the synthetic volume uses (dev/synthetic_volume.py)")
     parser.add_argument("--volume-dir", type=Path, default=Path("bench-out/volume"),
                         help="where the synthetic volume is built or reused")
     parser.add_argument("--no-drop-caches", dest="drop_caches", action="store_false",
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args.out, settings)
     run_scenarios(bench, [s for suite in suites for s in SUITES[suite]], scale=args.scale, device=device,
                   size=args.size, steps=args.steps, runs=args.runs, volume_dir=args.volume_dir,
-                  drop_caches=args.drop_caches)
+                  drop_caches=args.drop_caches, layout=args.layout)
     print((args.out / "benchmark.md").read_text())
     return 0
 

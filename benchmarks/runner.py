@@ -43,7 +43,7 @@ class Bench:
 
 
 def run_scenarios(bench: Bench, scenarios: list[Scenario], *, scale: str, device: str, size: int, steps: int,
-                  runs: int, volume_dir: Path, drop_caches: bool) -> None:
+                  runs: int, volume_dir: Path, drop_caches: bool, layout: str = "current") -> None:
     from benchmarks.stages.attention import measure_attention
     from benchmarks.stages.compile_cache import measure_cached_start
     from benchmarks.stages.features import measure_features
@@ -60,7 +60,7 @@ def run_scenarios(bench: Bench, scenarios: list[Scenario], *, scale: str, device
     volume = None
     if any(stage in VOLUME_STAGES for scenario in scenarios for stage in scenario.stages):
         volume = build_volume(volume_dir / "photonicfusion-sdxl", scale, extras=True,
-                              device="cuda" if device.startswith("cuda") else "cpu")
+                              device="cuda" if device.startswith("cuda") else "cpu", layout=layout)
     stock: Stock | None = None
     for scenario in scenarios:
         settings = None

@@ -7,6 +7,7 @@
 #   bash scripts/gpu_check.sh                    # the suite gpu-check
 #   bash scripts/gpu_check.sh gpu-check loads    # several suites, in this order
 #   bash scripts/gpu_check.sh defaults --scale tiny --device cpu    # then the benchmark's flags: a CPU rehearsal
+#   bash scripts/gpu_check.sh loads netfs --layout published    # the default RunPod start on published names
 #
 # How long each suite took is in benchmarks/RESULTS.md. The wheels a machine with torch 2.11, transformers 5.17
 # and accelerate 1.15 but no network lacked (Python 3.12; compel and peft: prompts, LoRAs), fetched here into .whl/:

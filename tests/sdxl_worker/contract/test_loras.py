@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.torch import save_file
 
-from dev.lora import write_lora
+from dev.lora import lora_tensors, write_lora
 from handler_volume_optimized import Worker
 from sdxl_worker.weights.loras import LoraSettings
 from tests.helpers import cpu_settings, decode
@@ -21,6 +22,9 @@ def lora_dir(tiny_volume_source: Path, tmp_path_factory: pytest.TempPathFactory)
     write_lora(tiny_volume_source, folder / "photonic-style.safetensors", seed=1)
     write_lora(tiny_volume_source, folder / "photonic-style-kohya.safetensors", fmt="kohya", seed=1)
     write_lora(tiny_volume_source, folder / "grain.safetensors", seed=2, parts=("unet",))
+    # The same LoRA with CLIPTextModel's names as transformers 5 gives them (no `text_model.`).
+    save_file({k.replace("text_encoder.text_model.", "text_encoder."): v
+               for k, v in lora_tensors(tiny_volume_source, seed=1).items()}, folder / "photonic-style-now.safetensors")
     return folder
 
 
@@ -153,4 +157,6 @@ def test_loras_draw_the_same_on_every_layout(layout_volume_source: Path, lora_di
     assert worker.pipe is not None, worker.startup_error
     for loras in ([], [{"name": "photonic-style"}], [{"name": "photonic-style-kohya", "scale": 0.7}]):
         assert np.array_equal(draw(worker, loras=loras), draw(lora_worker, loras=loras)), loras
+    assert np.array_equal(draw(worker, loras=[{"name": "photonic-style-now"}]),
+                          draw(worker, loras=[{"name": "photonic-style"}]))
     assert not np.array_equal(draw(worker), draw(worker, loras=[{"name": "photonic-style"}]))
