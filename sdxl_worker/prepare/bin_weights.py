@@ -29,7 +29,13 @@ from sdxl_worker.weights.layout import (
     shard_file_name,
     single_file_name,
 )
-from sdxl_worker.weights.safetensors_io import SAFETENSORS_DTYPES, TensorSpec, write_json, write_safetensors
+from sdxl_worker.weights.safetensors_io import (
+    SAFETENSORS_DTYPES,
+    TensorSpec,
+    removed_on_error,
+    write_json,
+    write_safetensors,
+)
 
 MESSAGE_CHARS = 200  # of a library's error inside a refusal
 
@@ -118,9 +124,7 @@ def convert(work: BinWork, progress: Progress | None = None) -> list[Path]:
     """Write the work's safetensors files (and index); return them. Every pickle is read and checked first; on any
     error the files this call wrote are removed again and the error propagates."""
     shards = [load_bin(path) for path in work.sources]
-    written: list[Path] = []
-    done = False
-    try:
+    with removed_on_error() as written:
         for tensors, target in zip(shards, work.targets(), strict=True):
             specs = [TensorSpec(name, SAFETENSORS_DTYPES[str(t.dtype).removeprefix("torch.")], tuple(t.shape))
                      for name, t in tensors.items()]
@@ -133,11 +137,6 @@ def convert(work: BinWork, progress: Progress | None = None) -> list[Path]:
             total = sum(t.numel() * t.element_size() for tensors in shards for t in tensors.values())
             write_json(index, {"metadata": {"total_size": total}, "weight_map": weight_map})
             written.append(index)
-        done = True
-    finally:
-        if not done:
-            for path in written:
-                path.unlink(missing_ok=True)
     return written
 
 

@@ -34,6 +34,7 @@ from sdxl_worker.weights.safetensors_io import (
     layout,
     leftovers,
     read_tensors,
+    removed_on_error,
     write_json,
     write_safetensors,
 )
@@ -210,20 +211,13 @@ def write_component(work: ComponentWork, progress: Progress | None = None) -> li
     """
     for path in work.remove:
         path.unlink(missing_ok=True)
-    written: list[Path] = []
-    done = False
-    try:
+    with removed_on_error() as written:
         for output in work.outputs:
             write_safetensors(output.path, output.specs, cast_tensors(output), output.source.metadata, progress)
             written.append(output.path)
         if work.index is not None:
             write_json(*work.index)
             written.append(work.index[0])
-        done = True
-    finally:
-        if not done:
-            for path in written:
-                path.unlink(missing_ok=True)
     return written
 
 

@@ -120,6 +120,18 @@ def atomic_file(final: Path) -> Iterator[IO[bytes]]:
             temporary.unlink(missing_ok=True)
 
 
+@contextmanager
+def removed_on_error() -> Iterator[list[Path]]:
+    """A list for the files a block writes, removed again if the block raises: a set appears whole or not at all."""
+    written: list[Path] = []
+    try:
+        yield written
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+
+
 def write_json(final: Path, data: object) -> None:
     """A JSON file as diffusers and transformers write an index (indent 2, sorted keys), atomically."""
     with atomic_file(final) as handle:
