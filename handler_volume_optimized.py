@@ -41,8 +41,9 @@ from sdxl_worker.delivery.reply import DeliveryError, deliver
 from sdxl_worker.logs import PROMPT_LOG_CHARS, configure_logging, job_text, route_library_logs
 from sdxl_worker.settings import Settings, SettingsError
 from sdxl_worker.speed.options import SpeedReport, apply_speedups, freeze_compiled_shapes
+from sdxl_worker.volume.check import check_volume
+from sdxl_worker.volume.report import VolumeReport
 from sdxl_worker.weights.loras import LoraFileError
-from volume_check import VolumeReport, check_volume
 
 log = logging.getLogger("worker")
 

@@ -30,13 +30,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdxl_worker.volume.check import check_volume
+from sdxl_worker.volume.report import VolumeReport, WeightSet
 from sdxl_worker.weights.architecture import map_names, rules_of
 from sdxl_worker.weights.filesystem import mount_of
 from sdxl_worker.weights.layout import Variant, variant_suffix
 from sdxl_worker.weights.offline import enforce_offline, require_local_path
 from sdxl_worker.weights.prefetch import Prefetcher
 from sdxl_worker.weights.streamed import DEFAULT_STREAMS, read_state_dict
-from volume_check import VolumeReport, WeightSet, check_volume
 
 log = logging.getLogger(__name__)
 

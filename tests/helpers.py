@@ -16,8 +16,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from sdxl_worker.volume.sdxl import MODEL_COMPONENTS as MODELS
+
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("text_encoder", "text_encoder_2", "unet", "vae")
 
 
 def drop_variant(volume: Path, variant: str, components: tuple[str, ...] = MODELS) -> None:

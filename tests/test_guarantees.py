@@ -309,7 +309,7 @@ def test_files_removed_or_truncated_after_start(volume: Path) -> None:
     os.truncate(volume / "vae" / "diffusion_pytorch_model.safetensors", 100)
     after = worker.handle(job)
     assert after["images"] == before["images"], "weights are in memory: the worker keeps serving identically"
-    from volume_check import check_volume
+    from sdxl_worker.volume.check import check_volume
 
     report = check_volume(volume)
     assert report.exit_code == 1 and "unet: folder" in report.summary()  # what the HEALTHCHECK reports

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from model_loader import VolumeNotLoadable, load_pipeline, plan_load
+from sdxl_worker.volume.check import check_volume
 from sdxl_worker.weights.offline import HubIdRefused
 from sdxl_worker.weights.streamed import DEFAULT_STREAMS
 from tests.helpers import MODELS, drop_variant, every_tensor
-from volume_check import check_volume
 
 
 def generate(pipe, seed: int) -> np.ndarray:

@@ -17,10 +17,10 @@ from safetensors.torch import load_file, save_file
 import prepare_volume
 from dev.single_file import write_checkpoint
 from model_loader import LoadPlan, load_planned
+from sdxl_worker.volume.check import check_volume
 from sdxl_worker.weights.safetensors_header import read_safetensors_header
 from sdxl_worker.weights.safetensors_io import PARTIAL_SUFFIX
 from tests.helpers import MODELS, ROOT, draw_latents, tree_state
-from volume_check import check_volume
 
 GUARD = ROOT / "tests" / "guard"
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from sdxl_worker.volume.check import check_volume
 from tests.helpers import MODELS, ROOT, drop_variant
-from volume_check import check_volume, main
+from volume_check import main
 
 
 def fails(report) -> str:

@@ -40,7 +40,7 @@ STOCK_LIMIT_MIN_S = 30.0
 
 def measure_network_loads(volume: Path, device: str, scale: str, mount_dir: Path) -> list[NetworkLoadResult]:
     from model_loader import load_pipeline, plan_load
-    from volume_check import check_volume
+    from sdxl_worker.volume.check import check_volume
 
     on_cuda = device.startswith("cuda")
     if not on_cuda:

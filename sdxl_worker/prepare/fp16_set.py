@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdxl_worker.volume.report import ComponentReport, VolumeReport, format_bytes
 from sdxl_worker.weights.layout import index_file_names, shard_file_name, single_file_name
 from sdxl_worker.weights.safetensors_header import SafetensorsInfo, read_safetensors_header
 from sdxl_worker.weights.safetensors_io import (
@@ -38,7 +39,6 @@ from sdxl_worker.weights.safetensors_io import (
     write_json,
     write_safetensors,
 )
-from volume_check import ComponentReport, VolumeReport, format_bytes
 
 FLOAT_DTYPES = frozenset({"F32", "F64", "BF16", "F16"})
 FLOAT16_MAX = 65504.0

@@ -11,8 +11,9 @@ import json
 import shutil
 from pathlib import Path
 
+from sdxl_worker.volume.sdxl import MODEL_COMPONENTS
+
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "sdxl-base-1.0"
-MODEL_COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae")
 TOKENIZERS = ("tokenizer", "tokenizer_2")
 
 

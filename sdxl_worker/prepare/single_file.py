@@ -21,6 +21,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from sdxl_worker.prepare.fp16_set import ComponentWork, PrepareError, Progress, component_work, to_float16
+from sdxl_worker.volume.check import check_weight_set
+from sdxl_worker.volume.sdxl import MODELS
 from sdxl_worker.weights import architecture
 from sdxl_worker.weights.layout import single_file_name
 from sdxl_worker.weights.safetensors_header import SafetensorsInfo
@@ -32,7 +34,6 @@ from sdxl_worker.weights.safetensors_io import (
     read_tensors,
     write_safetensors,
 )
-from volume_check import check_weight_set
 
 # Where each component's weights sit in an SDXL base checkpoint (Stability's sgm layout).
 PREFIXES = {
@@ -41,9 +42,8 @@ PREFIXES = {
     "text_encoder": "conditioner.embedders.0.transformer.",
     "text_encoder_2": "conditioner.embedders.1.model.",
 }
-LIBRARIES = {"unet": "diffusers", "vae": "diffusers", "text_encoder": "transformers", "text_encoder_2": "transformers"}
-CLASSES = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL", "text_encoder": "CLIPTextModel",
-           "text_encoder_2": "CLIPTextModelWithProjection"}
+LIBRARIES = {name: library for name, (library, _) in MODELS.items()}
+CLASSES = {name: class_name for name, (_, class_name) in MODELS.items()}
 # diffusers' names for what a checkpoint is (infer_diffusers_model_type), in words.
 MODEL_TYPES = {
     "v1": "a Stable Diffusion 1.x model", "inpainting": "a Stable Diffusion 1.x inpainting model",

@@ -10,7 +10,7 @@ import pytest
 
 from dev.synthetic_volume import build_volume, component_config, main, stored_tensors
 from sdxl_worker.prepare.pipeline_files import ASSETS
-from volume_check import check_volume
+from sdxl_worker.volume.check import check_volume
 
 
 def digest(folder: Path) -> dict[str, str]:

@@ -16,9 +16,9 @@ from sdxl_worker.prepare.fp16_set import (
     verify_fp16_set,
     write_component,
 )
+from sdxl_worker.volume.check import check_volume
 from sdxl_worker.weights.layout import index_file_names
 from tests.helpers import MODELS, drop_variant
-from volume_check import check_volume
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])

@@ -10,6 +10,7 @@ import pytest
 
 from dev.synthetic_volume import LAYOUTS, component_config, stored_tensors
 from dev.tensor_manifest import build_manifest
+from sdxl_worker.volume.sdxl import MODELS
 from sdxl_worker.weights.architecture import (
     MANIFEST,
     compare,
@@ -19,10 +20,6 @@ from sdxl_worker.weights.architecture import (
     meta_model,
     rules_of,
 )
-
-CLASSES = {"text_encoder": ("transformers", "CLIPTextModel"),
-           "text_encoder_2": ("transformers", "CLIPTextModelWithProjection"),
-           "unet": ("diffusers", "UNet2DConditionModel"), "vae": ("diffusers", "AutoencoderKL")}
 
 
 def test_the_shipped_manifest_is_what_the_pinned_libraries_build() -> None:
@@ -92,11 +89,11 @@ def name_corpus(component: str, model) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("single_file", [True, False], ids=["single-file", "sharded"])
-@pytest.mark.parametrize("component", list(CLASSES))
+@pytest.mark.parametrize("component", list(MODELS))
 def test_the_rules_name_tensors_as_the_libraries_load_them(component: str, single_file: bool) -> None:
     """For every stored name, published or not: loaded under the same model name, or dropped, or unexpected,
     exactly as the library's own loading code decides."""
-    model = meta_model(*CLASSES[component], component_config("tiny", component))
+    model = meta_model(*MODELS[component], component_config("tiny", component))
     complete = 0
     for what, names in name_corpus(component, model).items():
         loaded, unexpected = library_outcome(model, names, single_file)

@@ -10,10 +10,10 @@ import torch
 
 from dev.netfs import Network, mounted, read_stats, unavailable
 from model_loader import ComponentLoadError, choose_streams, load_pipeline, weight_files
+from sdxl_worker.volume.check import check_volume
 from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError, read_safetensors_header
 from sdxl_worker.weights.streamed import DEFAULT_STREAMS, StreamedFiles, read_state_dict
 from tests.helpers import MODELS, every_tensor
-from volume_check import check_volume
 
 
 @pytest.mark.parametrize("fixture", ["volume", "sharded_volume"])

@@ -1,0 +1,458 @@
+"""Say whether a folder holds a servable SDXL pipeline, and if not, exactly why: directory listings, JSON configs and
+safetensors headers only (see volume_check.py, the command over it). Every read is guarded, so no file can crash it;
+it refuses what the loader would refuse, down to each tensor's name and shape (sdxl_worker/weights/architecture.py).
+Without `tensors` it never imports torch."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from sdxl_worker.volume.report import (
+    ComponentKind,
+    ComponentReport,
+    LoraReport,
+    PlanOption,
+    VolumeReport,
+    WeightSet,
+    format_bytes,
+)
+from sdxl_worker.volume.sdxl import SDXL_CLASSES, SDXL_REQUIRED, SUPPORTED_PIPELINES
+from sdxl_worker.weights import architecture
+from sdxl_worker.weights.layout import (
+    VARIANTS,
+    WEIGHT_PREFIX,
+    Variant,
+    index_file_names,
+    single_file_name,
+)
+from sdxl_worker.weights.loras import scan
+from sdxl_worker.weights.offline import hub_id_refusal
+from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError, read_safetensors_header
+
+
+def check_volume(path: str | os.PathLike[str], *, tensors: bool = False) -> VolumeReport:
+    """Check the diffusers layout at `path` (see module docstring) without reading any tensor.
+
+    With `tensors`, a component whose config is not SDXL base 1.0's also gets its tensor names and shapes
+    compared, from the model built on the meta device (imports torch; the worker's start does this).
+    """
+    started = time.perf_counter()
+    model_path = Path(path)
+    volume_root = model_path.parent
+    report = VolumeReport(model_path=str(model_path), volume_root=str(volume_root))
+    report.free_bytes = {"volume": _free_bytes(volume_root), "container root /": _free_bytes(Path("/"))}
+    try:
+        if _check_location(report, model_path, volume_root):
+            entries = _read_model_index(report, model_path)
+            if entries is not None:
+                _check_components(report, model_path, entries, tensors)
+                _check_stray_root_files(report, model_path)
+                report.plans = _plans(report)
+    # A listing or stat that fails (an I/O error on a network volume, a permission): a finding, not a crash.
+    except OSError as exc:
+        report.add("fail", f"{_unreadable(exc, model_path)}", exc.filename or model_path)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _check_location(report: VolumeReport, model_path: Path, volume_root: Path) -> bool:
+    hub_id = hub_id_refusal(str(model_path))
+    if hub_id:
+        report.path_missing = True
+        report.add("fail", hub_id)
+        return False
+    if not volume_root.is_dir():
+        report.path_missing = True
+        report.add(
+            "fail",
+            f"volume root {volume_root} does not exist: is the network volume attached to this endpoint "
+            "(it mounts at /runpod-volume on serverless workers)?",
+            volume_root,
+        )
+        return False
+    report.add("ok", f"volume root {volume_root} is present")
+    if model_path.exists() and not model_path.is_dir():
+        report.path_missing = True
+        report.add("fail", f"model folder {model_path} is a file, not a folder: MODEL_PATH names the folder that "
+                   "holds model_index.json", model_path)
+        return False
+    if not model_path.is_dir():
+        report.path_missing = True
+        held = sorted(p.name for p in volume_root.iterdir())
+        others = [name for name in held if name != model_path.name]
+        hint = difflib.get_close_matches(model_path.name, others, n=1, cutoff=0.5)
+        listing = ", ".join(_short(name) for name in held[:20]) + (f", ... ({len(held)} entries)" if len(held) > 20
+                                                                   else "")
+        message = f"model folder {model_path} does not exist; the volume holds: {listing or 'nothing'}"
+        if hint:
+            message += f". Did you mean {volume_root / hint[0]} (set MODEL_PATH)?"
+        report.add("fail", message, model_path)
+        return False
+    report.add("ok", f"model folder {model_path} exists")
+    return True
+
+
+def _read_model_index(report: VolumeReport, model_path: Path) -> dict[str, tuple[str, str]] | None:
+    """model_index.json's components, each (library, class) checked against what the worker loads."""
+    index_path = model_path / "model_index.json"
+    if not index_path.is_file():
+        report.add("fail", "model_index.json is missing: this is not a diffusers pipeline folder", index_path)
+        return None
+    index, problem = _parse_json(index_path)
+    if problem is not None:
+        report.add("fail", f"model_index.json {problem}", index_path)
+        return None
+    if not isinstance(index, dict) or not isinstance(index.get("_class_name"), str):
+        report.add("fail", "model_index.json has no _class_name naming the pipeline class", index_path)
+        return None
+    pipeline = index["_class_name"]
+    if pipeline not in SUPPORTED_PIPELINES:
+        served = SUPPORTED_PIPELINES[0]
+        report.add("fail", f"model_index.json names {_short(pipeline)}; this worker serves {served}", index_path)
+        return None
+    entries: dict[str, tuple[str, str]] = {}
+    for name, entry in index.items():
+        if name.startswith("_") or entry is None or entry in ([None], [None, None]):
+            continue
+        if not isinstance(entry, list):
+            continue  # a pipeline setting, like force_zeros_for_empty_prompt
+        problem = _entry_problem(name, entry)
+        if problem:
+            report.add("fail", f"model_index.json: {problem}", index_path)
+            return None
+        entries[name] = (entry[0], entry[1])
+    missing = [c for c in SDXL_REQUIRED if c not in entries]
+    if missing:
+        report.add("fail", f"model_index.json names no {', '.join(missing)}: an SDXL pipeline needs them", index_path)
+        return None
+    report.pipeline_class = pipeline
+    report.pipeline_config = {k: v for k, v in index.items() if not k.startswith("_") and not isinstance(v, list)}
+    report.add("ok", f"model_index.json: {pipeline} with {len(entries)} components")
+    return entries
+
+
+def _entry_problem(name: str, entry: list) -> str | None:
+    """Why model_index.json's entry for `name` is not one the worker loads, or None."""
+    if len(entry) != 2 or not all(isinstance(part, str) for part in entry):
+        return f"{_short(name)} must be [library, class], got {_short(json.dumps(entry))}"
+    library, class_name = entry
+    if name not in SDXL_CLASSES:
+        pipeline = SUPPORTED_PIPELINES[0]
+        return f"{_short(name)} ({_short(library)}.{_short(class_name)}) is not a component {pipeline} takes"
+    if library not in WEIGHT_PREFIX:
+        return f"{name}: library {_short(library)!r} is not one this worker loads (diffusers or transformers)"
+    if class_name not in SDXL_CLASSES[name]:
+        allowed = " or ".join(sorted(SDXL_CLASSES[name])) if len(SDXL_CLASSES[name]) < 4 else "a diffusers scheduler"
+        return f"{name}: {_short(class_name)} is not a class this worker loads as {name} (expected {allowed})"
+    return None
+
+
+def _component_kind(class_name: str) -> ComponentKind:
+    if "Tokenizer" in class_name:
+        return "tokenizer"
+    if class_name.endswith("Scheduler"):
+        return "scheduler"
+    if class_name.endswith(("FeatureExtractor", "ImageProcessor", "Processor")):
+        return "processor"
+    return "model"
+
+
+def _check_components(report: VolumeReport, model_path: Path, entries: dict[str, tuple[str, str]],
+                      tensors: bool) -> None:
+    for name, (library, class_name) in entries.items():
+        component = ComponentReport(name, library, class_name, _component_kind(class_name))
+        report.components[name] = component
+        folder = model_path / name
+        try:
+            if not folder.is_dir():
+                component.ok = False
+                report.add("fail", f"{name}: folder {folder} is missing ({class_name})", folder)
+                continue
+            if component.kind == "model":
+                _check_model(report, component, folder, tensors)
+            elif component.kind == "tokenizer":
+                _check_tokenizer(report, component, folder)
+            elif component.kind == "scheduler":
+                _check_scheduler(report, component, folder)
+            else:
+                _check_processor(report, component, folder)
+        # A file or folder of this component that cannot be listed or read: this component is broken.
+        except OSError as exc:
+            component.ok = False
+            report.add("fail", f"{name}: {_unreadable(exc, folder)}", exc.filename or folder)
+    _check_tokenizer_lengths(report)
+
+
+def _parse_json(path: Path) -> tuple[object, str | None]:
+    """The JSON value in `path`, or (None, why there is none): unreadable, not UTF-8, not JSON, nested too deep,
+    or holding a number too long to convert."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        if not text.strip():
+            return None, "is empty"
+        return json.loads(text), None
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror or exc})"
+    except RecursionError:
+        return None, "is not usable JSON (nested too deeply)"
+    # json.JSONDecodeError, UnicodeDecodeError and int()'s digit limit are all ValueErrors.
+    except ValueError as exc:
+        return None, f"is not valid JSON ({_short(exc)})"
+
+
+def _load_json_object(report: VolumeReport, component: ComponentReport, path: Path) -> dict | None:
+    """Read a JSON object the component cannot load without; a failure marks the component broken."""
+    name = component.name
+    if not path.is_file():
+        report.add("fail", f"{name}: {path.name} is missing", path)
+    else:
+        data, problem = _parse_json(path)
+        if problem is not None:
+            report.add("fail", f"{name}: {path.name} {problem}", path)
+        elif isinstance(data, dict) and data:
+            return data
+        else:
+            report.add("fail", f"{name}: {path.name} is not a non-empty JSON object", path)
+    component.ok = False
+    return None
+
+
+def _check_model(report: VolumeReport, component: ComponentReport, folder: Path, tensors: bool) -> None:
+    name = component.name
+    config = _load_json_object(report, component, folder / "config.json")
+    if config is not None:
+        declared = config.get("_class_name") or (config.get("architectures") or [None])[0]
+        if declared and declared != component.class_name:
+            report.add("warn", f"{name}: config.json declares {_short(declared)}, model_index.json "
+                       f"{component.class_name}", folder / "config.json")
+        else:
+            report.add("ok", f"{name}: config.json valid ({component.class_name})")
+    expected = _expected_tensors(report, component, config, tensors)
+    used: set[str] = set()
+    for variant in VARIANTS:
+        weights = check_weight_set(component.library, folder, variant)
+        if weights.complete and expected is not None:
+            weights.problem = architecture.compare(expected, weights.shapes, single_file=not weights.sharded)
+            weights.complete = weights.problem is None
+        component.weight_sets[variant] = weights
+        used.update(weights.files)
+        label = "fp16 variant" if variant == "fp16" else "standard weights"
+        if weights.complete:
+            count = len(weights.files)
+            size = format_bytes(weights.bytes)
+            report.add("ok", f"{name}: {label} complete, {count} file{'s' * (count > 1)}, {size}")
+        elif weights.present:
+            report.add("fail", f"{name}: {label} broken: {weights.problem}", folder)
+        else:
+            report.add("warn", f"{name}: no {label} ({weights.problem})", folder)
+    if not component.complete_variants():
+        component_bins = sorted(p.name for p in folder.glob("*.bin"))
+        if component_bins:
+            report.add("fail", f"{name}: only .bin weights ({_names(component_bins)}); this worker loads "
+                       f"safetensors only: convert them with `python prepare_volume.py convert-bin "
+                       f"{report.model_path}`", folder)
+    others = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in used and p.name != "config.json")
+    if others:
+        report.add("ok", f"{name}: ignoring {len(others)} other file(s), not read: {_names(others)}")
+
+
+def _expected_tensors(report: VolumeReport, component: ComponentReport, config: dict | None,
+                      tensors: bool) -> architecture.Expected | None:
+    """The tensors the component's config describes: SDXL's from the manifest, others from the meta device when
+    `tensors` (else None, with a warning that they went unchecked)."""
+    if config is None:
+        return None
+    expected = architecture.expected_from_manifest(component.name, component.class_name, config)
+    if expected is not None:
+        return expected
+    if not tensors:
+        report.add("warn", f"{component.name}: config differs from SDXL base 1.0's: its tensor names and shapes are "
+                   "compared by the worker at start (and by volume_check.py --tensors), not here")
+        return None
+    try:
+        return architecture.expected_from_meta(component.library, component.class_name, config)
+    except architecture.UnsupportedNaming as exc:
+        component.ok = False
+        report.add("fail", f"{component.name}: its tensors cannot be compared: {_short(exc, 200)}")
+    except ImportError as exc:  # an image without torch or the model's library cannot load anything either
+        component.ok = False
+        report.add("fail", f"{component.name}: its tensors cannot be compared: {_short(exc)}")
+    # The library refuses this config (an unknown option, a wrong type): the loader would refuse it too.
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        component.ok = False
+        report.add("fail", f"{component.name}: config.json describes no model {component.class_name} can build "
+                   f"({type(exc).__name__}: {_short(exc)})", report.model_path)
+    return None
+
+
+def check_weight_set(library: str, folder: Path, variant: Variant) -> WeightSet:
+    """One variant's files in a component folder, from their headers: present, complete, bytes, shapes."""
+    weights = WeightSet(variant)
+    single = folder / single_file_name(library, variant)
+    index = next((folder / n for n in index_file_names(library, variant) if (folder / n).is_file()), None)
+    # diffusers prefers a shard index when both exist; transformers the single file.
+    use_index = index is not None and (library == "diffusers" or not single.is_file())
+    if use_index:
+        weights.present = True
+        weights.files.append(index.name)
+        weights.bytes += index.stat().st_size
+        weights.problem = _check_sharded(weights, index)
+    elif single.is_file():
+        weights.present = True
+        weights.files.append(single.name)
+        weights.problem = _add_safetensors(weights, single)
+    else:
+        weights.problem = f"no {single.name} nor {index_file_names(library, variant)[0]}"
+        return weights
+    weights.complete = weights.problem is None
+    return weights
+
+
+def _add_safetensors(weights: WeightSet, path: Path, expected: set[str] | None = None) -> str | None:
+    """Count one safetensors file into the set; return why it is unusable, or None.
+
+    `expected`: tensor names a shard index places in this file, checked against the same header read.
+    """
+    try:
+        info = read_safetensors_header(path)
+    except SafetensorsHeaderError as exc:
+        return str(exc)
+    weights.bytes += info.file_bytes
+    weights.parameters += info.parameter_count
+    weights.headers.append(info)
+    weights.shapes.update(info.shapes)
+    absent = (expected or set()) - info.tensor_names
+    if absent:
+        return f"{path}: lacks {len(absent)} tensors its shard index places there, e.g. {_short(min(absent))}"
+    return None
+
+
+def _check_sharded(weights: WeightSet, index: Path) -> str | None:
+    data, problem = _parse_json(index)
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if problem is not None:
+        return f"{index}: shard index {problem}"
+    if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
+        return f"{index}: shard index has no weight_map of tensor names to file names"
+    problems = []
+    for shard in sorted(set(weight_map.values())):
+        path = index.parent / shard
+        if path.parent != index.parent:
+            problems.append(f"{index.name} places tensors in {_short(shard)}, outside the component's folder")
+            continue
+        weights.files.append(path.name)
+        if not path.is_file():
+            problems.append(f"shard {path} listed in {index.name} is missing")
+            continue
+        problem = _add_safetensors(weights, path, {t for t, s in weight_map.items() if s == shard})
+        if problem:
+            problems.append(problem)
+    return "; ".join(problems) or None
+
+
+def _check_tokenizer(report: VolumeReport, component: ComponentReport, folder: Path) -> None:
+    name = component.name
+    has_fast = (folder / "tokenizer.json").is_file()
+    has_bpe = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+    if not (has_fast or has_bpe):
+        component.ok = False
+        report.add("fail", f"{name}: neither tokenizer.json nor vocab.json + merges.txt", folder)
+        return
+    for vocab_file in ("tokenizer.json", "vocab.json", "merges.txt"):
+        path = folder / vocab_file
+        if path.is_file() and path.stat().st_size == 0:
+            component.ok = False
+            report.add("fail", f"{name}: {vocab_file} is empty", path)
+    config = _load_json_object(report, component, folder / "tokenizer_config.json")
+    if config is None:
+        return
+    max_length = config.get("model_max_length")
+    positions = _text_positions(Path(report.model_path), name)
+    if not isinstance(max_length, int) or isinstance(max_length, bool) or not 0 < max_length <= positions:
+        component.ok = False
+        report.add("fail", f"{name}: tokenizer_config.json has no usable model_max_length (got {_short(max_length)}; "
+                   f"its text encoder has {positions} positions, CLIP's 77)", folder / "tokenizer_config.json")
+        return
+    component.max_length = max_length
+    files = "tokenizer.json" if has_fast else "vocab.json + merges.txt"
+    report.add("ok", f"{name}: {files}, model_max_length {max_length}")
+
+
+def _text_positions(model_path: Path, tokenizer: str) -> int:
+    """How many token positions the tokenizer's text encoder has (its config's max_position_embeddings; 77,
+    CLIP's, when that is unreadable: the encoder's own check reports it)."""
+    encoder = tokenizer.replace("tokenizer", "text_encoder")
+    config, _ = _parse_json(model_path / encoder / "config.json")
+    positions = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    return positions if isinstance(positions, int) and not isinstance(positions, bool) and positions > 0 else 77
+
+
+def _check_tokenizer_lengths(report: VolumeReport) -> None:
+    """SDXL puts the two text encoders' outputs side by side, token by token: their lengths must agree."""
+    lengths = {c.name: c.max_length for c in report.components.values() if c.max_length is not None}
+    if len(set(lengths.values())) > 1:
+        for name in lengths:
+            report.components[name].ok = False
+        report.add("fail", "tokenizers disagree on model_max_length (" + ", ".join(
+            f"{name} {length}" for name, length in lengths.items()) + "): SDXL joins their encodings token by token")
+
+
+def _check_scheduler(report: VolumeReport, component: ComponentReport, folder: Path) -> None:
+    config = _load_json_object(report, component, folder / "scheduler_config.json")
+    if config is not None:
+        report.add("ok", f"{component.name}: scheduler_config.json valid ({component.class_name})")
+
+
+def _check_processor(report: VolumeReport, component: ComponentReport, folder: Path) -> None:
+    config = _load_json_object(report, component, folder / "preprocessor_config.json")
+    if config is not None:
+        report.add("ok", f"{component.name}: preprocessor_config.json valid")
+
+
+def _check_stray_root_files(report: VolumeReport, model_path: Path) -> None:
+    others = sorted(p.name for p in model_path.iterdir() if p.is_file() and p.name != "model_index.json")
+    if others:
+        report.add("ok", f"model folder: ignoring {len(others)} other file(s), not read: {_names(others)}")
+
+
+def _unreadable(exc: OSError, fallback: Path) -> str:
+    return f"{exc.filename or fallback} cannot be read ({exc.strerror or exc})"
+
+
+def _names(names: list[str], limit: int = 10) -> str:
+    shown = ", ".join(_short(name) for name in names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _plans(report: VolumeReport) -> dict[str, PlanOption]:
+    models = [c for c in report.components.values() if c.kind == "model"]
+    plans = {}
+    for variant in VARIANTS:
+        missing = [c.name for c in models if not (variant in c.weight_sets and c.weight_sets[variant].complete)]
+        total = sum(c.weight_sets[variant].bytes for c in models if not missing)
+        plans[variant] = PlanOption(possible=not missing and report.loadable, bytes=total, missing_in=missing)
+    return plans
+
+
+def _free_bytes(path: Path) -> int | None:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def check_loras(folder: str | os.PathLike[str], max_mb: int) -> LoraReport:
+    """Every LoRA file in `folder`, from its header alone; never raises."""
+    path = Path(folder)
+    usable, broken = scan(path, max_mb * 1_000_000)
+    return LoraReport(str(path), path.is_dir(), usable, broken)
