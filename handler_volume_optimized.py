@@ -28,7 +28,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from model_loader import LoadRecord, load_planned, plan_load, reader_name, resolve_device
 from sdxl_worker.contract.generation import generate
 from sdxl_worker.contract.image_encoding import encode_image
 from sdxl_worker.contract.image_input import InputImages, load_inputs
@@ -38,6 +37,8 @@ from sdxl_worker.contract.prompts import PromptEncoder
 from sdxl_worker.contract.schedulers import build_schedulers
 from sdxl_worker.delivery.bucket import Bucket, BucketError
 from sdxl_worker.delivery.reply import DeliveryError, deliver
+from sdxl_worker.loading.loader import LoadRecord, load_planned
+from sdxl_worker.loading.plan import plan_load, reader_name, resolve_device
 from sdxl_worker.logs import PROMPT_LOG_CHARS, configure_logging, job_text, route_library_logs
 from sdxl_worker.settings import Settings, SettingsError
 from sdxl_worker.speed.options import SpeedReport, apply_speedups, freeze_compiled_shapes

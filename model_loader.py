@@ -1,348 +1,42 @@
-"""Load the SDXL pipeline from the volume, offline, in the precision the volume and device allow.
+"""Load the SDXL pipeline from a volume, offline, in the precision the volume and the device allow: the whole path
+(check, plan, load; sdxl_worker/loading/) in one call, for tools and users' scripts.
 
-The plan is decided from the volume check, before any weight is read, by a pure function
-(`plan_load`): on CUDA the fp16 variant when every component has it complete, else the standard
-files cast to float16 (the fallback, logged with the reason); a component-by-component mix only
-when neither set is complete, and then said so; on CPU float32, from the standard files if they are
-complete, else from fp16. Because the plan asks only for files the check found intact, no exception
-is ever needed to discover a missing variant: any error raised while loading (CUDA, a file that
-changed since the check, a bug) propagates with its cause.
+    from model_loader import load_pipeline
+    pipe, record = load_pipeline("/runpod-volume/photonicfusion-sdxl")      # DEVICE auto: CUDA when there is one
 
-On a network filesystem (weights/filesystem.py) or the CPU (LOAD_STREAMS=auto) each model is built empty from
-its config and given its tensors as parallel streams read its files, each byte once, cast on the way where the
-plan says (weights/streamed.py). On a GPU host's local disk, or with LOAD_STREAMS=0, the libraries load it
-instead (local files only, safetensors only, dtype passed explicitly because transformers 5 writes its own "dtype"
-into configs, straight onto the device with `device_map`) while background readers stream the planned files into
-the page cache (see prefetch.py). Then the components are assembled into the pipeline class
-model_index.json names.
+    python model_loader.py PATH [--device auto] [--streams N]              # load once, print how, as JSON
+
+Exit 0: loaded; 1: the volume cannot be served or a component would not load, said in one sentence.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
-import logging
-import os
-import time
-from collections.abc import Mapping
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+import argparse
+import json
+import sys
 
-from sdxl_worker.volume.check import check_volume
-from sdxl_worker.volume.report import VolumeReport, WeightSet
-from sdxl_worker.weights.architecture import map_names, rules_of
-from sdxl_worker.weights.filesystem import mount_of
-from sdxl_worker.weights.layout import Variant, variant_suffix
-from sdxl_worker.weights.offline import enforce_offline, require_local_path
-from sdxl_worker.weights.prefetch import Prefetcher
-from sdxl_worker.weights.streamed import DEFAULT_STREAMS, read_state_dict
+from sdxl_worker.loading.loader import ComponentLoadError, LoadRecord, load_pipeline
+from sdxl_worker.loading.plan import LoadPlan, VolumeNotLoadable, plan_load
+from sdxl_worker.weights.offline import HubIdRefused
 
-log = logging.getLogger(__name__)
+__all__ = ["ComponentLoadError", "LoadPlan", "LoadRecord", "VolumeNotLoadable", "load_pipeline", "plan_load"]
 
 
-class VolumeNotLoadable(RuntimeError):
-    """The volume check found no way to load the pipeline; the message is the check's summary."""
-
-    def __init__(self, report: VolumeReport) -> None:
-        super().__init__(report.summary())
-        self.report = report
-
-
-@dataclass(frozen=True)
-class LoadPlan:
-    """Which weight set each model component is read from, in which dtype, on which device."""
-
-    device: str
-    dtype: str
-    variants: dict[str, Variant]
-    label: str
-    bytes_to_read: int
-    reasons: tuple[str, ...] = ()
-
-
-@dataclass
-class LoadRecord:
-    """How the pipeline was loaded; returned with it, logged, and reported with every job."""
-
-    model_path: str
-    device: str
-    dtype: str
-    variant: str
-    variants: dict[str, str]
-    seconds: float
-    bytes_read: int
-    reasons: list[str] = field(default_factory=list)
-    # Parallel streams that read the weights (0: the libraries' loader), and why that many.
-    streams: int = 0
-    streams_reason: str = ""
-    # See LoadedComponents.
-    components_s: dict[str, float] = field(default_factory=dict)
-    prefetch_lead_gb: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def plan_load(report: VolumeReport, device: str) -> LoadPlan:
-    """Decide the load from the check alone; raise VolumeNotLoadable if the volume cannot be served."""
-    if not report.loadable:
-        raise VolumeNotLoadable(report)
-    models = {n: c for n, c in report.components.items() if c.kind == "model"}
-    on_cuda = device.startswith("cuda")
-    preferred: Variant = "fp16" if on_cuda else "standard"
-    other: Variant = "standard" if on_cuda else "fp16"
-    reasons: list[str] = []
-    if report.plans[preferred].possible:
-        variants = dict.fromkeys(models, preferred)
-    elif report.plans[other].possible:
-        variants = dict.fromkeys(models, other)
-        missing = ", ".join(report.plans[preferred].missing_in)
-        if on_cuda:
-            reasons.append(f"fp16 variant incomplete in {missing}: loading the standard files cast to float16")
-        else:
-            reasons.append(f"standard weights incomplete in {missing}: loading the fp16 files as float32 on CPU")
-    else:
-        variants = {n: (preferred if preferred in c.complete_variants() else other) for n, c in models.items()}
-        reasons.append(
-            "no weight set is complete for every component; mixing deliberately: "
-            + ", ".join(f"{n}={v}" for n, v in sorted(variants.items()))
-        )
-    label = next(iter(set(variants.values()))) if len(set(variants.values())) == 1 else "mixed"
-    total = sum(models[n].weight_sets[v].bytes for n, v in variants.items())
-    dtype = "float16" if on_cuda else "float32"
-    return LoadPlan(device, dtype, variants, label, total, tuple(reasons))
-
-
-def choose_streams(model_path: str | os.PathLike[str], setting: int | None, device: str) -> tuple[int, str]:
-    """LOAD_STREAMS resolved, and why: the setting when given; for auto (None) DEFAULT_STREAMS on the CPU or when
-    the model folder is on a network filesystem, else 0 (the libraries' loader, measured within 1.1x of a raw read
-    on a GPU host's local disk; on the CPU, where it may not memory-map the volume, it measured 1.4-1.7x slower
-    than the read-once loader: benchmarks/RESULTS.md)."""
-    if setting is not None:
-        return setting, f"LOAD_STREAMS={setting}"
-    if not device.startswith("cuda"):
-        return DEFAULT_STREAMS, "LOAD_STREAMS=auto: on the CPU the weights are copied into memory, not mapped"
-    mount = mount_of(model_path)
-    if mount is None:
-        return 0, "LOAD_STREAMS=auto: the mount table is unreadable, so the libraries' loader"
-    where = f"{mount.fs_type} at {mount.mount_point}"
-    if mount.network:
-        return DEFAULT_STREAMS, f"LOAD_STREAMS=auto: {where} is a network filesystem"
-    return 0, f"LOAD_STREAMS=auto: {where} is a local filesystem"
-
-
-def reader_name(streams: int) -> str:
-    """How a load with `streams` (0: none) reads the weights, in words for logs and reports."""
-    return f"{streams} parallel streams" if streams else "the libraries' loader"
-
-
-def resolve_device(setting: str) -> str:
-    """The DEVICE setting as a torch device: `auto` is CUDA when torch sees a GPU, else the CPU."""
-    if setting != "auto":
-        return setting
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@dataclass
-class LoadedComponents:
-    """Each component as loaded, with its own load time and, for the weighted ones, the prefetch readers' lead."""
-
-    components: dict[str, Any]
-    # In load order. The lead is GB read beyond the component's last byte when it finished (negative: the
-    # loader got there first and read those bytes itself): where a cold start's time beyond the raw read goes.
-    seconds: dict[str, float]
-    prefetch_lead_gb: dict[str, float]
-
-
-def load_components(report: VolumeReport, plan: LoadPlan, *, prefetch: bool = True,
-                    streams: int = 0) -> LoadedComponents:
-    """Load every component the plan names, one after another.
-
-    `streams` > 0: each model's files read once by that many parallel streams (weights/streamed.py). 0: the
-    libraries' own loader, memory-mapping the files while the prefetch readers stream them into the page cache.
-    """
-    import torch
-
-    model_path = Path(report.model_path)
-    dtype = getattr(torch, plan.dtype)
-    # On the CPU, memory-mapped tensors stay backed by the volume's files: a file truncated or
-    # replaced under a running worker would kill it with SIGBUS at the next job. Copy them instead.
-    # On CUDA the weights are copied to the GPU anyway, and mapping is what lets prefetch help.
-    no_mmap = {} if plan.device.startswith("cuda") else {"disable_mmap": True}
-    loaded = LoadedComponents({}, {}, {})
-    needed = 0
-    files = weight_files(model_path, report, plan.variants)
-    with Prefetcher(files) if prefetch and not streams else nullcontext() as prefetcher:
-        for name, component in report.components.items():
-            began = time.perf_counter()
-            if component.kind != "model":
-                loaded.components[name] = _load_component(model_path, name, component.library, component.class_name,
-                                                          {})
-            elif streams:
-                weights = component.weight_sets[plan.variants[name]]
-                loaded.components[name] = _load_streamed(model_path, name, component.library, component.class_name,
-                                                         weights, dtype, plan.device, streams)
-            else:
-                options = {"variant": variant_suffix(plan.variants[name]), "dtype": dtype, "device_map": plan.device,
-                           **no_mmap}
-                loaded.components[name] = _load_component(model_path, name, component.library,
-                                                          component.class_name, options)
-            loaded.seconds[name] = round(time.perf_counter() - began, 3)
-            if component.kind == "model":
-                needed += component.weight_sets[plan.variants[name]].bytes
-                if prefetcher is not None:
-                    loaded.prefetch_lead_gb[name] = round((prefetcher.bytes_read - needed) / 1e9, 2)
-    return loaded
-
-
-class ComponentLoadError(RuntimeError):
-    """A component the volume check passed that its library would not load as its config describes."""
-
-
-def _load_component(model_path: Path, name: str, library: str, class_name: str, options: dict[str, Any]) -> Any:
-    """One component from its subfolder, offline; a model whose weights do not fill it exactly is refused.
-
-    For a model, `options` holds its weight set, dtype and device. Its library reports tensors missing from the
-    files (which it would fill with random values), tensors it has no place for, and shapes that differ: each
-    is a refusal naming the component, never a warning in a log. Any other error is re-raised with the
-    component's name in front, the library's own message after it.
-    """
-    cls = _component_class(library, class_name)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("path", help="the model folder")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--streams", type=int, help="parallel streams reading the weights (0: the libraries' "
+                        "loader; default: by the device and the filesystem, as LOAD_STREAMS=auto)")
+    args = parser.parse_args(argv)
     try:
-        if not options:
-            return cls.from_pretrained(model_path, subfolder=name, local_files_only=True)
-        # The fallback's float32 files are cast to float16 while loading, before the GPU copy: faster than
-        # casting on the GPU (benchmarks/RESULTS.md), and never a float32 copy in GPU memory.
-        model, info = cls.from_pretrained(model_path, subfolder=name, local_files_only=True, use_safetensors=True,
-                                          output_loading_info=True, **options)
-    except Exception as exc:
-        text = " ".join(str(exc).split())[:300]
-        raise ComponentLoadError(f"{name}: {type(exc).__name__}: {text}") from exc
-    problems = [f"{len(keys)} {what}, e.g. {sorted(map(str, keys))[0]}" for what, keys in (
-        ("tensor(s) missing from its weights", info.get("missing_keys")),
-        ("tensor(s) in its weights that it has no place for", info.get("unexpected_keys")),
-        ("tensor(s) of another shape", info.get("mismatched_keys")),
-        ("load error(s)", info.get("error_msgs"))) if keys]
-    if problems:
-        raise ComponentLoadError(f"{name}: {'; '.join(problems)}")
-    # Inference only. Loading a LoRA turns requires_grad off on every parameter, and code compiled while it was on
-    # records it in its guards: it would recompile for every job after the first LoRA job.
-    model.requires_grad_(False)
-    return model
+        _, record = load_pipeline(args.path, args.device, streams=args.streams)
+    except (VolumeNotLoadable, ComponentLoadError, HubIdRefused) as exc:
+        print(f"❌ {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(record.to_dict(), indent=2))
+    return 0
 
 
-def _load_streamed(model_path: Path, name: str, library: str, class_name: str, weights: WeightSet,
-                   dtype: Any, device: str, streams: int) -> Any:
-    """One model built empty from its config, then given its tensors as read once from the files whose headers
-    the volume check parsed, under the names its library gives them (weights/architecture.py: transformers 4's
-    `text_model.` prefix, stored `position_ids`, ...); refused, naming the component, when the tensors do not fill
-    it exactly (as `_load_component`)."""
-    from accelerate import init_empty_weights
-
-    cls = _component_class(library, class_name)
-    folder = model_path / name
-    try:
-        if library == "diffusers":
-            config = cls.load_config(folder, local_files_only=True)
-            with init_empty_weights():  # parameters on the meta device; buffers real (CLIP's position ids)
-                model = cls.from_config(config)
-        else:
-            config = cls.config_class.from_pretrained(folder, local_files_only=True)
-            with init_empty_weights():
-                model = cls(config)
-        names = map_names(rules_of(model), weights.shapes, model.state_dict(), single_file=not weights.sharded)
-        state = read_state_dict(weights.headers, dtype, device, streams)
-        model.load_state_dict({names.names[k]: t for k, t in state.items() if k in names.names}, strict=False,
-                              assign=True)
-    except Exception as exc:
-        text = " ".join(str(exc).split())[:300]
-        raise ComponentLoadError(f"{name}: {type(exc).__name__}: {text}") from exc
-    empty = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    problems = [f"{len(keys)} {what}, e.g. {sorted(keys)[0]}" for what, keys in (
-        ("tensor(s) missing from its weights", empty),
-        ("tensor(s) in its weights that it has no place for", names.unexpected),
-        ("tensor(s) stored under two names", names.duplicates)) if keys]
-    if problems:
-        raise ComponentLoadError(f"{name}: {'; '.join(problems)}")
-    model.to(device)  # the buffers the weights do not hold
-    model.train(False)  # inference mode for dropout and norms, as from_pretrained leaves it
-    model.requires_grad_(False)
-    return model
-
-
-def assemble_pipeline(report: VolumeReport, components: Mapping[str, Any]) -> Any:
-    """The pipeline class model_index.json names, built from the loaded components and its own settings."""
-    import diffusers
-
-    pipeline_cls = getattr(diffusers, report.pipeline_class)
-    accepted = inspect.signature(pipeline_cls.__init__).parameters
-    extra = {k: v for k, v in report.pipeline_config.items() if k in accepted}
-    pipe = pipeline_cls(**components, **extra)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def load_planned(report: VolumeReport, plan: LoadPlan, *, prefetch: bool = True,
-                 streams: int | None = 0) -> tuple[Any, LoadRecord]:
-    """Load what `plan` says from the checked volume, offline; the pipeline and how it was loaded.
-
-    `streams`: parallel streams reading each weight byte once; 0: the libraries' loader; None: by the device and the
-    filesystem (`choose_streams`)."""
-    enforce_offline()
-    import diffusers
-    import transformers
-
-    # Per-file progress bars would flood the worker's log on every cold start.
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
-    for reason in plan.reasons:
-        log.warning("load plan: %s", reason)
-    streams, streams_reason = choose_streams(report.model_path, streams, plan.device)
-    log.info("loading %s (%s, %s on %s, %.2f GB) with %s (%s)", report.model_path, plan.label, plan.dtype,
-             plan.device, plan.bytes_to_read / 1e9, reader_name(streams), streams_reason)
-    started = time.perf_counter()
-    loaded = load_components(report, plan, prefetch=prefetch, streams=streams)
-    pipe = assemble_pipeline(report, loaded.components)
-    record = LoadRecord(
-        model_path=report.model_path,
-        device=plan.device,
-        dtype=plan.dtype,
-        variant=plan.label,
-        variants=dict(plan.variants),
-        seconds=round(time.perf_counter() - started, 3),
-        bytes_read=plan.bytes_to_read,
-        reasons=list(plan.reasons),
-        components_s=loaded.seconds,
-        prefetch_lead_gb=loaded.prefetch_lead_gb,
-        streams=streams,
-        streams_reason=streams_reason,
-    )
-    log.info("loaded in %.2f s: %s", record.seconds, record.to_dict())
-    return pipe, record
-
-
-def load_pipeline(path: str | os.PathLike[str], device: str = "auto", *,
-                  prefetch: bool = True, streams: int | None = 0) -> tuple[Any, LoadRecord]:
-    """Check the volume at `path`, plan and load: the whole path in one call, for tools and tests."""
-    report = check_volume(require_local_path(path), tensors=True)
-    return load_planned(report, plan_load(report, resolve_device(device)), prefetch=prefetch, streams=streams)
-
-
-def weight_files(model_path: Path, report: VolumeReport, variants: Mapping[str, Variant]) -> list[Path]:
-    """The weight files a load with these per-component variants reads, in load order."""
-    return [
-        model_path / name / filename
-        for name, variant in variants.items()
-        for filename in report.components[name].weight_sets[variant].files
-    ]
-
-
-def _component_class(library: str, class_name: str) -> type:
-    if library not in ("diffusers", "transformers"):
-        raise ValueError(f"component library {library!r} is not one this worker loads")
-    return getattr(importlib.import_module(library), class_name)
-
+if __name__ == "__main__":
+    sys.exit(main())

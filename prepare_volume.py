@@ -35,7 +35,8 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from model_loader import plan_load, weight_files
+from sdxl_worker.loading.loader import weight_files
+from sdxl_worker.loading.plan import plan_load
 from sdxl_worker.logs import configure_logging
 from sdxl_worker.prepare import bin_weights, fp16_set, single_file
 from sdxl_worker.prepare.fp16_set import Float16RangeError, PrepareError, Progress

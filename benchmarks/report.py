@@ -17,7 +17,7 @@ from benchmarks.results import (
     StockGeneration,
     TracingResult,
 )
-from model_loader import reader_name
+from sdxl_worker.loading.plan import reader_name
 
 
 def render(run: Run) -> str:

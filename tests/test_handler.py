@@ -392,7 +392,7 @@ def test_image_pipelines_share_the_loaded_weights_in_their_dtypes(volume: Path) 
     and inpainting twins must neither cast nor copy any of them (diffusers' from_pipe casts all to float32)."""
     import torch
 
-    from model_loader import load_pipeline
+    from sdxl_worker.loading.loader import load_pipeline
 
     pipe, _ = load_pipeline(volume, "cpu", prefetch=False)
     for name in ("unet", "text_encoder", "text_encoder_2"):

@@ -16,7 +16,8 @@ from safetensors.torch import load_file, save_file
 
 import prepare_volume
 from dev.single_file import write_checkpoint
-from model_loader import LoadPlan, load_planned
+from sdxl_worker.loading.loader import load_planned
+from sdxl_worker.loading.plan import LoadPlan
 from sdxl_worker.volume.check import check_volume
 from sdxl_worker.weights.safetensors_header import read_safetensors_header
 from sdxl_worker.weights.safetensors_io import PARTIAL_SUFFIX

@@ -43,7 +43,8 @@ def measure_cached_start(settings: Settings, size: int, steps: int) -> CachedSta
 
 def first_calls(settings: Settings, size: int, steps: int) -> dict:
     """In a fresh process: load, apply the speed options (compiling lazily), then time two calls."""
-    from model_loader import load_pipeline, resolve_device
+    from sdxl_worker.loading.loader import load_pipeline
+    from sdxl_worker.loading.plan import resolve_device
     from sdxl_worker.speed.options import apply_speedups
 
     device = resolve_device(settings.device)

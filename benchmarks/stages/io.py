@@ -13,11 +13,11 @@ from pathlib import Path
 
 from benchmarks.results import LoadResult
 from benchmarks.stages.common import free, stock_load, sync, timed
-from model_loader import load_pipeline, weight_files
+from sdxl_worker.loading.loader import load_pipeline, weight_files
+from sdxl_worker.loading.prefetch import READ_BYTES, Prefetcher
+from sdxl_worker.loading.streamed import DEFAULT_STREAMS
 from sdxl_worker.volume.check import check_volume
 from sdxl_worker.weights.layout import Variant
-from sdxl_worker.weights.prefetch import READ_BYTES, Prefetcher
-from sdxl_worker.weights.streamed import DEFAULT_STREAMS
 
 
 def evict(paths: list[Path], drop_all: bool = True) -> str:

@@ -22,7 +22,7 @@ from benchmarks.results import NetworkLoadResult
 from benchmarks.stages.common import free, stock_load, sync
 from benchmarks.stages.io import evict, parallel_read, plan_files, raw_read, standard_view
 from dev.netfs import Network, mounted, read_stats
-from sdxl_worker.weights.streamed import DEFAULT_STREAMS
+from sdxl_worker.loading.streamed import DEFAULT_STREAMS
 
 MB = 1e6
 # The grid: a near and a far volume, RunPod's documented 200-400 MB/s seen as 100 MB/s a stream and
@@ -39,7 +39,8 @@ STOCK_LIMIT_MIN_S = 30.0
 
 
 def measure_network_loads(volume: Path, device: str, scale: str, mount_dir: Path) -> list[NetworkLoadResult]:
-    from model_loader import load_pipeline, plan_load
+    from sdxl_worker.loading.loader import load_pipeline
+    from sdxl_worker.loading.plan import plan_load
     from sdxl_worker.volume.check import check_volume
 
     on_cuda = device.startswith("cuda")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from benchmarks.results import PrepareResult, Spread
 from benchmarks.stages.io import evict, plan_files, standard_view
-from sdxl_worker.weights.prefetch import READ_BYTES
+from sdxl_worker.loading.prefetch import READ_BYTES
 
 ROOT = Path(__file__).resolve().parents[2]
 

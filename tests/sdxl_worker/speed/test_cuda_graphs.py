@@ -40,7 +40,7 @@ class RecordingCapture:
 
 
 def test_the_warm_up_shape_replays_and_draws_what_eager_draws(tiny_volume_source: Path) -> None:
-    from model_loader import load_pipeline
+    from sdxl_worker.loading.loader import load_pipeline
 
     pipe, _ = load_pipeline(tiny_volume_source, "cpu")
     plain_256, plain_320 = draw_latents(pipe, 256), draw_latents(pipe, 320)
@@ -59,8 +59,8 @@ def test_the_warm_up_shape_replays_and_draws_what_eager_draws(tiny_volume_source
 
 def test_samplers_with_other_timestep_dtypes_replay_the_same_graph(tiny_volume_source: Path) -> None:
     """Captured with Euler's float32 timesteps; DDIM and DPM++ (int64), DPM++ SDE (float64) draw as eager."""
-    from model_loader import load_pipeline
     from sdxl_worker.contract.schedulers import build_schedulers
+    from sdxl_worker.loading.loader import load_pipeline
 
     pipe, _ = load_pipeline(tiny_volume_source, "cpu")
     schedulers = build_schedulers(pipe.scheduler)

@@ -46,7 +46,7 @@ def test_skipped_with_its_reason_where_fp8_cannot_run(tiny_volume_source: Path) 
     """An endpoint allowed several GPU types keeps serving on those without fp8, at 16 bits."""
     import torch
 
-    from model_loader import load_pipeline
+    from sdxl_worker.loading.loader import load_pipeline
 
     pipe, _ = load_pipeline(tiny_volume_source, "cpu")
     applied = apply_speedups(pipe, SpeedOptions(fuse_qkv=False, quantize="fp8"), "cpu")
@@ -58,7 +58,7 @@ def test_skipped_with_its_reason_where_fp8_cannot_run(tiny_volume_source: Path) 
 
 def test_only_transformer_linears_owning_their_weights_convert(tiny_volume_source: Path) -> None:
     """The fused q/k/v layer converts; the separate q/k/v views of it (never called) and the embeddings don't."""
-    from model_loader import load_pipeline
+    from sdxl_worker.loading.loader import load_pipeline
 
     pipe, _ = load_pipeline(tiny_volume_source, "cpu")
     apply_speedups(pipe, SpeedOptions(), "cpu")
@@ -72,7 +72,7 @@ def test_only_transformer_linears_owning_their_weights_convert(tiny_volume_sourc
 def test_fp8_unet_draws_near_the_16_bit_one(tiny_volume_source: Path, fp8_anywhere: None) -> None:
     import torch
 
-    from model_loader import load_pipeline
+    from sdxl_worker.loading.loader import load_pipeline
 
     pipe, _ = load_pipeline(tiny_volume_source, "cpu")
     apply_speedups(pipe, SpeedOptions(), "cpu")
@@ -102,7 +102,7 @@ def test_fp8_blocks_compile_as_whole_graphs(tiny_volume_source: Path, fp8_anywhe
     """COMPILE=1 (fullgraph: a graph break would fail) traces torchao's fp8 weights, through inductor for real."""
     import torch
 
-    from model_loader import load_pipeline
+    from sdxl_worker.loading.loader import load_pipeline
 
     for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
         monkeypatch.setenv(name, str(tmp_path / name))

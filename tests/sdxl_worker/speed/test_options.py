@@ -36,7 +36,7 @@ def test_cuda_set_keeps_the_picture(tiny_volume_source: Path) -> None:
     """The CUDA-only options (bf16 VAE with its input cast, channels_last) run on CPU tensors too."""
     import torch
 
-    from model_loader import load_pipeline
+    from sdxl_worker.loading.loader import load_pipeline
 
     pipe, _ = load_pipeline(tiny_volume_source, "cpu")
 
@@ -59,7 +59,7 @@ def test_fused_projections_hold_no_second_copy(tiny_volume_source: Path) -> None
     """Fusing q/k/v must not leave the unfused weights resident beside the fused ones (VRAM)."""
     import torch
 
-    from model_loader import load_pipeline
+    from sdxl_worker.loading.loader import load_pipeline
 
     pipe, _ = load_pipeline(tiny_volume_source, "cpu")
     before = weight_bytes(pipe.unet) + weight_bytes(pipe.vae)
@@ -93,7 +93,7 @@ def test_cudnn_autotuner_is_set_both_ways(tiny_volume_source: Path) -> None:
     """A process-wide flag: a pipeline started with it off must not inherit it from an earlier one."""
     import torch
 
-    from model_loader import load_pipeline
+    from sdxl_worker.loading.loader import load_pipeline
 
     pipe, _ = load_pipeline(tiny_volume_source, "cpu")
     try:
@@ -166,7 +166,7 @@ def test_block_scope_compiles_and_keeps_the_latents(tiny_volume_source: Path, tm
     """COMPILE=1 COMPILE_SCOPE=blocks through inductor for real (CPU): same latents as uncompiled."""
     import torch
 
-    from model_loader import load_pipeline
+    from sdxl_worker.loading.loader import load_pipeline
 
     for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
         monkeypatch.setenv(name, str(tmp_path / name))
@@ -191,7 +191,7 @@ def test_compile_says_where_its_cache_goes(tiny_volume_source: Path, monkeypatch
     variable already points somewhere (the image sets it to the volume)."""
     import logging
 
-    from model_loader import load_pipeline
+    from sdxl_worker.loading.loader import load_pipeline
 
     pipe, _ = load_pipeline(tiny_volume_source, "cpu")
     options = Settings.from_env({"TORCHINDUCTOR_CACHE_DIR": "/runpod-volume/.cache/torch-compile/inductor",
@@ -210,7 +210,7 @@ def test_compile_says_where_its_cache_goes(tiny_volume_source: Path, monkeypatch
 
 
 def test_cuda_graphs_route_the_unet_through_one_graph_on_cuda_only(tiny_volume_source: Path) -> None:
-    from model_loader import load_pipeline
+    from sdxl_worker.loading.loader import load_pipeline
     from sdxl_worker.speed.cuda_graphs import GraphedForward
 
     assert Settings.from_env({"CUDA_GRAPHS": "1"}).speed.cuda_graphs

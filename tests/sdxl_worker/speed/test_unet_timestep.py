@@ -15,7 +15,7 @@ from sdxl_worker.speed.unet_timestep import timestep_as_float32
 
 @pytest.fixture
 def unet_call(tiny_volume_source: Path):
-    from model_loader import load_pipeline
+    from sdxl_worker.loading.loader import load_pipeline
 
     pipe, _ = load_pipeline(tiny_volume_source, "cpu")
     unet = pipe.unet

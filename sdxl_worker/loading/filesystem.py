@@ -2,7 +2,7 @@
 
 RunPod mounts network volumes through FUSE (MooseFS's client); other hosts use NFS, SMB, Ceph and the like. On
 those every request crosses the network and one stream moves at a fraction of the volume's bandwidth, so the
-loader reads the weights once, in parallel streams (weights/streamed.py); on a local disk the libraries' own loader
+loader reads the weights once, in parallel streams (loading/streamed.py); on a local disk the libraries' own loader
 with the prefetch readers measured within 1.1x of a raw read (benchmarks/RESULTS.md).
 """
 

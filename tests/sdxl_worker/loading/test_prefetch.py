@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sdxl_worker.weights.prefetch import Prefetcher
+from sdxl_worker.loading.prefetch import Prefetcher
 
 
 def test_reads_every_byte_of_every_file(tmp_path: Path) -> None:

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from dev.netfs import Network, mounted, read_stats, unavailable
-from model_loader import ComponentLoadError, choose_streams, load_pipeline, weight_files
+from sdxl_worker.loading.loader import ComponentLoadError, load_pipeline, weight_files
+from sdxl_worker.loading.plan import choose_streams
+from sdxl_worker.loading.streamed import DEFAULT_STREAMS, StreamedFiles, read_state_dict
 from sdxl_worker.volume.check import check_volume
 from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError, read_safetensors_header
-from sdxl_worker.weights.streamed import DEFAULT_STREAMS, StreamedFiles, read_state_dict
 from tests.helpers import MODELS, every_tensor
 
 
@@ -92,7 +93,8 @@ def test_weights_that_do_not_fit_the_config_are_refused_naming_the_component(vol
 
     config = {**component_config("tiny", "vae"), "latent_channels": 8}
     (volume / "vae" / "config.json").write_text(__import__("json").dumps(config))
-    from model_loader import load_planned, plan_load
+    from sdxl_worker.loading.loader import load_planned
+    from sdxl_worker.loading.plan import plan_load
 
     report = check_volume(volume)  # without tensors: the check would refuse the shapes itself
     with pytest.raises(ComponentLoadError, match=r"^vae: RuntimeError: Error\(s\) in loading state_dict"):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dev.netfs import Network, mounted, unavailable
-from sdxl_worker.weights.filesystem import Mount, mount_of
+from sdxl_worker.loading.filesystem import Mount, mount_of
 
 MOUNTINFO = """\
 22 27 0:21 / /proc rw,relatime - proc proc rw
