@@ -138,7 +138,7 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 @pytest.fixture(scope="session")
 def worker(tiny_volume_source: Path):
     """One worker loaded on the CPU for the session, as the handler starts it (warm-up included)."""
-    from handler_volume_optimized import Worker
+    from sdxl_worker.serving.worker import Worker
 
     started = Worker.start(cpu_settings(tiny_volume_source), warmup=True)
     assert started.pipe is not None, started.startup_error

@@ -29,8 +29,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from dev.lora import write_lora
-from handler_volume_optimized import Worker
 from sdxl_worker.contract.job_schema import JobInput, JobInputError, parse_job_input
+from sdxl_worker.serving.worker import Worker
 from tests.helpers import ROOT, cpu_settings, decode, request, start_api, stop
 
 GUARD = ROOT / "tests" / "guard"

@@ -339,7 +339,7 @@ def test_an_interrupted_conversion_is_invisible_and_cleaned_by_the_next(checkpoi
 
 def serve(model_path: Path, **settings: object) -> list[str]:
     """The images of one small job from a worker started on `model_path` with default settings but those given."""
-    from handler_volume_optimized import Worker
+    from sdxl_worker.serving.worker import Worker
     from tests.helpers import cpu_settings
 
     worker = Worker.start(cpu_settings(model_path, **settings), warmup=False)

@@ -46,7 +46,7 @@ def feature_jobs(size: int, steps: int, image_b64: str) -> dict[str, dict[str, A
 
 def measure_features(settings: Settings, size: int, steps: int, runs: int, lora_dir: Path) -> FeaturesResult:
     from dev.lora import write_lora
-    from handler_volume_optimized import Worker
+    from sdxl_worker.serving.worker import Worker
 
     if not (lora_dir / f"{LORA}.safetensors").is_file():
         write_lora(Path(settings.model_path), lora_dir / f"{LORA}.safetensors", rank=LORA_RANK)

@@ -65,7 +65,7 @@ def measure_generation(stock: Stock, settings: Settings, runs: int, profile: boo
     import numpy as np
     from PIL import Image
 
-    from handler_volume_optimized import Worker
+    from sdxl_worker.serving.worker import Worker
 
     device, size, steps = stock.device, stock.size, stock.steps
     worker = Worker.start(settings)

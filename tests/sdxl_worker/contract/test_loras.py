@@ -9,7 +9,7 @@ import pytest
 from safetensors.torch import save_file
 
 from dev.lora import lora_tensors, write_lora
-from handler_volume_optimized import Worker
+from sdxl_worker.serving.worker import Worker
 from sdxl_worker.weights.loras import LoraSettings
 from tests.helpers import cpu_settings, decode
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from handler_volume_optimized import Worker
 from sdxl_worker.contract.prompts import CHUNK_TOKENS, PromptEncoder, weighted_fragments
+from sdxl_worker.serving.worker import Worker
 
 LONG = ", ".join(f"ornament {i} of the tower" for i in range(60))  # about 300 tokens
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from handler_volume_optimized import Worker
+from sdxl_worker.serving.worker import Worker
 from sdxl_worker.settings import Settings
 from tests.helpers import decode, s3_user, start_s3_server, stop
 

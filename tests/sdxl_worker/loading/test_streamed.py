@@ -143,7 +143,7 @@ def test_every_layout_loads_through_a_network_volume_by_default(layout_volume_so
 
 
 def test_the_worker_with_load_streams_draws_what_it_draws_without(tiny_volume_source: Path, worker) -> None:
-    from handler_volume_optimized import Worker
+    from sdxl_worker.serving.worker import Worker
     from tests.helpers import cpu_settings
 
     streamed = Worker.start(cpu_settings(tiny_volume_source, load_streams=4), warmup=False)

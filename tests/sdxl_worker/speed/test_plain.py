@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dev.lora import write_lora
-from handler_volume_optimized import Worker
+from sdxl_worker.serving.worker import Worker
 from sdxl_worker.speed.cuda_graphs import graph_unet
 from sdxl_worker.speed.options import SpeedOptions
 from sdxl_worker.weights.loras import LoraSettings

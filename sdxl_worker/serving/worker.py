@@ -1,0 +1,305 @@
+"""The worker: its start in numbered steps (settings -> volume check -> load plan -> load -> speed options -> warm-up
+-> freeze shapes), the job handler (validate -> generate -> encode -> deliver) and its error replies. A bad setting
+or a volume that cannot be served does not crash-loop the worker: it stays up and answers every job with the
+sentence naming the problem, so the operator sees it in the endpoint's results."""
+
+from __future__ import annotations
+
+import gc
+import inspect
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sdxl_worker.contract.generation import generate
+from sdxl_worker.contract.image_encoding import encode_image
+from sdxl_worker.contract.image_input import InputImages, load_inputs
+from sdxl_worker.contract.job_schema import JobInput, JobInputError, parse_job_input
+from sdxl_worker.contract.loras import LoraAdapters
+from sdxl_worker.contract.prompts import PromptEncoder
+from sdxl_worker.contract.schedulers import build_schedulers
+from sdxl_worker.delivery.bucket import Bucket, BucketError
+from sdxl_worker.delivery.reply import DeliveryError, deliver
+from sdxl_worker.loading.loader import LoadRecord, load_planned
+from sdxl_worker.loading.plan import plan_load, resolve_device
+from sdxl_worker.logs import PROMPT_LOG_CHARS, configure_logging, job_text, route_library_logs
+from sdxl_worker.settings import Settings, SettingsError
+from sdxl_worker.speed.options import SpeedReport, apply_speedups, freeze_compiled_shapes
+from sdxl_worker.volume.check import check_volume
+from sdxl_worker.volume.report import VolumeReport
+from sdxl_worker.weights.loras import LoraFileError
+
+log = logging.getLogger("worker")
+
+
+ProgressSink = Callable[[dict[str, Any], dict[str, Any]], None]
+
+
+def runpod_progress(job: dict[str, Any], update: dict[str, Any]) -> None:
+    """Send a progress update when running on RunPod; locally there is no one to send it to."""
+    if os.environ.get("RUNPOD_WEBHOOK_POST_OUTPUT"):
+        from runpod.serverless import progress_update
+
+        progress_update(job, update)
+
+
+class Worker:
+    """The loaded pipeline and everything a job needs; `handle` is the RunPod handler."""
+
+    def __init__(
+        self,
+        pipe: Any | None,
+        record: LoadRecord | None,
+        *,
+        settings: Settings,
+        report: VolumeReport | None = None,
+        speed: SpeedReport | None = None,
+        startup_error: str | None = None,
+        refresh_on_error: bool = False,
+        progress: ProgressSink = runpod_progress,
+    ) -> None:
+        self.pipe = pipe
+        self.record = record
+        self.settings = settings
+        self.report = report
+        self.speed = speed or SpeedReport()
+        self.startup_error = startup_error
+        self.refresh_on_error = refresh_on_error
+        self.progress = progress
+        self.schedulers = build_schedulers(pipe.scheduler) if pipe is not None else {}
+        self.bucket = Bucket(settings.bucket) if settings.bucket.configured else None
+        # Image to image and inpainting share the loaded pipeline's components (no second copy of any weight).
+        self.pipelines = image_pipelines(pipe) if pipe is not None else {}
+        self.prompt_encoder = PromptEncoder(pipe) if pipe is not None else None
+        self.loras = LoraAdapters(settings.loras, settings.speed.compile) if pipe is not None else None
+        self.largest_fit: tuple[int, int, int] | None = None  # (images, width, height) of the largest job done
+        self.start_timings: dict[str, float] = {}
+
+    @classmethod
+    def start(cls, settings: Settings, *, warmup: bool = True) -> Worker:
+        """settings -> volume check -> load plan -> load -> speed options -> warm-up -> freeze shapes.
+
+        `settings` is step 1, parsed by the caller (`start_from_env`). Any failure returns a worker that
+        explains it to every job instead of crash-looping.
+        """
+        # 1. Settings: `settings`, already parsed and cross-checked, before the volume is touched.
+        # The one place a start's error is caught: the worker must stay up to report it to callers instead of
+        # crash-looping; the traceback goes to the log in full.
+        report = None
+        try:
+            # 2. Volume check, once, every tensor name and shape included: the load plan is made from its report.
+            report = check_volume(settings.model_path, tensors=True)
+            for line in report.render().splitlines():
+                log.info("%s", line)
+            if not report.loadable:
+                log.error("cannot serve: %s", report.summary())
+                return cls.cannot_serve(report.summary(), settings, report)
+            # 3. Load plan: which weight set, which dtype, which device.
+            plan = plan_load(report, resolve_device(settings.device))
+            # 4. Load (the libraries' logs through the worker's, which keeps job text out).
+            route_library_logs()
+            started = time.perf_counter()
+            pipe, record = load_planned(report, plan, streams=settings.load_streams)
+            loaded = time.perf_counter()
+            # 5. Speed options.
+            speed = apply_speedups(pipe, settings.speed, plan.device)
+            log.info("speed options applied: %s", ", ".join(speed.labels()) or "none")
+            worker = cls(pipe, record, settings=settings, report=report, speed=speed)
+            worker.start_timings = {"load_s": loaded - started, "speedups_s": time.perf_counter() - loaded}
+            if warmup:
+                # 6. Warm-up: the first job is not the slow one, and compiled or captured code gets its shape.
+                worker.start_timings["warm_up_s"] = worker.warm_up()
+                # 7. Freeze shapes: no compiling or capturing inside a user's job.
+                if speed.shapes_frozen_after_warm_up:
+                    freeze_compiled_shapes(pipe)
+                    log.info("compiled or captured for the warm-up's shape; jobs of other shapes run eagerly")
+        except Exception as exc:
+            log.exception("starting the worker failed")
+            stage = "loading failed" if report is not None and report.loadable else "checking the volume failed"
+            return cls.cannot_serve(f"{stage}: {_describe(exc)}", settings, report, _cuda_unusable(exc))
+        return worker
+
+    @classmethod
+    def cannot_serve(cls, problem: str, settings: Settings | None = None, report: VolumeReport | None = None,
+                     refresh: bool = False) -> Worker:
+        """A worker that answers every job with `problem` (and, with `refresh`, asks RunPod for a fresh worker)."""
+        return cls(None, None, settings=settings or Settings(), report=report, startup_error=problem,
+                   refresh_on_error=refresh)
+
+    def warm_up(self) -> float:
+        """One short generation at the size jobs use, so the first real job is not the slow one."""
+        on_cuda = self.record.device.startswith("cuda")
+        size, steps = (min(1024, math.isqrt(self.settings.max_pixels) // 8 * 8), 2) if on_cuda else (256, 1)
+        started = time.perf_counter()
+        job = {"prompt": "warm-up", "width": size, "height": size, "num_inference_steps": steps, "seed": 0}
+        result = self.handle({"id": "warm-up", "input": job})
+        if "error" in result:
+            raise RuntimeError(f"warm-up generation failed: {result['error']}")
+        seconds = time.perf_counter() - started
+        log.info("warm-up %dx%d, %d steps: %.2f s", size, size, steps, seconds)
+        return seconds
+
+    def handle(self, job: dict[str, Any]) -> dict[str, Any]:
+        """validate -> generate -> encode; every failure becomes {"error": "<one sentence>"}."""
+        started = time.perf_counter()
+        job_id = str(job.get("id", "local"))[:64] if isinstance(job, dict) else "local"
+        if self.pipe is None:
+            reply: dict[str, Any] = {"error": f"This worker cannot serve jobs: {self.startup_error}"}
+            if self.refresh_on_error:
+                reply["refresh_worker"] = True
+            return reply
+        try:
+            params = parse_job_input(job.get("input") if isinstance(job, dict) else job, self.settings.max_pixels,
+                                     self.settings.loras.lora_max_per_job)
+            inputs = load_inputs(params, self.settings.max_input_image_mb * 1_000_000, self.settings.max_pixels)
+        except JobInputError as exc:
+            log.info("job %s refused: %s", job_id, exc)
+            return {"error": str(exc)}
+
+        import torch
+
+        try:
+            with job_text(params.prompt, params.negative_prompt):
+                return self._run(job, job_id, params, inputs, started)
+        except LoraFileError as exc:
+            log.info("job %s refused: %s", job_id, exc)
+            return {"error": str(exc)}
+        except (DeliveryError, BucketError) as exc:
+            log.warning("job %s: images not delivered: %s", job_id, exc)
+            return {"error": str(exc)}
+        except torch.cuda.OutOfMemoryError:
+            pass  # answered below, once the exception no longer pins the job's tensors
+        # The job boundary: nothing may escape to runpod, which would answer a traceback.
+        except Exception as exc:
+            log.exception("job %s failed", job_id)
+            reply = {"error": f"Generation failed: {_describe(exc)}. The worker logged the details."}
+            if _cuda_unusable(exc):
+                reply["refresh_worker"] = True
+            return reply
+        return self._out_of_memory(job_id, params, inputs)
+
+    def _run(self, job: dict[str, Any], job_id: str, params: JobInput, inputs: InputImages | None,
+             started: float) -> dict[str, Any]:
+        def on_progress(step: int, steps: int) -> None:
+            self.progress(job, {"step": step, "steps": steps, "percent": round(100 * step / steps)})
+
+        pipe = self.pipelines.get(params.mode, self.pipe)
+        # The prompts are encoded inside too: a LoRA's text-encoder layers change the embeddings.
+        with self.loras.applied(pipe, params.loras) as loras:
+            prompts = self.prompt_encoder.encode(params.prompt, params.negative_prompt, params.prompt_weighting)
+            generated = generate(pipe, params, self.schedulers[params.scheduler], on_progress, inputs, prompts)
+        width, height = job_size(params, inputs)
+        encode_started = time.perf_counter()
+        images = [encode_image(image, params.output_format, params.encode_quality) for image in generated.images]
+        encode_s = time.perf_counter() - encode_started
+        total_s = time.perf_counter() - started
+        pixels = params.num_images * width * height
+        if self.largest_fit is None or pixels > self.largest_fit[0] * self.largest_fit[1] * self.largest_fit[2]:
+            self.largest_fit = (params.num_images, width, height)
+        timings = {"inference_s": round(generated.inference_s, 3), "encode_s": round(encode_s, 3),
+                   "total_s": round(total_s, 3)}
+        log.info(
+            "job %s: %s %dx%d x%d, %d steps, %s, seed %d%s, inference %.2f s, encode %.2f s, total %.2f s, prompt %r",
+            job_id, params.mode, width, height, params.num_images, params.num_inference_steps, params.scheduler,
+            generated.seeds[0], "".join(f", LoRA {lora['name']} x{lora['scale']}" for lora in loras),
+            generated.inference_s, encode_s, total_s, params.prompt[:PROMPT_LOG_CHARS],
+        )
+        reply = {
+            "images": images,
+            "seed": generated.seeds[0],
+            "seeds": generated.seeds,
+            "width": width,
+            "height": height,
+            "mode": params.mode,
+            "loras": loras,
+            # Every token is encoded (compel's 75-token chunks), up to the prompts' character caps: none dropped.
+            "prompt_tokens": {**prompts.tokens, "dropped": 0},
+            "format": params.output_format,
+            "timings": timings,
+            "model": {"variant": self.record.variant, "dtype": self.record.dtype, "device": self.record.device},
+        }
+        return deliver(reply, job_id, params.output, self.settings.result_max_mb, self.bucket)
+
+    def _out_of_memory(self, job_id: str, params: JobInput, inputs: InputImages | None) -> dict[str, Any]:
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        width, height = job_size(params, inputs)
+        asked = f"{params.num_images} image(s) of {width}x{height}"
+        if self.largest_fit:
+            n, w, h = self.largest_fit
+            fits = f"the largest job that has fit on this worker is {n} image(s) of {w}x{h}"
+        else:
+            fits = "no job has completed on this worker yet"
+        log.warning("job %s: CUDA out of memory for %s; memory freed, still serving", job_id, asked)
+        return {"error": f"CUDA out of memory generating {asked}; {fits}: retry with fewer images or a smaller size."}
+
+
+def job_size(params: JobInput, inputs: InputImages | None) -> tuple[int, int]:
+    """The size a job generates: its input image's when it has one, else its width and height."""
+    return (inputs.width, inputs.height) if inputs is not None else (params.width, params.height)
+
+
+def image_pipelines(pipe: Any) -> dict[str, Any]:
+    """The loaded text-to-image pipeline and its image-to-image and inpainting twins, built on its components.
+
+    Built directly rather than with `from_pipe`: diffusers 0.42's from_pipe ends in `.to(dtype=float32)` when no
+    dtype is given (and `.to(dtype)` with one), casting the shared UNet and text encoders in place, which undoes
+    the float16 load and the bf16 VAE for every pipeline and copies the fused q/k/v views apart.
+    """
+    import torch
+    from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline
+
+    if pipe.vae.dtype != torch.float16:
+        # force_upcast protects a float16 VAE from overflow. Image to image would honour it by casting the VAE to
+        # float32 and back to the job's dtype at every job, undoing VAE_DTYPE; bfloat16 and float32 need no upcast.
+        pipe.vae.register_to_config(force_upcast=False)
+    pipelines = {"txt2img": pipe}
+    for mode, cls in (("img2img", StableDiffusionXLImg2ImgPipeline), ("inpaint", StableDiffusionXLInpaintPipeline)):
+        accepted = inspect.signature(cls.__init__).parameters
+        components = {name: module for name, module in pipe.components.items() if name in accepted}
+        options = {key: value for key, value in pipe.config.items() if key in accepted and key not in components}
+        pipelines[mode] = cls(**components, **options)
+        pipelines[mode].set_progress_bar_config(disable=True)
+    return pipelines
+
+
+def _describe(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+def _cuda_unusable(exc: BaseException) -> bool:
+    """True for errors after which this process's CUDA context cannot be trusted: ask for a new worker."""
+    text = str(exc)
+    if any(mark in text for mark in ("CUDA error", "CUBLAS_STATUS", "cuDNN error", "device-side assert")):
+        return True
+    torch = sys.modules.get("torch")  # not imported (or not installed): no CUDA context to distrust
+    if torch is None or not torch.cuda.is_available():
+        return False
+    try:
+        torch.cuda.synchronize()
+    except RuntimeError:
+        return True
+    return False
+
+
+def start_from_env(*, warmup: bool = True) -> Worker:
+    """Read the settings (the start's first step), set up logging at their level, then start the worker.
+
+    A bad setting leaves the worker up, answering every job with the sentence that names it.
+    """
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        configure_logging("INFO")
+        log.error("cannot serve: bad setting: %s", exc)
+        return Worker.cannot_serve(f"bad setting: {exc}")
+    configure_logging(settings.log_level, torchao_notices=settings.speed.quantize == "fp8")
+    return Worker.start(settings, warmup=warmup)
