@@ -1,5 +1,6 @@
-"""prepare_volume.py on tiny volumes: the fp16 set the worker then reads, the faults that must leave the volume as
-it was (a kill at any point, a full disk), and single-file checkpoints converted offline, every tensor compared."""
+"""prepare_volume's commands (and prepare_volume.py over them) on tiny volumes: the fp16 set the worker then
+reads, the faults that must leave the volume as it was (a kill at any point, a full disk), single-file checkpoints
+converted offline, every tensor compared, and .bin weights converted without running a pickle."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import prepare_volume
 from dev.single_file import write_checkpoint
 from sdxl_worker.loading.loader import load_planned
 from sdxl_worker.loading.plan import LoadPlan
+from sdxl_worker.prepare import commands
 from sdxl_worker.volume.check import check_volume
 from sdxl_worker.weights.safetensors_header import read_safetensors_header
 from sdxl_worker.weights.safetensors_io import PARTIAL_SUFFIX
@@ -58,7 +60,7 @@ def assert_no_visible_partial_file(volume: Path) -> None:
 def test_fp32_only_volume_gets_an_fp16_set_the_worker_then_reads(fp32_volume: Path) -> None:
     standard = {c: standard_tensors(fp32_volume / c) for c in MODELS}
     assert check_volume(fp32_volume).plans["fp16"].possible is False
-    summary = prepare_volume.add_fp16(fp32_volume)
+    summary = commands.add_fp16(fp32_volume)
     assert summary.exit_code == 0 and summary.status == "done", summary.render()
     report = check_volume(fp32_volume, tensors=True)
     assert report.plans["fp16"].possible and summary.load_plan.startswith("fp16 variant")
@@ -75,13 +77,13 @@ def test_latents_from_the_prepared_fp16_set_equal_the_fallback_loads(fp32_volume
         return draw_latents(pipe, size=256, steps=2)
 
     fallback = latents("standard")
-    assert prepare_volume.add_fp16(fp32_volume).exit_code == 0
+    assert commands.add_fp16(fp32_volume).exit_code == 0
     assert torch.equal(latents("fp16"), fallback)
 
 
 def test_a_complete_volume_is_left_untouched(volume: Path) -> None:
     before = tree_state(volume)
-    summary = prepare_volume.add_fp16(volume)
+    summary = commands.add_fp16(volume)
     assert summary.status == "nothing to do" and summary.exit_code == 0 and not summary.written
     assert tree_state(volume) == before
     assert "Nothing to do" in summary.render()
@@ -93,7 +95,7 @@ def test_only_the_component_with_a_truncated_fp16_file_is_rewritten(volume: Path
         handle.truncate(broken.stat().st_size // 2)
     others = {c: tree_state(volume / c) for c in MODELS if c != "unet"}
     standard = standard_tensors(volume / "unet")
-    summary = prepare_volume.add_fp16(volume)
+    summary = commands.add_fp16(volume)
     assert summary.written == ["unet/diffusion_pytorch_model.fp16.safetensors"], summary.render()
     assert any("unet: fp16 set broken: " in a and "truncated" in a for a in summary.actions)
     assert {c: tree_state(volume / c) for c in others} == others
@@ -142,7 +144,7 @@ def test_a_kill_at_any_point_leaves_the_volume_servable_and_a_rerun_finishes(
     assert_no_visible_partial_file(sharded_volume)
     report = check_volume(sharded_volume, tensors=True)
     assert report.loadable and report.plans["standard"].possible and not report.problems
-    summary = prepare_volume.add_fp16(sharded_volume)
+    summary = commands.add_fp16(sharded_volume)
     assert summary.exit_code == 0, summary.render()
     assert not list(sharded_volume.rglob(f"*{PARTIAL_SUFFIX}"))
     assert_fp16_is_the_standard_cast(sharded_volume, standard)
@@ -160,7 +162,7 @@ def test_a_full_disk_mid_write_fails_that_component_and_leaves_the_volume_as_bef
         return real(fd, data, offset)
 
     monkeypatch.setattr(os, "pwrite", fill_up)
-    summary = prepare_volume.add_fp16(fp32_volume)
+    summary = commands.add_fp16(fp32_volume)
     assert summary.exit_code == 1
     assert any("failed (No space left on device); no fp16 set written for it, the volume is as before" in f
                for f in summary.failures), summary.failures
@@ -201,7 +203,7 @@ def test_a_value_beyond_float16_fails_its_component_only(fp32_volume: Path) -> N
     name = sorted(tensors)[3]
     tensors[name].view(-1)[:2] = 70000.0
     save_file(tensors, path, metadata={"format": "pt"})
-    summary = prepare_volume.add_fp16(fp32_volume)
+    summary = commands.add_fp16(fp32_volume)
     assert summary.exit_code == 1
     assert f"vae: tensor {name} has 2 value(s) beyond float16's range" in summary.failures[0]
     assert not list((fp32_volume / "vae").glob("*fp16*"))
@@ -210,7 +212,7 @@ def test_a_value_beyond_float16_fails_its_component_only(fp32_volume: Path) -> N
 
 def test_drop_standard_deletes_only_after_verifying(fp32_volume: Path) -> None:
     total = sum(p.stat().st_size for p in fp32_volume.rglob("*.safetensors"))
-    summary = prepare_volume.add_fp16(fp32_volume, drop_standard=True)
+    summary = commands.add_fp16(fp32_volume, drop_standard=True)
     assert summary.exit_code == 0 and summary.freed_bytes == total, summary.render()
     assert not [p for p in fp32_volume.rglob("*.safetensors") if ".fp16" not in p.name]
     report = check_volume(fp32_volume, tensors=True)
@@ -225,7 +227,7 @@ def test_drop_standard_keeps_the_standard_files_when_the_fp16_set_differs(volume
     tensors[name].view(-1)[0] += 1
     save_file(tensors, path, metadata={"format": "pt"})
     before = tree_state(volume)
-    summary = prepare_volume.add_fp16(volume, drop_standard=True)
+    summary = commands.add_fp16(volume, drop_standard=True)
     assert summary.exit_code == 1 and summary.freed_bytes == 0
     assert f"text_encoder: standard files kept: tensor {name}" in summary.failures[0]
     assert tree_state(volume) == before
@@ -260,7 +262,7 @@ def test_single_file_round_trip_gives_back_every_tensor(checkpoints: dict[str, P
                                                         tmp_path: Path, dtype: str) -> None:
     target = tmp_path / "runpod-volume" / "photonicfusion-sdxl"
     target.parent.mkdir()
-    summary = prepare_volume.from_single_file(checkpoints[dtype], target, config_dir=fp32_volume_source)
+    summary = commands.from_single_file(checkpoints[dtype], target, config_dir=fp32_volume_source)
     assert summary.exit_code == 0, summary.render()
     torch_dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[dtype]
     assert_same_model(target, fp32_volume_source, torch_dtype)
@@ -295,10 +297,10 @@ def test_single_file_conversion_is_offline_and_writes_only_its_folder(checkpoint
 def test_a_checkpoint_without_a_vae_needs_one(checkpoints: dict[str, Path], fp32_volume_source: Path,
                                               tmp_path: Path) -> None:
     target = tmp_path / "photonicfusion-sdxl"
-    with pytest.raises(prepare_volume.PrepareError, match=r"has no weights for vae \(first_stage_model\.\*\); "
+    with pytest.raises(commands.PrepareError, match=r"has no weights for vae \(first_stage_model\.\*\); "
                                                           "pass --vae"):
-        prepare_volume.from_single_file(checkpoints["no-vae"], target, config_dir=fp32_volume_source)
-    summary = prepare_volume.from_single_file(checkpoints["no-vae"], target, config_dir=fp32_volume_source,
+        commands.from_single_file(checkpoints["no-vae"], target, config_dir=fp32_volume_source)
+    summary = commands.from_single_file(checkpoints["no-vae"], target, config_dir=fp32_volume_source,
                                               vae_dir=fp32_volume_source / "vae")
     assert summary.exit_code == 0, summary.render()
     assert_same_model(target, fp32_volume_source, torch.float32)
@@ -332,7 +334,7 @@ def test_an_interrupted_conversion_is_invisible_and_cleaned_by_the_next(checkpoi
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert not target.exists() and (tmp_path / f".photonicfusion-sdxl{PARTIAL_SUFFIX}").is_dir()
-    summary = prepare_volume.from_single_file(checkpoints["F32"], target, config_dir=fp32_volume_source)
+    summary = commands.from_single_file(checkpoints["F32"], target, config_dir=fp32_volume_source)
     assert summary.exit_code == 0 and summary.removed_leftovers == [f".photonicfusion-sdxl{PARTIAL_SUFFIX}"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photonicfusion-sdxl"]
 
@@ -356,7 +358,7 @@ def test_a_single_file_conversion_is_served_with_default_settings(checkpoints: d
     loader serves them, drawing what the libraries' loader draws."""
     target = tmp_path / "runpod-volume" / "photonicfusion-sdxl"
     target.parent.mkdir()
-    assert prepare_volume.from_single_file(checkpoints["F32"], target, config_dir=fp32_volume_source).exit_code == 0
+    assert commands.from_single_file(checkpoints["F32"], target, config_dir=fp32_volume_source).exit_code == 0
     assert "text_model.final_layer_norm.weight" in read_safetensors_header(
         target / "text_encoder" / "model.fp16.safetensors").entries
     assert serve(target) == serve(target, load_streams=0)
@@ -368,7 +370,7 @@ def test_add_fp16_on_every_layout_keeps_its_names_and_is_served(layout_volume: P
     for path in layout_volume.rglob("*.fp16*"):
         path.unlink()
     standard = {c: set(standard_tensors(layout_volume / c)) for c in MODELS}
-    summary = prepare_volume.add_fp16(layout_volume, drop_standard=True)
+    summary = commands.add_fp16(layout_volume, drop_standard=True)
     assert summary.exit_code == 0, summary.render()
     assert {c: set(fp16_tensors(layout_volume / c)) for c in MODELS} == standard
     assert not [p for p in layout_volume.rglob("*.safetensors") if ".fp16" not in p.name]
@@ -419,7 +421,7 @@ def test_bin_only_components_are_converted_and_then_served(layout_volume: Path) 
         assert f"{component}: only .bin weights" in report.render()
     assert f"convert them with `python prepare_volume.py convert-bin {layout_volume}`" in report.render()
     sharded = (layout_volume / "unet" / "diffusion_pytorch_model.bin.index.json").is_file()
-    summary = prepare_volume.convert_bin(layout_volume)
+    summary = commands.convert_bin(layout_volume)
     assert summary.exit_code == 0, summary.render()
     for component in MODELS:
         converted = standard_tensors(layout_volume / component)
@@ -427,7 +429,7 @@ def test_bin_only_components_are_converted_and_then_served(layout_volume: Path) 
         assert all(torch.equal(converted[n], t) for n, t in pickled[component].items()), component
     assert ("unet/diffusion_pytorch_model.safetensors.index.json" in summary.written) == sharded
     assert len(serve(layout_volume)) == 1
-    assert prepare_volume.convert_bin(layout_volume).status == "nothing to do"
+    assert commands.convert_bin(layout_volume).status == "nothing to do"
 
 
 @pytest.mark.parametrize("content", ["runs code", "not tensors", "not a pickle"])
