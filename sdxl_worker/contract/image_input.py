@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sdxl_worker.contract.job_schema import MAX_SIDE, MIN_SIDE, JobInput, JobInputError
+from sdxl_worker.sentences import bounded
 
 FORMATS = ("PNG", "JPEG", "WEBP")
 DATA_URL = re.compile(r"^data:image/[a-z0-9.+-]+;base64,", re.IGNORECASE)
@@ -82,7 +83,7 @@ def decode_image(field: str, text: str, max_bytes: int, max_pixels: int) -> Any:
     try:
         image.load()
     except (OSError, ValueError) as exc:  # truncated or corrupt data, found while decoding
-        raise _refusal(field, f"cannot be decoded ({' '.join(str(exc).split())[:80]})") from None
+        raise _refusal(field, f"cannot be decoded ({bounded(exc)})") from None
     return image
 
 

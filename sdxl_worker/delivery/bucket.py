@@ -15,6 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from sdxl_worker.sentences import bounded
+
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 # Seconds: a bucket that does not answer must not hold a job (and its GPU) for boto3's default of minutes.
@@ -131,6 +133,6 @@ class Bucket:
         for value in (self.settings.bucket_access_key_id, secret.get_secret_value() if secret else None):
             if value:
                 detail = detail.replace(value, "***")
-        detail = " ".join(detail.split())[:300]
+        detail = bounded(detail, 300)
         return (f"Uploading the images to bucket {self.settings.bucket_name!r} at {self.settings.bucket_endpoint_url} "
                 f"failed ({detail}); the job's images were not stored.")

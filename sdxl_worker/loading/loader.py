@@ -26,6 +26,7 @@ from typing import Any
 from sdxl_worker.loading.plan import LoadPlan, choose_streams, plan_load, reader_name, resolve_device
 from sdxl_worker.loading.prefetch import Prefetcher
 from sdxl_worker.loading.streamed import read_state_dict
+from sdxl_worker.sentences import describe
 from sdxl_worker.volume.check import check_volume
 from sdxl_worker.volume.report import VolumeReport, WeightSet
 from sdxl_worker.weights.architecture import map_names, rules_of
@@ -131,8 +132,7 @@ def _load_component(model_path: Path, name: str, library: str, class_name: str, 
         model, info = cls.from_pretrained(model_path, subfolder=name, local_files_only=True, use_safetensors=True,
                                           output_loading_info=True, **options)
     except Exception as exc:
-        text = " ".join(str(exc).split())[:300]
-        raise ComponentLoadError(f"{name}: {type(exc).__name__}: {text}") from exc
+        raise ComponentLoadError(f"{name}: {describe(exc)}") from exc
     problems = [f"{len(keys)} {what}, e.g. {sorted(map(str, keys))[0]}" for what, keys in (
         ("tensor(s) missing from its weights", info.get("missing_keys")),
         ("tensor(s) in its weights that it has no place for", info.get("unexpected_keys")),
@@ -170,8 +170,7 @@ def _load_streamed(model_path: Path, name: str, library: str, class_name: str, w
         model.load_state_dict({names.names[k]: t for k, t in state.items() if k in names.names}, strict=False,
                               assign=True)
     except Exception as exc:
-        text = " ".join(str(exc).split())[:300]
-        raise ComponentLoadError(f"{name}: {type(exc).__name__}: {text}") from exc
+        raise ComponentLoadError(f"{name}: {describe(exc)}") from exc
     empty = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     problems = [f"{len(keys)} {what}, e.g. {sorted(keys)[0]}" for what, keys in (
         ("tensor(s) missing from its weights", empty),

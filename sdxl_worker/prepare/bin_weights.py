@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdxl_worker.prepare.fp16_set import PrepareError, Progress
+from sdxl_worker.prepare.fp16_set import PrepareError
+from sdxl_worker.sentences import bounded, describe
 from sdxl_worker.weights.layout import (
     VARIANTS,
     Variant,
@@ -31,6 +32,7 @@ from sdxl_worker.weights.layout import (
 )
 from sdxl_worker.weights.safetensors_io import (
     SAFETENSORS_DTYPES,
+    Progress,
     TensorSpec,
     removed_on_error,
     write_json,
@@ -88,13 +90,14 @@ def _shards(index: Path) -> list[Path]:
     try:
         weight_map = json.loads(index.read_text()).get("weight_map")
     except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
-        raise BinRefused(f"{index}: not a shard index ({_short(exc)})") from None
+        raise BinRefused(f"{index}: not a shard index ({bounded(exc, MESSAGE_CHARS)})") from None
     if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
         raise BinRefused(f"{index}: has no weight_map of tensor names to file names")
     shards = [index.parent / shard for shard in sorted(set(weight_map.values()))]
     outside = [s.name for s in shards if s.parent != index.parent or not s.is_file()]
     if outside:
-        raise BinRefused(f"{index}: names shard {_short(outside[0])}, which is not a file in its folder")
+        raise BinRefused(f"{index}: names shard {bounded(outside[0], MESSAGE_CHARS)}, which is not a file in its "
+                         "folder")
     return shards
 
 
@@ -107,16 +110,17 @@ def load_bin(path: Path) -> dict[str, Any]:
         data = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
         raise BinRefused(f"{path}: refused: torch's weights-only loader, which runs no code, does not read it as "
-                         f"plain tensors ({_short(_refusal_detail(exc))}); nothing in it was run") from None
+                         f"plain tensors ({bounded(_refusal_detail(exc), MESSAGE_CHARS)}); nothing in it was run"
+                         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise BinRefused(f"{path}: cannot be read as PyTorch weights ({type(exc).__name__}: {_short(exc)})") from None
+        raise BinRefused(f"{path}: cannot be read as PyTorch weights ({describe(exc, MESSAGE_CHARS)})") from None
     if not isinstance(data, Mapping):
         raise BinRefused(f"{path}: holds a {type(data).__name__}, not tensor names mapped to tensors")
     wrong = next((k for k, v in data.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)
                   or str(v.dtype).removeprefix("torch.") not in SAFETENSORS_DTYPES or v.layout != torch.strided), None)
     if wrong is not None:
-        raise BinRefused(f"{path}: entry {_short(repr(wrong))} is a {type(data[wrong]).__name__}, not a dense tensor "
-                         "safetensors can hold")
+        raise BinRefused(f"{path}: entry {bounded(repr(wrong), MESSAGE_CHARS)} is a {type(data[wrong]).__name__}, "
+                         "not a dense tensor safetensors can hold")
     return dict(data)
 
 
@@ -147,6 +151,3 @@ def _refusal_detail(exc: Exception) -> str:
     return next((line for line in lines if not line.startswith(advice)), lines[0] if lines else type(exc).__name__)
 
 
-def _short(value: object) -> str:
-    text = " ".join(str(value).split())
-    return text if len(text) <= MESSAGE_CHARS else text[:MESSAGE_CHARS - 3] + "..."

@@ -16,12 +16,12 @@ from pathlib import Path
 from sdxl_worker.loading.loader import weight_files
 from sdxl_worker.loading.plan import plan_load
 from sdxl_worker.prepare import bin_weights, fp16_set, single_file
-from sdxl_worker.prepare.fp16_set import Float16RangeError, PrepareError, Progress
+from sdxl_worker.prepare.fp16_set import Float16RangeError, PrepareError
 from sdxl_worker.prepare.pipeline_files import MODEL_COMPONENTS, model_config, write_pipeline_files
 from sdxl_worker.volume.check import check_volume
 from sdxl_worker.volume.report import VolumeReport, format_bytes
 from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError, read_safetensors_header
-from sdxl_worker.weights.safetensors_io import fsync_path, partial_path
+from sdxl_worker.weights.safetensors_io import Progress, fsync_path, partial_path
 
 # Opens a progress display for (total bytes, label), giving the callback to count written bytes with.
 ProgressBar = Callable[[int, str], AbstractContextManager[Progress]]

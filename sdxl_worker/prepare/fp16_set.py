@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +31,7 @@ from sdxl_worker.volume.report import ComponentReport, VolumeReport, format_byte
 from sdxl_worker.weights.layout import index_file_names, shard_file_name, single_file_name
 from sdxl_worker.weights.safetensors_header import SafetensorsInfo, read_safetensors_header
 from sdxl_worker.weights.safetensors_io import (
+    Progress,
     TensorSpec,
     layout,
     leftovers,
@@ -46,7 +47,6 @@ FLOAT16_MAX = 65504.0
 MARGIN_BYTES = 64 * 1024**2
 MARGIN_FRACTION = 0.01
 
-Progress = Callable[[int], None]
 
 
 class PrepareError(RuntimeError):

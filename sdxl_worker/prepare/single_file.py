@@ -20,7 +20,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from sdxl_worker.prepare.fp16_set import ComponentWork, PrepareError, Progress, component_work, to_float16
+from sdxl_worker.prepare.fp16_set import ComponentWork, PrepareError, component_work, to_float16
+from sdxl_worker.sentences import bounded
 from sdxl_worker.volume.check import check_weight_set
 from sdxl_worker.volume.sdxl import MODELS
 from sdxl_worker.weights import architecture
@@ -28,6 +29,7 @@ from sdxl_worker.weights.layout import single_file_name
 from sdxl_worker.weights.safetensors_header import SafetensorsInfo
 from sdxl_worker.weights.safetensors_io import (
     TORCH_DTYPES,
+    Progress,
     TensorSpec,
     fsync_path,
     layout,
@@ -108,7 +110,7 @@ def plan_component(info: SafetensorsInfo, component: str, folder: Path, config: 
     # shape, fails there, before anything is written.
     except (KeyError, IndexError, ValueError, RuntimeError) as exc:
         raise PrepareError(f"{component}: the checkpoint's tensors cannot be converted ({type(exc).__name__}: "
-                           f"{' '.join(str(exc).split())[:160]})") from None
+                           f"{bounded(exc, 160)})") from None
     shapes = {name: tuple(t.shape) for name, t in converted.items()}
     expected = architecture.expected_from_manifest(component, CLASSES[component], config) \
         or architecture.expected_from_meta(LIBRARIES[component], CLASSES[component], config)

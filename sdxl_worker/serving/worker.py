@@ -27,6 +27,7 @@ from sdxl_worker.delivery.reply import DeliveryError, deliver
 from sdxl_worker.loading.loader import LoadRecord, load_planned
 from sdxl_worker.loading.plan import plan_load, resolve_device
 from sdxl_worker.logs import PROMPT_LOG_CHARS, configure_logging, job_text, route_library_logs
+from sdxl_worker.sentences import describe
 from sdxl_worker.settings import Settings, SettingsError
 from sdxl_worker.speed.options import SpeedReport, apply_speedups, freeze_compiled_shapes
 from sdxl_worker.volume.check import check_volume
@@ -120,7 +121,7 @@ class Worker:
         except Exception as exc:
             log.exception("starting the worker failed")
             stage = "loading failed" if report is not None and report.loadable else "checking the volume failed"
-            return cls.cannot_serve(f"{stage}: {_describe(exc)}", settings, report, _cuda_unusable(exc))
+            return cls.cannot_serve(f"{stage}: {describe(exc)}", settings, report, _cuda_unusable(exc))
         return worker
 
     @classmethod
@@ -176,7 +177,7 @@ class Worker:
         # The job boundary: nothing may escape to runpod, which would answer a traceback.
         except Exception as exc:
             log.exception("job %s failed", job_id)
-            reply = {"error": f"Generation failed: {_describe(exc)}. The worker logged the details."}
+            reply = {"error": f"Generation failed: {describe(exc)}. The worker logged the details."}
             if _cuda_unusable(exc):
                 reply["refresh_worker"] = True
             return reply
@@ -268,11 +269,6 @@ def image_pipelines(pipe: Any) -> dict[str, Any]:
         pipelines[mode] = cls(**components, **options)
         pipelines[mode].set_progress_bar_config(disable=True)
     return pipelines
-
-
-def _describe(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
 def _cuda_unusable(exc: BaseException) -> bool:

@@ -12,6 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
+from sdxl_worker.sentences import bounded
 from sdxl_worker.volume.report import (
     ComponentKind,
     ComponentReport,
@@ -86,7 +87,7 @@ def _check_location(report: VolumeReport, model_path: Path, volume_root: Path) -
         held = sorted(p.name for p in volume_root.iterdir())
         others = [name for name in held if name != model_path.name]
         hint = difflib.get_close_matches(model_path.name, others, n=1, cutoff=0.5)
-        listing = ", ".join(_short(name) for name in held[:20]) + (f", ... ({len(held)} entries)" if len(held) > 20
+        listing = ", ".join(bounded(name) for name in held[:20]) + (f", ... ({len(held)} entries)" if len(held) > 20
                                                                    else "")
         message = f"model folder {model_path} does not exist; the volume holds: {listing or 'nothing'}"
         if hint:
@@ -113,7 +114,7 @@ def _read_model_index(report: VolumeReport, model_path: Path) -> dict[str, tuple
     pipeline = index["_class_name"]
     if pipeline not in SUPPORTED_PIPELINES:
         served = SUPPORTED_PIPELINES[0]
-        report.add("fail", f"model_index.json names {_short(pipeline)}; this worker serves {served}", index_path)
+        report.add("fail", f"model_index.json names {bounded(pipeline)}; this worker serves {served}", index_path)
         return None
     entries: dict[str, tuple[str, str]] = {}
     for name, entry in index.items():
@@ -139,16 +140,16 @@ def _read_model_index(report: VolumeReport, model_path: Path) -> dict[str, tuple
 def _entry_problem(name: str, entry: list) -> str | None:
     """Why model_index.json's entry for `name` is not one the worker loads, or None."""
     if len(entry) != 2 or not all(isinstance(part, str) for part in entry):
-        return f"{_short(name)} must be [library, class], got {_short(json.dumps(entry))}"
+        return f"{bounded(name)} must be [library, class], got {bounded(json.dumps(entry))}"
     library, class_name = entry
     if name not in SDXL_CLASSES:
         pipeline = SUPPORTED_PIPELINES[0]
-        return f"{_short(name)} ({_short(library)}.{_short(class_name)}) is not a component {pipeline} takes"
+        return f"{bounded(name)} ({bounded(library)}.{bounded(class_name)}) is not a component {pipeline} takes"
     if library not in WEIGHT_PREFIX:
-        return f"{name}: library {_short(library)!r} is not one this worker loads (diffusers or transformers)"
+        return f"{name}: library {bounded(library)!r} is not one this worker loads (diffusers or transformers)"
     if class_name not in SDXL_CLASSES[name]:
         allowed = " or ".join(sorted(SDXL_CLASSES[name])) if len(SDXL_CLASSES[name]) < 4 else "a diffusers scheduler"
-        return f"{name}: {_short(class_name)} is not a class this worker loads as {name} (expected {allowed})"
+        return f"{name}: {bounded(class_name)} is not a class this worker loads as {name} (expected {allowed})"
     return None
 
 
@@ -202,7 +203,7 @@ def _parse_json(path: Path) -> tuple[object, str | None]:
         return None, "is not usable JSON (nested too deeply)"
     # json.JSONDecodeError, UnicodeDecodeError and int()'s digit limit are all ValueErrors.
     except ValueError as exc:
-        return None, f"is not valid JSON ({_short(exc)})"
+        return None, f"is not valid JSON ({bounded(exc)})"
 
 
 def _load_json_object(report: VolumeReport, component: ComponentReport, path: Path) -> dict | None:
@@ -228,7 +229,7 @@ def _check_model(report: VolumeReport, component: ComponentReport, folder: Path,
     if config is not None:
         declared = config.get("_class_name") or (config.get("architectures") or [None])[0]
         if declared and declared != component.class_name:
-            report.add("warn", f"{name}: config.json declares {_short(declared)}, model_index.json "
+            report.add("warn", f"{name}: config.json declares {bounded(declared)}, model_index.json "
                        f"{component.class_name}", folder / "config.json")
         else:
             report.add("ok", f"{name}: config.json valid ({component.class_name})")
@@ -278,15 +279,15 @@ def _expected_tensors(report: VolumeReport, component: ComponentReport, config: 
         return architecture.expected_from_meta(component.library, component.class_name, config)
     except architecture.UnsupportedNaming as exc:
         component.ok = False
-        report.add("fail", f"{component.name}: its tensors cannot be compared: {_short(exc, 200)}")
+        report.add("fail", f"{component.name}: its tensors cannot be compared: {bounded(exc, 200)}")
     except ImportError as exc:  # an image without torch or the model's library cannot load anything either
         component.ok = False
-        report.add("fail", f"{component.name}: its tensors cannot be compared: {_short(exc)}")
+        report.add("fail", f"{component.name}: its tensors cannot be compared: {bounded(exc)}")
     # The library refuses this config (an unknown option, a wrong type): the loader would refuse it too.
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         component.ok = False
         report.add("fail", f"{component.name}: config.json describes no model {component.class_name} can build "
-                   f"({type(exc).__name__}: {_short(exc)})", report.model_path)
+                   f"({type(exc).__name__}: {bounded(exc)})", report.model_path)
     return None
 
 
@@ -328,7 +329,7 @@ def _add_safetensors(weights: WeightSet, path: Path, expected: set[str] | None =
     weights.shapes.update(info.shapes)
     absent = (expected or set()) - info.tensor_names
     if absent:
-        return f"{path}: lacks {len(absent)} tensors its shard index places there, e.g. {_short(min(absent))}"
+        return f"{path}: lacks {len(absent)} tensors its shard index places there, e.g. {bounded(min(absent))}"
     return None
 
 
@@ -343,7 +344,7 @@ def _check_sharded(weights: WeightSet, index: Path) -> str | None:
     for shard in sorted(set(weight_map.values())):
         path = index.parent / shard
         if path.parent != index.parent:
-            problems.append(f"{index.name} places tensors in {_short(shard)}, outside the component's folder")
+            problems.append(f"{index.name} places tensors in {bounded(shard)}, outside the component's folder")
             continue
         weights.files.append(path.name)
         if not path.is_file():
@@ -375,7 +376,7 @@ def _check_tokenizer(report: VolumeReport, component: ComponentReport, folder: P
     positions = _text_positions(Path(report.model_path), name)
     if not isinstance(max_length, int) or isinstance(max_length, bool) or not 0 < max_length <= positions:
         component.ok = False
-        report.add("fail", f"{name}: tokenizer_config.json has no usable model_max_length (got {_short(max_length)}; "
+        report.add("fail", f"{name}: tokenizer_config.json has no usable model_max_length (got {bounded(max_length)}; "
                    f"its text encoder has {positions} positions, CLIP's 77)", folder / "tokenizer_config.json")
         return
     component.max_length = max_length
@@ -425,13 +426,8 @@ def _unreadable(exc: OSError, fallback: Path) -> str:
 
 
 def _names(names: list[str], limit: int = 10) -> str:
-    shown = ", ".join(_short(name) for name in names[:limit])
+    shown = ", ".join(bounded(name) for name in names[:limit])
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
-
-
-def _short(value: object, limit: int = 80) -> str:
-    text = str(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _plans(report: VolumeReport) -> dict[str, PlanOption]:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from sdxl_worker.sentences import bounded
+
 # Bytes per element for every dtype the safetensors format defines.
 DTYPE_SIZES: dict[str, float] = {
     "BOOL": 1,
@@ -127,7 +129,7 @@ def read_safetensors_header(path: Path) -> SafetensorsInfo:
         header = json.loads(raw.decode("utf-8"))
     # ValueError covers invalid JSON and UTF-8, and integers too long to convert; RecursionError, nesting.
     except (ValueError, RecursionError) as exc:
-        raise SafetensorsHeaderError(f"{path}: header is not valid JSON ({_short(exc)})") from exc
+        raise SafetensorsHeaderError(f"{path}: header is not valid JSON ({bounded(exc)})") from exc
     if not isinstance(header, dict):
         raise SafetensorsHeaderError(f"{path}: header is not a JSON object")
 
@@ -181,15 +183,15 @@ def _check_contiguous(path: Path, spans: list[tuple[int, int, str]]) -> int:
 def _entry_size(path: Path, name: str, entry: object) -> tuple[int, int]:
     """Return (bytes, elements) of one header entry after checking its fields' types."""
     if not isinstance(entry, dict):
-        raise SafetensorsHeaderError(f"{path}: tensor {_short(name)!r} has no dtype/shape/data_offsets record")
+        raise SafetensorsHeaderError(f"{path}: tensor {bounded(name)!r} has no dtype/shape/data_offsets record")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if dtype not in DTYPE_SIZES:
-        raise SafetensorsHeaderError(f"{path}: tensor {_short(name)!r} has unknown dtype {_short(dtype)!r}")
+        raise SafetensorsHeaderError(f"{path}: tensor {bounded(name)!r} has unknown dtype {bounded(dtype)!r}")
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-        raise SafetensorsHeaderError(f"{path}: tensor {_short(name)!r} has an invalid shape {_short(shape)}")
+        raise SafetensorsHeaderError(f"{path}: tensor {bounded(name)!r} has an invalid shape {bounded(shape)}")
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets) \
             or offsets[0] > offsets[1]:
-        raise SafetensorsHeaderError(f"{path}: tensor {_short(name)!r} has invalid data_offsets {_short(offsets)}")
+        raise SafetensorsHeaderError(f"{path}: tensor {bounded(name)!r} has invalid data_offsets {bounded(offsets)}")
     count = math.prod(shape)
     return math.ceil(count * DTYPE_SIZES[dtype]), count
 
@@ -199,6 +201,3 @@ def _is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _short(value: object, limit: int = 80) -> str:
-    text = str(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

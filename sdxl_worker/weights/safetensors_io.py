@@ -42,6 +42,9 @@ PARTIAL_SUFFIX = ".prepare-partial"
 WRITES_IN_FLIGHT = 2
 READS_AHEAD = 2
 
+# Counts bytes as they are written: a progress bar's update.
+Progress = Callable[[int], None]
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -139,7 +142,7 @@ def write_json(final: Path, data: object) -> None:
 
 
 def write_safetensors(final: Path, specs: list[TensorSpec], tensors: Iterable[tuple[str, Any]],
-                      metadata: dict[str, str] | None = None, progress: Callable[[int], None] | None = None) -> int:
+                      metadata: dict[str, str] | None = None, progress: Progress | None = None) -> int:
     """Write `tensors` (name, torch tensor; any order, each once) as the file `specs` describe; return its size.
 
     One thread writes while the caller's iterator reads and casts the next tensors (both release the GIL), so a
@@ -178,7 +181,7 @@ def write_safetensors(final: Path, specs: list[TensorSpec], tensors: Iterable[tu
     return plan.file_bytes
 
 
-def _write_at(fd: int, data: memoryview, offset: int, progress: Callable[[int], None] | None) -> None:
+def _write_at(fd: int, data: memoryview, offset: int, progress: Progress | None) -> None:
     total = len(data)
     while data:
         count = os.pwrite(fd, data, offset)
