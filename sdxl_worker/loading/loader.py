@@ -70,8 +70,7 @@ class LoadedComponents:
     prefetch_lead_gb: dict[str, float]
 
 
-def load_components(report: VolumeReport, plan: LoadPlan, *, prefetch: bool = True,
-                    streams: int = 0) -> LoadedComponents:
+def load_components(plan: LoadPlan, *, prefetch: bool = True, streams: int = 0) -> LoadedComponents:
     """Load every component the plan names, one after another.
 
     `streams` > 0: each model's files read once by that many parallel streams (loading/streamed.py). 0: the
@@ -79,7 +78,7 @@ def load_components(report: VolumeReport, plan: LoadPlan, *, prefetch: bool = Tr
     """
     import torch
 
-    model_path = Path(report.model_path)
+    model_path = Path(plan.model_path)
     dtype = getattr(torch, plan.dtype)
     # On the CPU, memory-mapped tensors stay backed by the volume's files: a file truncated or
     # replaced under a running worker would kill it with SIGBUS at the next job. Copy them instead.
@@ -87,25 +86,24 @@ def load_components(report: VolumeReport, plan: LoadPlan, *, prefetch: bool = Tr
     no_mmap = {} if plan.device.startswith("cuda") else {"disable_mmap": True}
     loaded = LoadedComponents({}, {}, {})
     needed = 0
-    files = weight_files(model_path, report, plan.variants)
-    with Prefetcher(files) if prefetch and not streams else nullcontext() as prefetcher:
-        for name, component in report.components.items():
+    with Prefetcher(plan.weight_files()) if prefetch and not streams else nullcontext() as prefetcher:
+        for component in plan.components:
+            name, weights = component.name, component.weights
             began = time.perf_counter()
-            if component.kind != "model":
+            if weights is None:
                 loaded.components[name] = _load_component(model_path, name, component.library, component.class_name,
                                                           {})
             elif streams:
-                weights = component.weight_sets[plan.variants[name]]
                 loaded.components[name] = _load_streamed(model_path, name, component.library, component.class_name,
                                                          weights, dtype, plan.device, streams)
             else:
-                options = {"variant": variant_suffix(plan.variants[name]), "dtype": dtype, "device_map": plan.device,
+                options = {"variant": variant_suffix(weights.variant), "dtype": dtype, "device_map": plan.device,
                            **no_mmap}
                 loaded.components[name] = _load_component(model_path, name, component.library,
                                                           component.class_name, options)
             loaded.seconds[name] = round(time.perf_counter() - began, 3)
-            if component.kind == "model":
-                needed += component.weight_sets[plan.variants[name]].bytes
+            if weights is not None:
+                needed += weights.bytes
                 if prefetcher is not None:
                     loaded.prefetch_lead_gb[name] = round((prefetcher.bytes_read - needed) / 1e9, 2)
     return loaded
@@ -184,21 +182,20 @@ def _load_streamed(model_path: Path, name: str, library: str, class_name: str, w
     return model
 
 
-def assemble_pipeline(report: VolumeReport, components: Mapping[str, Any]) -> Any:
+def assemble_pipeline(plan: LoadPlan, components: Mapping[str, Any]) -> Any:
     """The pipeline class model_index.json names, built from the loaded components and its own settings."""
     import diffusers
 
-    pipeline_cls = getattr(diffusers, report.pipeline_class)
+    pipeline_cls = getattr(diffusers, plan.pipeline_class)
     accepted = inspect.signature(pipeline_cls.__init__).parameters
-    extra = {k: v for k, v in report.pipeline_config.items() if k in accepted}
+    extra = {k: v for k, v in plan.pipeline_config.items() if k in accepted}
     pipe = pipeline_cls(**components, **extra)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def load_planned(report: VolumeReport, plan: LoadPlan, *, prefetch: bool = True,
-                 streams: int | None = 0) -> tuple[Any, LoadRecord]:
-    """Load what `plan` says from the checked volume, offline; the pipeline and how it was loaded.
+def load_planned(plan: LoadPlan, *, prefetch: bool = True, streams: int | None = 0) -> tuple[Any, LoadRecord]:
+    """Load what `plan` (made from the volume check) says, offline; the pipeline and how it was loaded.
 
     `streams`: parallel streams reading each weight byte once; 0: the libraries' loader; None: by the device and the
     filesystem (`choose_streams`)."""
@@ -211,14 +208,14 @@ def load_planned(report: VolumeReport, plan: LoadPlan, *, prefetch: bool = True,
     transformers.utils.logging.disable_progress_bar()
     for reason in plan.reasons:
         log.warning("load plan: %s", reason)
-    streams, streams_reason = choose_streams(report.model_path, streams, plan.device)
-    log.info("loading %s (%s, %s on %s, %.2f GB) with %s (%s)", report.model_path, plan.label, plan.dtype,
+    streams, streams_reason = choose_streams(plan.model_path, streams, plan.device)
+    log.info("loading %s (%s, %s on %s, %.2f GB) with %s (%s)", plan.model_path, plan.label, plan.dtype,
              plan.device, plan.bytes_to_read / 1e9, reader_name(streams), streams_reason)
     started = time.perf_counter()
-    loaded = load_components(report, plan, prefetch=prefetch, streams=streams)
-    pipe = assemble_pipeline(report, loaded.components)
+    loaded = load_components(plan, prefetch=prefetch, streams=streams)
+    pipe = assemble_pipeline(plan, loaded.components)
     record = LoadRecord(
-        model_path=report.model_path,
+        model_path=plan.model_path,
         device=plan.device,
         dtype=plan.dtype,
         variant=plan.label,
@@ -239,7 +236,7 @@ def load_pipeline(path: str | os.PathLike[str], device: str = "auto", *,
                   prefetch: bool = True, streams: int | None = 0) -> tuple[Any, LoadRecord]:
     """Check the volume at `path`, plan and load: the whole path in one call, for tools and tests."""
     report = check_volume(require_local_path(path), tensors=True)
-    return load_planned(report, plan_load(report, resolve_device(device)), prefetch=prefetch, streams=streams)
+    return load_planned(plan_load(report, resolve_device(device)), prefetch=prefetch, streams=streams)
 
 
 def weight_files(model_path: Path, report: VolumeReport, variants: Mapping[str, Variant]) -> list[Path]:

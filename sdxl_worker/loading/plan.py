@@ -8,11 +8,12 @@ check found intact, no exception is ever needed to discover a missing variant. A
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from sdxl_worker.loading.filesystem import mount_of
 from sdxl_worker.loading.streamed import DEFAULT_STREAMS
-from sdxl_worker.volume.report import VolumeReport
+from sdxl_worker.volume.report import VolumeReport, WeightSet
 from sdxl_worker.weights.layout import Variant
 
 
@@ -25,8 +26,20 @@ class VolumeNotLoadable(RuntimeError):
 
 
 @dataclass(frozen=True)
+class ComponentPlan:
+    """One component as the loader loads it: its class and, for a model, the weight set the check found intact
+    (files and parsed headers: the read-once loader reads the data from these, not the headers again)."""
+
+    name: str
+    library: str
+    class_name: str
+    weights: WeightSet | None = None  # None: a tokenizer, scheduler or processor, loaded from its folder
+
+
+@dataclass(frozen=True)
 class LoadPlan:
-    """Which weight set each model component is read from, in which dtype, on which device."""
+    """Everything the loader needs: which weight set each model is read from, in which dtype, on which device, and
+    the pipeline the components make."""
 
     device: str
     dtype: str
@@ -34,6 +47,15 @@ class LoadPlan:
     label: str
     bytes_to_read: int
     reasons: tuple[str, ...] = ()
+    model_path: str = ""
+    components: tuple[ComponentPlan, ...] = ()  # in model_index.json's order
+    pipeline_class: str = ""
+    pipeline_config: dict[str, object] = field(default_factory=dict)
+
+    def weight_files(self) -> list[Path]:
+        """The weight files the load reads, in load order."""
+        return [Path(self.model_path) / c.name / filename for c in self.components if c.weights is not None
+                for filename in c.weights.files]
 
 
 def plan_load(report: VolumeReport, device: str) -> LoadPlan:
@@ -60,10 +82,18 @@ def plan_load(report: VolumeReport, device: str) -> LoadPlan:
             "no weight set is complete for every component; mixing deliberately: "
             + ", ".join(f"{n}={v}" for n, v in sorted(variants.items()))
         )
+    return plan_of(report, device, "float16" if on_cuda else "float32", variants, tuple(reasons))
+
+
+def plan_of(report: VolumeReport, device: str, dtype: str, variants: dict[str, Variant],
+            reasons: tuple[str, ...] = ()) -> LoadPlan:
+    """The plan that loads each model from the weight set `variants` names, as `dtype` on `device`."""
     label = next(iter(set(variants.values()))) if len(set(variants.values())) == 1 else "mixed"
-    total = sum(models[n].weight_sets[v].bytes for n, v in variants.items())
-    dtype = "float16" if on_cuda else "float32"
-    return LoadPlan(device, dtype, variants, label, total, tuple(reasons))
+    models = {name: report.components[name].weight_sets[variant] for name, variant in variants.items()}
+    components = tuple(ComponentPlan(name, c.library, c.class_name, models.get(name))
+                       for name, c in report.components.items())
+    return LoadPlan(device, dtype, variants, label, sum(w.bytes for w in models.values()), reasons,
+                    report.model_path, components, report.pipeline_class or "", dict(report.pipeline_config))
 
 
 def choose_streams(model_path: str | os.PathLike[str], setting: int | None, device: str) -> tuple[int, str]:

@@ -104,7 +104,7 @@ class Worker:
             # 4. Load (the libraries' logs through the worker's, which keeps job text out).
             route_library_logs()
             started = time.perf_counter()
-            pipe, record = load_planned(report, plan, streams=settings.load_streams)
+            pipe, record = load_planned(plan, streams=settings.load_streams)
             loaded = time.perf_counter()
             # 5. Speed options.
             speed = apply_speedups(pipe, settings.speed, plan.device)

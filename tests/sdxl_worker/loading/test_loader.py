@@ -181,3 +181,20 @@ def test_load_streams_auto_chooses_by_filesystem_and_device(volume: Path) -> Non
     assert choose_streams(volume, 3, "cuda") == (3, "LOAD_STREAMS=3")
     _, record = load_pipeline(volume, "cpu", streams=None)
     assert record.streams == DEFAULT_STREAMS
+
+
+def test_the_plan_carries_what_the_loader_needs(layout_volume_source: Path) -> None:
+    """Each component's class and, for the models, the checked weight set with its parsed headers: the loader
+    loads from the plan alone, reading no header again."""
+    from sdxl_worker.loading.loader import weight_files
+
+    report = check_volume(layout_volume_source, tensors=True)
+    plan = plan_load(report, "cuda")
+    assert [c.name for c in plan.components] == list(report.components)
+    for component in plan.components:
+        checked = report.components[component.name]
+        assert (component.library, component.class_name) == (checked.library, checked.class_name)
+        assert component.weights is (checked.weight_sets["fp16"] if checked.kind == "model" else None)
+    assert plan.weight_files() == weight_files(layout_volume_source, report, plan.variants)
+    assert all(c.weights.headers for c in plan.components if c.weights is not None)
+    assert plan.pipeline_class == "StableDiffusionXLPipeline" and plan.model_path == str(layout_volume_source)

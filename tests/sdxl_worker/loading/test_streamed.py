@@ -98,7 +98,7 @@ def test_weights_that_do_not_fit_the_config_are_refused_naming_the_component(vol
 
     report = check_volume(volume)  # without tensors: the check would refuse the shapes itself
     with pytest.raises(ComponentLoadError, match=r"^vae: RuntimeError: Error\(s\) in loading state_dict"):
-        load_planned(report, plan_load(report, "cpu"), streams=2)
+        load_planned(plan_load(report, "cpu"), streams=2)
 
 
 @pytest.mark.slow

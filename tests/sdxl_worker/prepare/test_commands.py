@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 import prepare_volume
 from dev.single_file import write_checkpoint
 from sdxl_worker.loading.loader import load_planned
-from sdxl_worker.loading.plan import LoadPlan
+from sdxl_worker.loading.plan import plan_of
 from sdxl_worker.prepare import commands
 from sdxl_worker.volume.check import check_volume
 from sdxl_worker.weights.safetensors_header import read_safetensors_header
@@ -72,8 +72,9 @@ def test_latents_from_the_prepared_fp16_set_equal_the_fallback_loads(fp32_volume
     """On a GPU the worker loaded the float32 files cast to fp16; from the prepared set it gets the same model."""
     def latents(variant: str) -> torch.Tensor:
         report = check_volume(fp32_volume, tensors=True)
-        plan = LoadPlan("cpu", "float16", dict.fromkeys(MODELS, variant), variant, report.plans[variant].bytes)
-        pipe, _ = load_planned(report, plan, prefetch=False)
+        plan = plan_of(report, "cpu", "float16", dict.fromkeys(MODELS, variant))
+        assert plan.bytes_to_read == report.plans[variant].bytes
+        pipe, _ = load_planned(plan, prefetch=False)
         return draw_latents(pipe, size=256, steps=2)
 
     fallback = latents("standard")
