@@ -1,4 +1,5 @@
-"""README's job contract and environment tables, generated from the job schema and the settings object.
+"""README's job contract, reply and environment tables, generated from the job schema, the typed reply and the
+settings object.
 
 The descriptions, defaults, bounds and choices live on the fields themselves; README holds a copy between
 markers, and a test fails when the copy differs.
@@ -19,6 +20,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from sdxl_worker.contract.job_schema import JobInput
+from sdxl_worker.delivery.reply import Reply
 from sdxl_worker.settings import environment_fields, field_types
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -65,7 +67,31 @@ def environment_table() -> str:
     return "\n".join(rows)
 
 
-TABLES = {"job contract": contract_table, "environment": environment_table}
+def reply_table() -> str:
+    rows = ["| field | type | meaning |", "| --- | --- | --- |"]
+
+    def add(prefix: str, model: type[BaseModel]) -> None:
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            nested = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+            item = _item_model(annotation)
+            optional = "Only when set: " if not field.is_required() and field.default is None else ""
+            kind = "object" if nested else "array of objects" if item else _reply_type(annotation)
+            rows.append(f"| `{prefix}{name}` | {kind} | {optional}{field.description} |")
+            if nested or item:
+                add(f"{prefix}{name}{'[]' if item else ''}.", nested or item)
+
+    add("", Reply)
+    return "\n".join(rows)
+
+
+def _reply_type(annotation: Any) -> str:
+    if get_origin(annotation) is list:
+        return f"array of {_type(get_args(annotation)[0])}s"
+    return _type(annotation).replace(" or null", "")
+
+
+TABLES = {"job contract": contract_table, "reply": reply_table, "environment": environment_table}
 
 
 def update(text: str) -> str:

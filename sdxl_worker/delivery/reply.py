@@ -1,4 +1,5 @@
-"""The size guard and the choice between base64 images in the reply and URLs from the bucket.
+"""The reply, typed (`Reply`: README's output table is generated from it), and its delivery: the images stay encoded
+bytes until here, then go back as base64 or are uploaded to the bucket as they are.
 
 RunPod drops a job result over its payload limit (documented for /runsync: 20 MB): the caller then sees the job
 COMPLETED with no output, or an error on job-done. So the worker measures the reply it is about to return, as
@@ -12,12 +13,57 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import time
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
 
 from sdxl_worker.delivery.bucket import Bucket
 
 RUNPOD_RUNSYNC_LIMIT_MB = 20
+
+
+class AppliedLora(BaseModel):
+    name: str = Field(description="The LoRA's name, as the job gave it.")
+    scale: float = Field(description="The scale it was applied at.")
+
+
+class PromptTokens(BaseModel):
+    prompt: int = Field(description="Tokens of the prompt, every one encoded (75-token chunks past CLIP's 77).")
+    negative_prompt: int | None = Field(None, description="Tokens of the negative prompt, when the job has one.")
+    dropped: int = Field(0, description="Tokens cut off: always 0.")
+
+
+class Timings(BaseModel):
+    inference_s: float = Field(description="Sampling and decoding.")
+    encode_s: float = Field(description="Encoding the images (PNG, JPEG, WebP).")
+    total_s: float = Field(description="The job in the worker, from the request to the reply.")
+    upload_s: float | None = Field(None, description="With bucket URLs: the upload.")
+
+
+class ModelInfo(BaseModel):
+    variant: str = Field(description="The weight set loaded: `fp16`, `standard` or `mixed`.")
+    dtype: str = Field(description="The weights' dtype.")
+    device: str = Field(description="Where they run.")
+
+
+class Reply(BaseModel):
+    """What a job that succeeded answers."""
+
+    images: list[str] = Field(description="One per seed: base64 of the encoded image, or its bucket URL.")
+    output: Literal["base64", "url"] = Field(description="Which `images` holds.")
+    output_note: str | None = Field(None, description="Why the worker chose URLs itself (the reply was too large).")
+    seed: int = Field(description="The first image's seed.")
+    seeds: list[int] = Field(description="Each image's seed: image i alone is `seed = seeds[i]`, `num_images = 1`.")
+    width: int = Field(description="Pixels generated (the input image's for image to image).")
+    height: int = Field(description="Pixels generated.")
+    mode: Literal["txt2img", "img2img", "inpaint"] = Field(description="Which pipeline ran.")
+    loras: list[AppliedLora] = Field(description="The LoRAs applied, with their scales.")
+    prompt_tokens: PromptTokens = Field(description="How many tokens each prompt had; none dropped.")
+    format: str = Field(description="`png`, `jpeg` or `webp`.")
+    timings: Timings = Field(description="Seconds.")
+    model: ModelInfo = Field(description="The loaded model.")
 
 
 class DeliveryError(ValueError):
@@ -25,15 +71,16 @@ class DeliveryError(ValueError):
 
 
 def reply_bytes(reply: dict[str, Any]) -> int:
-    """The reply's size as RunPod sends it on, its JSON encoding, without encoding the images a second time:
-    base64 text needs no escaping in JSON, so each image adds exactly its own length."""
+    """The reply's size as RunPod sends it on, its JSON encoding, with each image (encoded bytes) as base64: base64
+    text needs no escaping in JSON, so each image adds exactly its base64 length."""
     images = reply["images"]
-    return len(json.dumps({**reply, "images": [""] * len(images)}).encode()) + sum(len(image) for image in images)
+    return len(json.dumps({**reply, "images": [""] * len(images)}).encode()) + sum(
+        4 * math.ceil(len(image) / 3) for image in images)
 
 
 def deliver(reply: dict[str, Any], job_id: str, output: str | None, limit_mb: int,
             bucket: Bucket | None) -> dict[str, Any]:
-    """`reply` (base64 images) as it goes back: unchanged, or with bucket URLs in place of the images."""
+    """`reply` (its images encoded bytes) as it goes back: base64 images, or bucket URLs in their place."""
     size, limit = reply_bytes(reply), limit_mb * 1_000_000
     over = size > limit
     if output == "url" or (output is None and over and bucket is not None):
@@ -41,18 +88,23 @@ def deliver(reply: dict[str, Any], job_id: str, output: str | None, limit_mb: in
             raise DeliveryError('output "url" needs a bucket: set BUCKET_ENDPOINT_URL, BUCKET_ACCESS_KEY_ID, '
                                 "BUCKET_SECRET_ACCESS_KEY and BUCKET_NAME on the endpoint.")
         started = time.perf_counter()
-        uploads = bucket.upload(job_id, [base64.b64decode(image) for image in reply["images"]], reply["seeds"],
-                                reply["format"])
+        uploads = bucket.upload(job_id, reply["images"], reply["seeds"], reply["format"])
         sent = {**reply, "images": [u.url for u in uploads], "output": "url",
                 "timings": {**reply["timings"], "upload_s": round(time.perf_counter() - started, 3)}}
         if output is None:
             sent["output_note"] = (f"The reply would have been {size / 1e6:.1f} MB, over RESULT_MAX_MB={limit_mb}: "
                                    "the images were uploaded to the bucket.")
-        return sent
+        return typed(sent)
     if over:
         remedy = 'send output "url"' if bucket is not None else "configure a bucket (BUCKET_*) to get URLs"
         raise DeliveryError(
             f"The reply would be {size / 1e6:.1f} MB, over RESULT_MAX_MB={limit_mb} (RunPod drops results over "
             f"{RUNPOD_RUNSYNC_LIMIT_MB} MB): use output_format jpeg or webp, a lower quality, fewer images or a "
             f"smaller size, or {remedy}.")
-    return {**reply, "output": "base64"}
+    return typed({**reply, "images": [base64.b64encode(image).decode("ascii") for image in reply["images"]],
+                  "output": "base64"})
+
+
+def typed(reply: dict[str, Any]) -> dict[str, Any]:
+    """The reply checked against `Reply` and as JSON-ready values, the optional fields left out when unset."""
+    return Reply.model_validate(reply).model_dump(exclude_none=True)

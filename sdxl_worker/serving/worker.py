@@ -210,7 +210,7 @@ class Worker:
             generated.inference_s, encode_s, total_s, params.prompt[:PROMPT_LOG_CHARS],
         )
         reply = {
-            "images": images,
+            "images": images,  # encoded bytes: base64 or uploaded by deliver
             "seed": generated.seeds[0],
             "seeds": generated.seeds,
             "width": width,

@@ -20,6 +20,15 @@ def test_every_field_and_variable_has_a_row() -> None:
     assert "| `COMPILE_SCOPE` | `full` | `full`, `blocks` |" in environment
 
 
+def test_every_reply_field_has_a_row() -> None:
+    from dev.docs import reply_table
+    from sdxl_worker.delivery.reply import Reply
+
+    table = reply_table()
+    assert all(f"| `{name}` |" in table for name in Reply.model_fields)
+    assert "| `timings.upload_s` | number | Only when set: With bucket URLs: the upload. |" in table
+
+
 def test_a_changed_description_makes_the_readme_stale() -> None:
     text = README.read_text()
     stale = text.replace("| Sampling steps. |", "| Steps. |")

@@ -1,8 +1,7 @@
-"""Images leave the worker as base64 text: PNG lossless and fast to write, JPEG/WebP at the asked quality."""
+"""Images are encoded in memory: PNG lossless and fast to write, JPEG/WebP at the asked quality."""
 
 from __future__ import annotations
 
-import base64
 import io
 import struct
 import zlib
@@ -21,8 +20,9 @@ def _picture() -> Image.Image:
     return Image.fromarray(np.clip(np.stack(channels, -1), 0, 255).astype(np.uint8))
 
 
-def _decode(text: str) -> bytes:
-    return base64.b64decode(text, validate=True)
+def _decode(data: bytes) -> bytes:
+    assert isinstance(data, bytes)  # base64 only at delivery
+    return data
 
 
 def test_png_is_lossless() -> None:

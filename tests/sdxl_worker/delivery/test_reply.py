@@ -84,6 +84,8 @@ def test_the_measured_size_is_the_json_runpod_sends() -> None:
 
     from sdxl_worker.delivery.reply import reply_bytes
 
-    reply = {"images": [base64.b64encode(os.urandom(n)).decode() for n in (3, 1000, 77_777)], "seed": 1,
-             "seeds": [1, 2, 3], "timings": {"inference_s": 0.5}, "format": "png", "model": {"dtype": "float16"}}
-    assert reply_bytes(reply) == len(json.dumps(reply).encode())
+    images = [os.urandom(n) for n in (3, 1000, 77_777, 0)]
+    reply = {"images": images, "seed": 1, "seeds": [1, 2, 3, 4], "timings": {"inference_s": 0.5}, "format": "png",
+             "model": {"dtype": "float16"}}
+    sent = {**reply, "images": [base64.b64encode(image).decode() for image in images]}
+    assert reply_bytes(reply) == len(json.dumps(sent).encode())
