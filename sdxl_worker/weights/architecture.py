@@ -108,11 +108,13 @@ def map_names(rules: NameRules, found: Iterable[str], expected: Mapping[str, Any
     """Each file tensor name as the library loads it: its model name, ignored, or unexpected."""
     result = NameMap()
     ignored = [re.compile(pattern) for pattern in rules.ignored]
+    taken: set[str] = set()
     for stored in found:
         name = rules.model_name(stored, expected, single_file)
         if name in expected:
-            if name in result.names.values():
+            if name in taken:
                 result.duplicates.append(name)
+            taken.add(name)
             result.names[stored] = name
         elif any(p.search(name) or p.search(stored) for p in ignored):
             result.ignored.append(stored)
