@@ -17,6 +17,7 @@ import sys
 
 from sdxl_worker.loading.loader import ComponentLoadError, LoadRecord, load_pipeline
 from sdxl_worker.loading.plan import LoadPlan, VolumeNotLoadable, plan_load
+from sdxl_worker.logs import configure_logging
 from sdxl_worker.weights.offline import HubIdRefused
 
 __all__ = ["ComponentLoadError", "LoadPlan", "LoadRecord", "VolumeNotLoadable", "load_pipeline", "plan_load"]
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, help="parallel streams reading the weights (0: the libraries' "
                         "loader; default: by the device and the filesystem, as LOAD_STREAMS=auto)")
     args = parser.parse_args(argv)
+    configure_logging("WARNING", stream=sys.stderr)  # stdout is the record (JSON); libraries' notices quieted
     try:
         _, record = load_pipeline(args.path, args.device, streams=args.streams)
     except (VolumeNotLoadable, ComponentLoadError, HubIdRefused) as exc:
