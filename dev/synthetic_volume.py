@@ -10,7 +10,7 @@ in benchmarks, and `tiny` (same structure, small widths) generates in seconds on
 published SDXL repositories hold (their text encoders saved by transformers 4.32: CLIPTextModel's tensors under
 `text_model.`; configs with transformers 4's `torch_dtype` and diffusers 0.19's version; the standard UNet
 sharded with its index, as diffusers shards a float32 SDXL UNet): at full scale every file's size equals the
-published one's (tests/sdxl_worker/test_published_layout.py). `legacy`: older conversions, `published` plus the
+published one's (tests/dev/test_synthetic_volume.py). `legacy`: older conversions, `published` plus the
 `position_ids` buffer transformers < 4.31 stored in both text encoders and the VAE attention names diffusers
 < 0.14 wrote (`query`, `key`, `value`, `proj_attn`).
 
@@ -222,7 +222,8 @@ def _write_model(
                    for name, t in state.items()}
         shards = shard_bytes
         if layout != "current" and component == "unet" and variant == "standard" and shards is None:
-            shards = math.ceil(sum(t.numel() * t.element_size() for t in tensors.values()) / 2)  # two shards
+            # Shards of at most half the set's bytes (three for the tiny UNet: no tensor is split across shards).
+            shards = math.ceil(sum(t.numel() * t.element_size() for t in tensors.values()) / 2)
         _save_weights(folder, library, variant, tensors, shards)
         del tensors
 

@@ -131,13 +131,10 @@ def _load_component(model_path: Path, name: str, library: str, class_name: str, 
                                           output_loading_info=True, **options)
     except Exception as exc:
         raise ComponentLoadError(f"{name}: {describe(exc)}") from exc
-    problems = [f"{len(keys)} {what}, e.g. {sorted(map(str, keys))[0]}" for what, keys in (
-        ("tensor(s) missing from its weights", info.get("missing_keys")),
-        ("tensor(s) in its weights that it has no place for", info.get("unexpected_keys")),
-        ("tensor(s) of another shape", info.get("mismatched_keys")),
-        ("load error(s)", info.get("error_msgs"))) if keys]
-    if problems:
-        raise ComponentLoadError(f"{name}: {'; '.join(problems)}")
+    _refuse(name, ("tensor(s) missing from its weights", info.get("missing_keys")),
+            ("tensor(s) in its weights that it has no place for", info.get("unexpected_keys")),
+            ("tensor(s) of another shape", info.get("mismatched_keys")),
+            ("load error(s)", info.get("error_msgs")))
     # Inference only. Loading a LoRA turns requires_grad off on every parameter, and code compiled while it was on
     # records it in its guards: it would recompile for every job after the first LoRA job.
     model.requires_grad_(False)
@@ -164,22 +161,30 @@ def _load_streamed(model_path: Path, name: str, library: str, class_name: str, w
             with init_empty_weights():
                 model = cls(config)
         names = map_names(rules_of(model), weights.shapes, model.state_dict(), single_file=not weights.sharded)
+    except Exception as exc:
+        raise ComponentLoadError(f"{name}: {describe(exc)}") from exc
+    # Names are known from the headers: a set the model has no place for is refused before its bytes are read.
+    _refuse(name, ("tensor(s) in its weights that it has no place for", names.unexpected),
+            ("tensor(s) stored under two names", names.duplicates))
+    try:
         state = read_state_dict(weights.headers, dtype, device, streams)
         model.load_state_dict({names.names[k]: t for k, t in state.items() if k in names.names}, strict=False,
                               assign=True)
     except Exception as exc:
         raise ComponentLoadError(f"{name}: {describe(exc)}") from exc
-    empty = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    problems = [f"{len(keys)} {what}, e.g. {sorted(keys)[0]}" for what, keys in (
-        ("tensor(s) missing from its weights", empty),
-        ("tensor(s) in its weights that it has no place for", names.unexpected),
-        ("tensor(s) stored under two names", names.duplicates)) if keys]
-    if problems:
-        raise ComponentLoadError(f"{name}: {'; '.join(problems)}")
+    _refuse(name, ("tensor(s) missing from its weights",
+                   [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]))
     model.to(device)  # the buffers the weights do not hold
     model.train(False)  # inference mode for dropout and norms, as from_pretrained leaves it
     model.requires_grad_(False)
     return model
+
+
+def _refuse(name: str, *found: tuple[str, Any]) -> None:
+    """Raise ComponentLoadError naming the component, each kind of problem counted with one example, if any."""
+    problems = [f"{len(keys)} {what}, e.g. {sorted(map(str, keys))[0]}" for what, keys in found if keys]
+    if problems:
+        raise ComponentLoadError(f"{name}: {'; '.join(problems)}")
 
 
 def assemble_pipeline(plan: LoadPlan, components: Mapping[str, Any]) -> Any:

@@ -8,7 +8,7 @@ check found intact, no exception is ever needed to discover a missing variant. A
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from sdxl_worker.loading.filesystem import mount_of
@@ -41,16 +41,16 @@ class LoadPlan:
     """Everything the loader needs: which weight set each model is read from, in which dtype, on which device, and
     the pipeline the components make."""
 
+    model_path: str
     device: str
     dtype: str
     variants: dict[str, Variant]
     label: str
     bytes_to_read: int
+    components: tuple[ComponentPlan, ...]  # in model_index.json's order
+    pipeline_class: str
+    pipeline_config: dict[str, object]
     reasons: tuple[str, ...] = ()
-    model_path: str = ""
-    components: tuple[ComponentPlan, ...] = ()  # in model_index.json's order
-    pipeline_class: str = ""
-    pipeline_config: dict[str, object] = field(default_factory=dict)
 
     def weight_files(self) -> list[Path]:
         """The weight files the load reads, in load order."""
@@ -92,8 +92,8 @@ def plan_of(report: VolumeReport, device: str, dtype: str, variants: dict[str, V
     models = {name: report.components[name].weight_sets[variant] for name, variant in variants.items()}
     components = tuple(ComponentPlan(name, c.library, c.class_name, models.get(name))
                        for name, c in report.components.items())
-    return LoadPlan(device, dtype, variants, label, sum(w.bytes for w in models.values()), reasons,
-                    report.model_path, components, report.pipeline_class or "", dict(report.pipeline_config))
+    return LoadPlan(report.model_path, device, dtype, variants, label, sum(w.bytes for w in models.values()),
+                    components, report.pipeline_class or "", dict(report.pipeline_config), reasons)
 
 
 def choose_streams(model_path: str | os.PathLike[str], setting: int | None, device: str) -> tuple[int, str]:

@@ -198,3 +198,23 @@ def test_the_plan_carries_what_the_loader_needs(layout_volume_source: Path) -> N
     assert plan.weight_files() == weight_files(layout_volume_source, report, plan.variants)
     assert all(c.weights.headers for c in plan.components if c.weights is not None)
     assert plan.pipeline_class == "StableDiffusionXLPipeline" and plan.model_path == str(layout_volume_source)
+
+
+@pytest.mark.parametrize("streams", [0, 3], ids=["libraries-loader", "3-streams"])
+def test_a_tensor_the_model_has_no_place_for_is_refused(volume: Path, streams: int, monkeypatch) -> None:
+    """Past the check, an extra tensor in a file is a refusal naming it (the read-once loader refuses it from the
+    headers, before reading the data)."""
+    from safetensors.torch import load_file, save_file
+
+    from sdxl_worker.loading import loader as model_loader
+
+    drop_variant(volume, "fp16")
+    path = volume / "vae" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(path)
+    tensors["decoder.extra.weight"] = torch.zeros(2)
+    save_file(tensors, path, metadata={"format": "pt"})
+    report = check_volume(volume)  # headers only: a tiny config is not SDXL's, so its tensors go uncompared here
+    monkeypatch.setattr(model_loader, "check_volume", lambda path, tensors: report)
+    with pytest.raises(model_loader.ComponentLoadError, match=r"^vae: 1 tensor\(s\) in its weights that it has no "
+                       r"place for, e.g. decoder.extra.weight$"):
+        load_pipeline(volume, "cpu", streams=streams)
