@@ -1,11 +1,11 @@
-"""README's job contract, reply and environment tables, generated from the job schema, the typed reply and the
-settings object.
+"""The job contract and reply tables (README.md) and the settings table (docs/settings.md), generated from the job
+schema, the typed reply and the settings object.
 
-The descriptions, defaults, bounds and choices live on the fields themselves; README holds a copy between
-markers, and a test fails when the copy differs.
+The descriptions, defaults, bounds and choices live on the fields themselves; the pages hold a copy between
+markers, and a test fails when a copy differs.
 
-    python -m dev.docs           # rewrite README.md's generated tables
-    python -m dev.docs --check   # exit 1 when README.md differs from the fields
+    python -m dev.docs           # rewrite the pages' generated tables
+    python -m dev.docs --check   # exit 1 when a page differs from the fields
 """
 
 from __future__ import annotations
@@ -23,7 +23,10 @@ from sdxl_worker.contract.job_schema import JobInput
 from sdxl_worker.delivery.reply import Reply
 from sdxl_worker.settings import environment_fields, field_types
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+SETTINGS_PAGE = ROOT / "docs" / "settings.md"
+PAGES = (README, SETTINGS_PAGE)
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[a-z ]+) -->\n).*?(<!-- end generated -->)", re.S)
 
 
@@ -151,16 +154,21 @@ def _number(value: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 when README.md differs; write nothing")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a page differs; write nothing")
     args = parser.parse_args(argv)
-    text = README.read_text()
-    updated = update(text)
-    if args.check:
-        if updated != text:
-            print("README.md's generated tables differ from the fields: run python -m dev.docs", file=sys.stderr)
-            return 1
-        return 0
-    README.write_text(updated)
+    stale = []
+    for page in PAGES:
+        text = page.read_text()
+        updated = update(text)
+        if updated == text:
+            continue
+        stale.append(page.relative_to(ROOT))
+        if not args.check:
+            page.write_text(updated)
+    if args.check and stale:
+        names = ", ".join(str(name) for name in stale)
+        print(f"{names}: generated tables differ from the fields: run python -m dev.docs", file=sys.stderr)
+        return 1
     return 0
 
 

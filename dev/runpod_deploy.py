@@ -41,7 +41,7 @@ class DeploySettings:
     allowed_cuda_versions: str = "13.0"
 
     def env(self) -> dict[str, str]:
-        """The worker's environment on RunPod (see README: Environment)."""
+        """The worker's environment on RunPod (see docs/settings.md)."""
         env = {"MODEL_PATH": self.model_path, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         if self.max_pixels is not None:
             env["MAX_PIXELS"] = str(self.max_pixels)

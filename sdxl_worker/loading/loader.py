@@ -246,11 +246,8 @@ def load_pipeline(path: str | os.PathLike[str], device: str = "auto", *,
 
 def weight_files(model_path: Path, report: VolumeReport, variants: Mapping[str, Variant]) -> list[Path]:
     """The weight files a load with these per-component variants reads, in load order."""
-    return [
-        model_path / name / filename
-        for name, variant in variants.items()
-        for filename in report.components[name].weight_sets[variant].files
-    ]
+    return [path for name, variant in variants.items()
+            for path in report.components[name].weight_sets[variant].paths(model_path / name)]
 
 
 def _component_class(library: str, class_name: str) -> type:

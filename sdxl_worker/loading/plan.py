@@ -54,8 +54,8 @@ class LoadPlan:
 
     def weight_files(self) -> list[Path]:
         """The weight files the load reads, in load order."""
-        return [Path(self.model_path) / c.name / filename for c in self.components if c.weights is not None
-                for filename in c.weights.files]
+        return [path for c in self.components if c.weights is not None
+                for path in c.weights.paths(Path(self.model_path) / c.name)]
 
 
 def plan_load(report: VolumeReport, device: str) -> LoadPlan:

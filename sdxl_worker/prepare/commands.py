@@ -18,7 +18,7 @@ from sdxl_worker.loading.plan import plan_load
 from sdxl_worker.prepare import bin_weights, fp16_set, single_file
 from sdxl_worker.prepare.fp16_set import Float16RangeError, PrepareError
 from sdxl_worker.prepare.pipeline_files import MODEL_COMPONENTS, model_config, write_pipeline_files
-from sdxl_worker.volume.check import check_volume
+from sdxl_worker.volume.check import check_volume, recheck
 from sdxl_worker.volume.report import VolumeReport, format_bytes
 from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError, read_safetensors_header
 from sdxl_worker.weights.safetensors_io import Progress, fsync_path, partial_path
@@ -112,10 +112,10 @@ def peak_memory() -> int | None:
     return int(line.split()[1]) * 1024 if line else None
 
 
-def finish(summary: Summary, model_path: Path) -> Summary:
-    """Run the volume check on the result; a volume that is not loadable is a failure."""
+def finish(summary: Summary, report: VolumeReport) -> Summary:
+    """Record the volume check of the result (`report`: checked again where the command wrote); a volume that is
+    not loadable is a failure."""
     summary.peak_memory_bytes = peak_memory()
-    report = check_volume(model_path, tensors=True)
     summary.volume_check = {"exit_code": report.exit_code, "summary": report.summary()}
     summary.load_plan = load_plan_line(report)
     if report.exit_code != 0 and not summary.failures:
@@ -149,7 +149,7 @@ def add_fp16(model_path: Path, *, drop_standard: bool = False, dry_run: bool = F
         summary.removed_leftovers.append(str(path.relative_to(model_path)))
     if not plan.work and not drop_standard:
         summary.status = "nothing to do" if not plan.blocked else "failed"
-        return finish(summary, model_path)
+        return finish(summary, report)
     fp16_set.preflight(plan)
     started = time.perf_counter()
     with progress(plan.bytes_to_write, "add-fp16") as bar:
@@ -165,15 +165,23 @@ def add_fp16(model_path: Path, *, drop_standard: bool = False, dry_run: bool = F
                 continue
             summary.written += [str(p.relative_to(model_path)) for p in written]
     summary.seconds = time.perf_counter() - started
+    report = recheck(report, written_components(summary), tensors=True)
     if drop_standard and not summary.failures:
-        _drop_standard(summary, model_path)
+        dropped = _drop_standard(summary, report)
+        report = recheck(report, dropped, tensors=True)
     summary.status = "failed" if summary.failures else "done"
-    return finish(summary, model_path)
+    return finish(summary, report)
 
 
-def _drop_standard(summary: Summary, model_path: Path) -> None:
-    """Delete every component's standard set once its fp16 set is complete and equal to it, tensor by tensor."""
-    report = check_volume(model_path, tensors=True)
+def written_components(summary: Summary) -> set[str]:
+    """The components a command wrote files into (their folders, as `summary.written` names them)."""
+    return {Path(path).parts[0] for path in summary.written}
+
+
+def _drop_standard(summary: Summary, report: VolumeReport) -> list[str]:
+    """Delete every component's standard set once its fp16 set is complete and equal to it, tensor by tensor;
+    the components whose files were deleted."""
+    model_path = Path(report.model_path)
     models = [c for c in report.components.values() if c.kind == "model"]
     for component in models:
         if component.weight_sets["fp16"].complete and component.weight_sets["standard"].complete:
@@ -181,7 +189,8 @@ def _drop_standard(summary: Summary, model_path: Path) -> None:
             if problem:
                 summary.failures.append(f"{component.name}: standard files kept: {problem}")
     if summary.failures:
-        return
+        return []
+    dropped = []
     for component in models:
         if not component.weight_sets["standard"].complete:
             continue
@@ -190,14 +199,16 @@ def _drop_standard(summary: Summary, model_path: Path) -> None:
             summary.freed_bytes += path.stat().st_size
             path.unlink()
         fsync_path(model_path / component.name)
+        dropped.append(component.name)
         summary.actions.append(f"{component.name}: standard files verified against the fp16 set and deleted")
+    return dropped
 
 
 def convert_bin(model_path: Path, *, dry_run: bool = False, progress: ProgressBar | None = None) -> Summary:
     """The `convert-bin` command (see the module docstring)."""
     summary = Summary("convert-bin", str(model_path))
     progress = progress or progress_bar(False)
-    report = check_volume(model_path)
+    report = check_volume(model_path, tensors=True)
     if report.path_missing or report.pipeline_class is None:
         raise PrepareError(f"{model_path} is not a model folder the worker can read: {report.summary()}", 2)
     models = {c.name: (c.library, set(c.complete_variants())) for c in report.components.values() if c.kind == "model"}
@@ -209,7 +220,7 @@ def convert_bin(model_path: Path, *, dry_run: bool = False, progress: ProgressBa
                                f"{', '.join(p.name for p in item.targets())}")
     if dry_run or not work:
         summary.status = "dry run" if dry_run else "nothing to do"
-        return summary if dry_run else finish(summary, model_path)
+        return summary if dry_run else finish(summary, report)
     needed = fp16_set.bytes_needed(summary.bytes_to_write)
     if summary.free_bytes < needed:
         raise PrepareError(fp16_set.space_sentence(model_path, summary.free_bytes, summary.bytes_to_write, needed))
@@ -228,7 +239,7 @@ def convert_bin(model_path: Path, *, dry_run: bool = False, progress: ProgressBa
             summary.written += [str(p.relative_to(model_path)) for p in written]
     summary.seconds = time.perf_counter() - started
     summary.status = "failed" if summary.failures else "done"
-    return finish(summary, model_path)
+    return finish(summary, recheck(report, written_components(summary), tensors=True))
 
 
 def from_single_file(checkpoint: Path, model_path: Path, *, config_dir: Path | None = None,
@@ -315,4 +326,4 @@ def from_single_file(checkpoint: Path, model_path: Path, *, config_dir: Path | N
             shutil.rmtree(staging, ignore_errors=True)
     summary.written = sorted(str(p.relative_to(model_path)) for p in model_path.rglob("*.safetensors"))
     summary.seconds = time.perf_counter() - started
-    return finish(summary, model_path)
+    return finish(summary, check_volume(model_path, tensors=True))

@@ -228,7 +228,7 @@ def verify_fp16_set(folder: Path, component: ComponentReport) -> str | None:
     from safetensors import safe_open
 
     def shards(variant: str) -> list[Path]:
-        return [folder / f for f in component.weight_sets[variant].files if not f.endswith(".json")]
+        return [path for path in component.weight_sets[variant].paths(folder) if path.suffix != ".json"]
 
     holder = {name: path for path in shards("fp16") for name in read_safetensors_header(path).entries}
     seen: set[str] = set()

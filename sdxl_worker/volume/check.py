@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 from sdxl_worker.sentences import bounded
@@ -163,30 +165,63 @@ def _component_kind(class_name: str) -> ComponentKind:
     return "model"
 
 
+def recheck(report: VolumeReport, names: Iterable[str], *, tensors: bool = False) -> VolumeReport:
+    """`report` with the named components checked again (the files a command wrote or removed) and the load plans
+    made again; every other component's findings as they were. The model index and the rest are not read again."""
+    names = set(names) & set(report.components)
+    started = time.perf_counter()
+    model_path = Path(report.model_path)
+    fresh = VolumeReport(model_path=report.model_path, volume_root=report.volume_root)
+    for name in names:
+        old = report.components[name]
+        _check_component(fresh, model_path, name, old.library, old.class_name, tensors)
+    merged = replace(report, findings=[], components={
+        name: fresh.components.get(name, component) for name, component in report.components.items()})
+    for finding in report.findings:
+        if finding.component not in names:
+            merged.findings.append(finding)
+        elif finding.component in fresh.components:  # the first of its old findings: all its new ones, in place
+            merged.findings += [f for f in fresh.findings if f.component == finding.component]
+            del fresh.components[finding.component]
+    merged.findings += [f for f in fresh.findings if f.component in fresh.components]
+    merged.free_bytes = {"volume": _free_bytes(Path(report.volume_root)), "container root /": _free_bytes(Path("/"))}
+    merged.plans = _plans(merged)
+    merged.seconds = time.perf_counter() - started
+    return merged
+
+
 def _check_components(report: VolumeReport, model_path: Path, entries: dict[str, tuple[str, str]],
                       tensors: bool) -> None:
     for name, (library, class_name) in entries.items():
-        component = ComponentReport(name, library, class_name, _component_kind(class_name))
-        report.components[name] = component
-        folder = model_path / name
-        try:
-            if not folder.is_dir():
-                component.ok = False
-                report.add("fail", f"{name}: folder {folder} is missing ({class_name})", folder)
-                continue
-            if component.kind == "model":
-                _check_model(report, component, folder, tensors)
-            elif component.kind == "tokenizer":
-                _check_tokenizer(report, component, folder)
-            elif component.kind == "scheduler":
-                _check_scheduler(report, component, folder)
-            else:
-                _check_processor(report, component, folder)
-        # A file or folder of this component that cannot be listed or read: this component is broken.
-        except OSError as exc:
-            component.ok = False
-            report.add("fail", f"{name}: {_unreadable(exc, folder)}", exc.filename or folder)
+        _check_component(report, model_path, name, library, class_name, tensors)
     _check_tokenizer_lengths(report)
+
+
+def _check_component(report: VolumeReport, model_path: Path, name: str, library: str, class_name: str,
+                     tensors: bool) -> None:
+    """Check one component's folder into `report`; its findings are marked as its own (see recheck)."""
+    component = ComponentReport(name, library, class_name, _component_kind(class_name))
+    report.components[name] = component
+    folder = model_path / name
+    first = len(report.findings)
+    try:
+        if not folder.is_dir():
+            component.ok = False
+            report.add("fail", f"{name}: folder {folder} is missing ({class_name})", folder)
+        elif component.kind == "model":
+            _check_model(report, component, folder, tensors)
+        elif component.kind == "tokenizer":
+            _check_tokenizer(report, component, folder)
+        elif component.kind == "scheduler":
+            _check_scheduler(report, component, folder)
+        else:
+            _check_processor(report, component, folder)
+    # A file or folder of this component that cannot be listed or read: this component is broken.
+    except OSError as exc:
+        component.ok = False
+        report.add("fail", f"{name}: {_unreadable(exc, folder)}", exc.filename or folder)
+    for finding in report.findings[first:]:
+        finding.component = name
 
 
 def _parse_json(path: Path) -> tuple[object, str | None]:

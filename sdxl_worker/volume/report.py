@@ -29,6 +29,7 @@ class Finding:
     status: Status
     message: str
     path: str | None = None
+    component: str | None = None  # the component whose check found it; None for the folder as a whole
 
     @property
     def text(self) -> str:
@@ -55,6 +56,10 @@ class WeightSet:
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
     # Each file's parsed header, in load order: the read-once loader reads the data from these, not the headers again.
     headers: list[SafetensorsInfo] = field(default_factory=list, repr=False)
+
+    def paths(self, folder: Path) -> list[Path]:
+        """The set's files in the component's `folder`, in load order (an index first)."""
+        return [folder / name for name in self.files]
 
     @property
     def sharded(self) -> bool:

@@ -1,15 +1,20 @@
-"""README's job contract and environment tables are the schema's and the settings' own, row for row."""
+"""README's job contract and reply tables and docs/settings.md's environment table are the schema's, the reply's and
+the settings' own, row for row."""
 
 from __future__ import annotations
 
-from dev.docs import README, contract_table, environment_table, update
+from dev.docs import PAGES, README, SETTINGS_PAGE, contract_table, environment_table, main, update
 from sdxl_worker.contract.job_schema import JobInput
 from sdxl_worker.settings import environment_fields
 
 
-def test_readme_tables_match_the_fields() -> None:
-    text = README.read_text()
-    assert update(text) == text, "README.md's generated tables are stale: run python -m dev.docs"
+def test_the_pages_tables_match_the_fields() -> None:
+    for page in PAGES:
+        text = page.read_text()
+        assert update(text) == text, f"{page.name}'s generated tables are stale: run python -m dev.docs"
+    assert "<!-- generated: job contract -->" in README.read_text()
+    assert "<!-- generated: environment -->" in SETTINGS_PAGE.read_text()
+    assert main(["--check"]) == 0
 
 
 def test_every_field_and_variable_has_a_row() -> None:

@@ -221,6 +221,21 @@ def test_drop_standard_deletes_only_after_verifying(fp32_volume: Path) -> None:
     assert "freed" in summary.render()
 
 
+def test_add_fp16_checks_the_volume_once_and_then_only_what_it_changed(fp32_volume: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full tensor check of a 14 GB volume is seconds on a network volume: one per command, not three."""
+    full, partial = [], []
+    monkeypatch.setattr(commands, "check_volume", lambda *a, **k: full.append(a) or check_volume(*a, **k))
+    real_recheck = commands.recheck
+    monkeypatch.setattr(commands, "recheck", lambda r, names, **k: partial.append(sorted(names)) or
+                        real_recheck(r, names, **k))
+    summary = commands.add_fp16(fp32_volume, drop_standard=True)
+    assert summary.exit_code == 0, summary.render()
+    assert len(full) == 1 and partial == [sorted(MODELS), sorted(MODELS)]
+    assert summary.volume_check == {"exit_code": 0, "summary": check_volume(fp32_volume, tensors=True).summary()}
+    assert summary.load_plan.startswith("fp16 variant")
+
+
 def test_drop_standard_keeps_the_standard_files_when_the_fp16_set_differs(volume: Path) -> None:
     path = volume / "text_encoder" / "model.fp16.safetensors"
     tensors = load_file(path)
