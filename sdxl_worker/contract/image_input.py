@@ -12,6 +12,7 @@ import base64
 import binascii
 import io
 import re
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,10 @@ from sdxl_worker.contract.job_schema import MAX_SIDE, MIN_SIDE, JobInput, JobInp
 from sdxl_worker.sentences import bounded
 
 FORMATS = ("PNG", "JPEG", "WEBP")
+# What Pillow's parsers raise on bytes that are not the image they claim to be: OSError ("Truncated File Read", "could
+# not create decoder object"), ValueError (a text or ICC chunk inflating past its cap), and the ones its own
+# Image.open treats as "not this format" (SyntaxError, struct.error, IndexError, TypeError, EOFError).
+DECODER_ERRORS = (OSError, ValueError, SyntaxError, struct.error, IndexError, TypeError, EOFError)
 DATA_URL = re.compile(r"^data:image/[a-z0-9.+-]+;base64,", re.IGNORECASE)
 
 
@@ -46,9 +51,17 @@ def load_inputs(job: JobInput, max_bytes: int, max_pixels: int) -> InputImages |
     given = {"width", "height"} & job.model_fields_set
     width = job.width if "width" in given else image.width // 8 * 8
     height = job.height if "height" in given else image.height // 8 * 8
-    if not given and not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
-        raise _refusal("image", f"is {image.width}x{image.height}: each side must be {MIN_SIDE}-{MAX_SIDE} pixels "
-                                "(or send width and height to resize it)")
+    # The size generated, whichever sides came from the job and which from the image, within every bound a
+    # text-to-image job has (the schema could check a side alone only against the other's default).
+    size = f"{width}x{height}" + (f" ({' and '.join(sorted(given))} from the job, the rest from the image)"
+                                  if len(given) == 1 else "")
+    if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
+        what = f"is {image.width}x{image.height}" if not given else f"would be generated at {size}"
+        raise _refusal("image", f"{what}: each side must be {MIN_SIDE}-{MAX_SIDE} pixels "
+                                "(send width and height to resize it)")
+    if width * height > max_pixels:
+        raise _refusal("image", f"would be generated at {size} = {width * height:,} pixels, over this endpoint's "
+                                f"limit of {max_pixels:,} (MAX_PIXELS): send a smaller width and height")
     if (width, height) != image.size:
         from PIL import Image
 
@@ -77,12 +90,14 @@ def decode_image(field: str, text: str, max_bytes: int, max_pixels: int) -> Any:
     except Image.DecompressionBombError:
         raise _refusal(field, f"declares more pixels than Pillow decodes safely, far over MAX_PIXELS "
                               f"({max_pixels:,})") from None
+    except DECODER_ERRORS as exc:  # the header's chunks are corrupt, cut short or inflate past Pillow's caps
+        raise _refusal(field, f"cannot be decoded ({bounded(exc)})") from None
     if image.width * image.height > max_pixels:
         raise _refusal(field, f"is {image.width}x{image.height} = {image.width * image.height:,} pixels, over "
                               f"this endpoint's limit of {max_pixels:,} (MAX_PIXELS)")
     try:
         image.load()
-    except (OSError, ValueError) as exc:  # truncated or corrupt data, found while decoding
+    except DECODER_ERRORS as exc:  # truncated or corrupt pixel data
         raise _refusal(field, f"cannot be decoded ({bounded(exc)})") from None
     return image
 

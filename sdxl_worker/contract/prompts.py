@@ -81,7 +81,8 @@ class PromptEncoder:
     def encode(self, prompt: str, negative_prompt: str | None, weighting: bool) -> EncodedPrompts:
         """The pipeline's prompt arguments: the texts themselves when nothing needs compel, else embeddings."""
         texts = {"prompt": prompt, "negative_prompt": negative_prompt}
-        fragments = {name: (weighted_fragments(text) if weighting else [(text, 1.0)])
+        # A text that weighs to nothing ("", "()") is the empty prompt: compel needs one fragment to encode.
+        fragments = {name: (weighted_fragments(text) if weighting else [(text, 1.0)]) or [("", 1.0)]
                      for name, text in texts.items() if text is not None}
         plain = {name: "".join(text for text, _ in parts) for name, parts in fragments.items()}
         tokens = {name: self.count_tokens(text) for name, text in plain.items()}

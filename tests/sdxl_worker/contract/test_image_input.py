@@ -80,6 +80,23 @@ def test_a_mask_of_another_size_and_an_image_too_small() -> None:
         load_inputs(job(image=encoded(Image.new("RGB", (200, 200)))), 10 * MB, 1536 * 1536)
 
 
+@pytest.mark.parametrize(("size", "fields", "words"), [
+    ((1536, 1536), {"width": 2048}, "image would be generated at 2048x1536 (width from the job, the rest from the "
+                                    "image) = 3,145,728 pixels, over this endpoint's limit of 2,359,296"),
+    ((2048, 96), {"width": 1024}, "image would be generated at 1024x96 (width from the job, the rest from the image): "
+                                  "each side must be 256-2048 pixels"),
+    ((96, 2048), {"height": 1024}, "image would be generated at 96x1024 (height from the job"),
+    ((1536, 1536), {"width": 2048, "height": 1536}, "width x height is 2048x1536 = 3,145,728 pixels"),
+])
+def test_one_side_from_the_job_keeps_every_bound(size: tuple[int, int], fields: dict, words: str) -> None:
+    """A side the job gives and a side the image gives make the size generated: MAX_PIXELS and the minimum side
+    hold for it (a 1536x1536 image with only `width: 2048` once ran as 2048x1536, over the cap)."""
+    picture = encoded(Image.new("RGB", size, (10, 20, 30)), "JPEG")
+    with pytest.raises(JobInputError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        load_inputs(job(image=picture, **fields), 10 * MB, 1536 * 1536)
+    assert load_inputs(job(image=picture, width=1024, height=1024), 10 * MB, 1536 * 1536).image.size == (1024, 1024)
+
+
 @pytest.mark.parametrize(("fields", "words"), [
     ({"strength": 0.5}, "strength and mask apply with an image only"),
     ({"image": "x", "strength": 0.0}, "strength: Input should be greater than 0"),
@@ -89,3 +106,53 @@ def test_a_mask_of_another_size_and_an_image_too_small() -> None:
 def test_strength_bounds(fields: dict, words: str) -> None:
     with pytest.raises(JobInputError, match=words):
         job(**fields)
+
+
+def hostile_images() -> list[tuple[str, bytes]]:
+    """Pillow's own writers' output (text and ICC chunks inflating past Pillow's caps, EXIF) and seeded
+    mutations of it: flipped, cut and inserted bytes, and every image cut short."""
+    import random
+
+    from PIL import PngImagePlugin
+
+    rng = random.Random(26)
+    picture = Image.effect_noise((64, 48), 40).convert("RGB")
+    text = PngImagePlugin.PngInfo()
+    text.add_text("comment", "a" * 3_000_000, zip=True)
+    writes = {"png": {"format": "PNG"}, "jpeg": {"format": "JPEG"}, "webp": {"format": "WEBP"},
+              "png-text": {"format": "PNG", "pnginfo": text},
+              "png-icc": {"format": "PNG", "icc_profile": bytes(3_000_000)},
+              "jpeg-icc-exif": {"format": "JPEG", "icc_profile": bytes(300_000), "exif": b"Exif\0\0" + bytes(900)}}
+    cases = []
+    for name, options in writes.items():
+        buffer = io.BytesIO()
+        picture.save(buffer, **options)
+        data = buffer.getvalue()
+        cases.append((name, data))
+        cases += [(f"{name} cut at {cut}", data[:cut]) for cut in range(8, len(data), max(1, len(data) // 40))]
+        for i in range(120):
+            mutated = bytearray(data)
+            for _ in range(rng.randint(1, 8)):
+                at, roll = rng.randrange(len(mutated)), rng.random()
+                if roll < 0.5:
+                    mutated[at] = rng.randrange(256)
+                elif roll < 0.8:
+                    del mutated[at:at + rng.randint(1, 64)]
+                else:
+                    mutated[at:at] = rng.randbytes(rng.randint(1, 16))
+            cases.append((f"{name} mutation {i}", bytes(mutated)))
+    return cases
+
+
+def test_hostile_image_bytes_decode_or_are_one_sentence() -> None:
+    """Whatever the bytes, the job gets an image or one sentence naming the field, never a decoder's exception
+    (a PNG text chunk inflating to 3 MB once answered `ValueError: Decompressed data too large` with a traceback)."""
+    refused = 0
+    for name, data in hostile_images():
+        for field in ("image", "mask"):
+            try:
+                decode_image(field, base64.b64encode(data).decode(), 10 * MB, 1536 * 1536).convert("RGB")
+            except JobInputError as exc:
+                refused += 1
+                assert str(exc).startswith(f"Invalid input: {field} ") and len(str(exc)) < 400, (name, exc)
+    assert refused > 500

@@ -82,3 +82,32 @@ def test_a_long_negative_prompt_and_a_short_prompt_pad_to_one_length(encoder: Pr
     encoded = encoder.encode("a lighthouse", LONG, weighting=True)
     assert encoded.kwargs["prompt_embeds"].shape == encoded.kwargs["negative_prompt_embeds"].shape
     assert encoded.kwargs["negative_pooled_prompt_embeds"].shape == encoded.kwargs["pooled_prompt_embeds"].shape
+
+
+ABSENT = object()
+PROMPTS = [LONG, "a cat", "a (red:1.3) cat", "()"]
+NEGATIVES = [ABSENT, None, "", "  ", "blurry", "[]", LONG, "(grain:1.4)"]
+
+
+@pytest.mark.parametrize("negative", NEGATIVES)
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_every_prompt_and_negative_prompt_combination_generates(worker: Worker, prompt: str,
+                                                                negative: object) -> None:
+    """Long, short, weighted, empty or absent (an empty negative prompt with a long prompt once failed with an
+    IndexError; `()` and `[]` weigh nothing and leave no text)."""
+    job = {"prompt": prompt, "width": 256, "height": 256, "num_inference_steps": 1, "seed": 1}
+    if negative is not ABSENT:
+        job["negative_prompt"] = negative
+    reply = worker.handle({"id": "combination", "input": job})
+    assert "error" not in reply and len(reply["images"]) == 1, reply
+
+
+@pytest.mark.parametrize("negative", [n for n in NEGATIVES if n is not ABSENT])
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_every_combination_encodes_to_one_length_without_weighting(encoder: PromptEncoder, prompt: str,
+                                                                   negative: str | None) -> None:
+    encoded = encoder.encode(prompt, negative, weighting=False)
+    if "prompt_embeds" in encoded.kwargs and negative is not None:
+        assert encoded.kwargs["prompt_embeds"].shape == encoded.kwargs["negative_prompt_embeds"].shape
+    else:
+        assert encoded.kwargs.get("prompt", prompt) == prompt
