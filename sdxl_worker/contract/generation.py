@@ -21,6 +21,15 @@ from sdxl_worker.contract.prompts import EncodedPrompts
 ProgressFn = Callable[[int, int], None]
 
 
+class NonFiniteLatents(RuntimeError):
+    """The latents went NaN or Inf while sampling: the image would decode flat, so there is none to return."""
+
+    def __init__(self, step: int, steps: int) -> None:
+        super().__init__(f"the latents went non-finite (NaN or Inf) by step {step} of {steps}, so no image is "
+                         "returned (it would be flat)")
+        self.step, self.steps = step, steps
+
+
 @dataclass
 class Generated:
     images: list[Any]
@@ -52,8 +61,13 @@ def generate(pipe: Any, job: JobInput, scheduler: Any, on_progress: ProgressFn |
 
     def step_end(running: Any, step: int, _timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
         done, total = step + 1, getattr(running, "num_timesteps", steps) or steps  # image to image runs fewer
-        if on_progress is not None and (done % every == 0 or done == total):
-            on_progress(done, total)
+        if done % every == 0 or done == total:
+            # At each progress report and the last step (one GPU sync each): a NaN stays NaN, so the last check
+            # alone decides; the others stop a lost job early.
+            if not torch.isfinite(callback_kwargs["latents"]).all():
+                raise NonFiniteLatents(done, total)
+            if on_progress is not None:
+                on_progress(done, total)
         return callback_kwargs
 
     shape: dict[str, Any] = {"width": job.width, "height": job.height}

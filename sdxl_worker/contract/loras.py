@@ -4,7 +4,8 @@ Loading an SDXL LoRA into the UNet takes about a second (benchmarks/RESULTS.md) 
 ones takes milliseconds, so loaded LoRAs stay in the pipeline between jobs, switched off, the least recently
 used dropped past LORA_CACHE_MB. A LoRA switched off leaves each layer computing its base weights alone, so a
 job without LoRAs after one with them gives the same bits as before. A LoRA file changed on the volume
-(size or modification time) is loaded again.
+(its size, modification or change time, or inode) is loaded again; weights that are not floating point or not
+finite are refused before they reach the model.
 
 With a compiled UNet the added layers would invalidate the compiled code's guards for every later job, so there
 the LoRAs are taken out of the model after each job (the same bits again), and what stays between jobs is their
@@ -23,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from sdxl_worker.contract.job_schema import LoraRequest
+from sdxl_worker.sentences import bounded
 from sdxl_worker.speed.plain import plain_module, plain_unet
 from sdxl_worker.weights.loras import LoraFile, LoraFileError, LoraSettings, inspect, resolve, signature_of
+from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError
 from sdxl_worker.weights.safetensors_io import read_tensors
 
 
@@ -91,7 +94,7 @@ class LoraAdapters:
             self._drop(pipe, file.name)
             lora = None
         if lora is None:
-            tensors = dict(read_tensors(file.info))
+            tensors = _read_finite(file)
             dtype_size = next(plain_module(pipe.unet).parameters()).element_size()
             held = sum(t.numel() for t in tensors.values()) * dtype_size if self.keep_in_model else file.bytes
             lora = LoadedLora(file, f"lora{next(self._ids)}", held,
@@ -114,8 +117,7 @@ class LoraAdapters:
         except (ValueError, RuntimeError, KeyError, IndexError) as exc:
             if lora.adapter in _adapters(pipe):
                 pipe.delete_adapters([lora.adapter])
-            text = " ".join(str(exc).split())
-            raise LoraFileError(f"LoRA {name!r} does not fit this model: {text[:200]}.") from exc
+            raise LoraFileError(f"LoRA {name!r} does not fit this model: {_first_reason(exc)}.") from exc
         if lora.adapter not in _adapters(pipe):
             raise LoraFileError(f"LoRA {name!r} does not fit this model: none of its layers is one of the model's.")
         lora.in_model = True
@@ -139,18 +141,47 @@ class LoraAdapters:
             pipe.delete_adapters([lora.adapter])
 
 
+def _read_finite(file: LoraFile) -> dict[str, Any]:
+    """The LoRA's tensors; LoraFileError if the file changed since its header was read or a weight is NaN or Inf
+    (applied, it would turn every latent non-finite: a flat image)."""
+    import torch
+
+    try:
+        tensors = dict(read_tensors(file.info))
+    except (SafetensorsHeaderError, OSError) as exc:
+        raise LoraFileError(f"LoRA {file.name!r} cannot be read: {bounded(exc, 200)}.") from exc
+    bad = next((name for name, tensor in tensors.items() if not torch.isfinite(tensor).all()), None)
+    if bad is not None:
+        raise LoraFileError(f"LoRA {file.name!r} holds weights that are not finite (NaN or Inf), e.g. in "
+                            f"{bounded(bad, 60)!r}: it would draw a flat image.")
+    return tensors
+
+
+def _first_reason(exc: BaseException) -> str:
+    """The first specific line of a library's refusal (torch lists every mismatched tensor: thousands of lines)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    first, more = " ".join(lines), ""
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        first, more = lines[1], f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+    text = bounded(first, 260)
+    return (text if text.endswith("...") else text.rstrip(".")) + more
+
+
 @contextmanager
 def _libraries_quiet() -> Iterator[None]:
-    """Without the warnings every adapter load prints: transformers 5 reports the base weights as missing from the
-    adapter's state dict, PEFT lists other adapters' keys as missing (checked: every LoRA tensor loads)."""
+    """Without what every adapter load prints: transformers 5 reports the base weights as missing from the adapter's
+    state dict, PEFT lists other adapters' keys as missing (checked: every LoRA tensor loads), and diffusers logs a
+    refused adapter's whole error as ERROR before raising it (tens of thousands of characters; the job's answer is
+    the first line of it)."""
+    import logging
     import warnings
 
     import diffusers
     import transformers
 
     levels = transformers.utils.logging.get_verbosity(), diffusers.utils.logging.get_verbosity()
-    transformers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity(logging.CRITICAL)
+    diffusers.utils.logging.set_verbosity(logging.CRITICAL)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sdxl_worker.contract.generation import generate
+from sdxl_worker.contract.generation import NonFiniteLatents, generate
 from sdxl_worker.contract.image_encoding import encode_image
 from sdxl_worker.contract.image_input import InputImages, load_inputs
 from sdxl_worker.contract.job_schema import JobInput, JobInputError, parse_job_input
@@ -169,6 +169,12 @@ class Worker:
         except LoraFileError as exc:
             log.info("job %s refused: %s", job_id, exc)
             return {"error": str(exc)}
+        except NonFiniteLatents as exc:
+            names = ", ".join(f"{lora.name!r} at {lora.scale:g}" for lora in params.loras)
+            hint = (f"it ran with LoRA {names}: try a lower scale or the job without it" if names else
+                    "try a lower guidance_scale or another scheduler")
+            log.warning("job %s: %s; %s", job_id, exc, hint)
+            return {"error": f"Generation failed: {exc}; {hint}."}
         except (DeliveryError, BucketError) as exc:
             log.warning("job %s: images not delivered: %s", job_id, exc)
             return {"error": str(exc)}

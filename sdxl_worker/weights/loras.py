@@ -18,6 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sdxl_worker.sentences import bounded
 from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError, SafetensorsInfo, read_safetensors_header
 
 DEFAULT_LORA_DIR = "/runpod-volume/loras"
@@ -30,6 +31,8 @@ PARTS = {"unet": "unet", "text_encoder": "text_encoder", "text_encoder_2": "text
 # Kinds of adapter files diffusers' SDXL loader does not convert: said as such rather than "not a LoRA".
 LYCORIS_MARKS = ("hada_w1", "lokr_w1", ".oft_", "lora_mid.weight")
 NAMES_LISTED = 10  # names an unknown-LoRA answer lists; the rest are counted
+# safetensors' floating-point dtypes: what a LoRA's weights are (an integer or bool tensor fits no layer).
+FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
 
 
 class LoraSettings(BaseModel):
@@ -57,25 +60,31 @@ class LoraFile:
     name: str
     path: Path
     bytes: int
-    mtime_ns: int
+    stamp: tuple[int, int, int]  # see signature
     format: LoraFormat
     parts: tuple[str, ...]  # of unet, text_encoder, text_encoder_2
     rank: int  # the largest among its layers
     info: SafetensorsInfo
 
     @property
-    def signature(self) -> tuple[int, int]:
-        """What says the file changed since it was inspected: its size and modification time."""
-        return self.bytes, self.mtime_ns
+    def signature(self) -> tuple[int, int, int, int]:
+        """What says the file changed since it was inspected: its size, modification and change times and inode.
+        The change time moves on every write and cannot be set back (`touch -r` can restore the modification time
+        of a file rewritten in place); the inode changes when another file is renamed over it."""
+        return (self.bytes, *self.stamp)
 
 
-def signature_of(path: Path) -> tuple[int, int] | None:
-    """A file's size and modification time now, as `LoraFile.signature`; None if it cannot be read."""
+def signature_of(path: Path) -> tuple[int, int, int, int] | None:
+    """A file's `LoraFile.signature` now; None if it cannot be read."""
     try:
         stat = path.stat()
     except OSError:
         return None
-    return stat.st_size, stat.st_mtime_ns
+    return (stat.st_size, *_stamp(stat))
+
+
+def _stamp(stat: os.stat_result) -> tuple[int, int, int]:
+    return stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino
 
 
 def available(folder: Path) -> list[str]:
@@ -97,8 +106,12 @@ def resolve(folder: Path, name: str) -> Path:
         raise LoraFileError(f"LoRA {name!r} links outside the LoRA folder; only files inside {folder} are read.")
     if not real.is_file():
         names = available(root)
+        if not root.is_dir():
+            raise LoraFileError(f"LoRA {name!r} not found: the LoRA folder {folder} does not exist (LORA_DIR names "
+                                "the folder of LoRA files on the volume).")
         if not names:
-            raise LoraFileError(f"LoRA {name!r} not found: the LoRA folder {folder} holds no .safetensors files.")
+            raise LoraFileError(f"LoRA {name!r} not found: the LoRA folder {folder} holds no .safetensors files "
+                                "(LORA_DIR).")
         close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         listed = ", ".join(names[:NAMES_LISTED]) + (f" and {len(names) - NAMES_LISTED} more"
@@ -123,6 +136,11 @@ def inspect(name: str, path: Path, max_bytes: int) -> LoraFile:
         reason = str(exc).removeprefix(f"{path}: ")
         raise LoraFileError(f"LoRA {name!r} is not a readable safetensors file: {reason}.") from exc
     keys = list(info.entries)
+    odd = sorted({entry.dtype for entry in info.entries.values()} - FLOAT_DTYPES)
+    if odd:
+        example = next(key for key, entry in info.entries.items() if entry.dtype in odd)
+        raise LoraFileError(f"LoRA {name!r} holds {', '.join(odd)} tensors (e.g. {bounded(example, 60)!r}); a LoRA's "
+                            "weights are floating point.")
     fmt = _format(keys)
     if fmt is None:
         if any(mark in key for key in keys for mark in LYCORIS_MARKS):
@@ -135,7 +153,7 @@ def inspect(name: str, path: Path, max_bytes: int) -> LoraFile:
     parts = [part for part in MODELS if part in found]
     ranks = [entry.shape[0] for key, entry in info.entries.items()
              if (".lora_A." in key or ".lora_down." in key or ".lora.down." in key) and entry.shape]
-    return LoraFile(name, path, size, stat.st_mtime_ns, fmt, tuple(parts), max(ranks, default=0), info)
+    return LoraFile(name, path, size, _stamp(stat), fmt, tuple(parts), max(ranks, default=0), info)
 
 
 def scan(folder: Path, max_bytes: int) -> tuple[list[LoraFile], dict[str, str]]:

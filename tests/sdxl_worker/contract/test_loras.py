@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.torch import save_file
+import torch
+from safetensors.torch import load_file, save_file
 
 from dev.lora import lora_tensors, write_lora
 from sdxl_worker.serving.worker import Worker
@@ -139,6 +141,66 @@ def test_a_lora_changed_on_the_volume_is_read_again(tiny_volume_source: Path, tm
     write_lora(tiny_volume_source, tmp_path / "v.safetensors", seed=9)
     second = draw(worker, loras=[{"name": "v"}])
     assert not np.array_equal(first, second) and len(worker.pipe.get_list_adapters()["unet"]) == 1
+
+
+def test_a_lora_rewritten_in_place_with_its_size_and_time_is_read_again(tiny_volume_source: Path,
+                                                                         tmp_path: Path) -> None:
+    """Same size, modification time set back (as `touch -r` or a sync tool does), even the same inode: new weights."""
+    path = write_lora(tiny_volume_source, tmp_path / "v.safetensors", seed=1)
+    worker = Worker.start(cpu_settings(tiny_volume_source, loras=LoraSettings(lora_dir=str(tmp_path))), warmup=False)
+    first = draw(worker, loras=[{"name": "v"}])
+    before = path.stat()
+    other = write_lora(tiny_volume_source, tmp_path / "other.bin", seed=9).read_bytes()
+    with path.open("r+b") as handle:  # in place: the same inode
+        handle.write(other)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino)
+    assert not np.array_equal(draw(worker, loras=[{"name": "v"}]), first)
+
+
+def _rewrite(source: Path, out: Path, change) -> None:
+    save_file({name: change(tensor) for name, tensor in load_file(source).items()}, out)
+
+
+def test_weights_that_cannot_draw_are_refused_in_one_short_sentence(tiny_volume_source: Path, lora_dir: Path,
+                                                                    tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Integer, bool, conv-shaped, NaN or Inf weights where linear ones belong: one sentence each, the log a line
+    each (the libraries' report once added 42,000-65,000 characters per job), the worker still serving."""
+    source = lora_dir / "photonic-style.safetensors"
+    folder = tmp_path / "hostile"
+    folder.mkdir()
+    for name, change in {
+        "ints": lambda x: x.to(torch.int64), "bools": lambda x: x > 0,
+        "conv": lambda x: x[..., None, None] if x.dim() == 2 else x,
+        "nan": lambda x: torch.full_like(x, float("nan")), "inf": lambda x: torch.full_like(x, float("inf")),
+    }.items():
+        _rewrite(source, folder / f"{name}.safetensors", change)
+    worker = Worker.start(cpu_settings(tiny_volume_source, loras=LoraSettings(lora_dir=str(folder))), warmup=False)
+    base = draw(worker)
+    sentences = {"ints": "holds I64 tensors", "bools": "holds BOOL tensors",
+                 "conv": "does not fit this model: size mismatch for ", "nan": "holds weights that are not finite",
+                 "inf": "holds weights that are not finite"}
+    for name, words in sentences.items():
+        caplog.clear()
+        with caplog.at_level("INFO"):
+            reply = worker.handle({"id": name, "input": {**SMALL, "loras": [{"name": name}]}})
+        assert reply["error"].startswith(f"LoRA {name!r} {words}") and len(reply["error"]) < 400, reply
+        assert sum(len(record.getMessage()) for record in caplog.records) < 1000, name
+    assert np.array_equal(draw(worker), base)
+
+
+def test_latents_that_go_non_finite_return_no_image_and_say_why(tiny_volume_source: Path, lora_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    """Finite weights far too large overflow while sampling: no flat image is served, the sentence names the LoRA."""
+    _rewrite(lora_dir / "photonic-style.safetensors", tmp_path / "loud.safetensors", lambda x: x * 1e30)
+    worker = Worker.start(cpu_settings(tiny_volume_source, loras=LoraSettings(lora_dir=str(tmp_path))), warmup=False)
+    reply = worker.handle({"id": "loud", "input": {**SMALL, "loras": [{"name": "loud", "scale": 2.0}]}})
+    assert reply == {"error": "Generation failed: the latents went non-finite (NaN or Inf) by step 1 of 2, so no image "
+                              "is returned (it would be flat); it ran with LoRA 'loud' at 2: try a lower scale or the "
+                              "job without it."}
+    assert "images" in worker.handle({"id": "after", "input": SMALL})
 
 
 def test_with_no_cache_nothing_stays_loaded(tiny_volume_source: Path, lora_dir: Path) -> None:

@@ -43,7 +43,12 @@ def test_an_unknown_name_lists_the_available_ones_and_suggests_the_closest(loras
         resolve(loras, "photonic-stlye")
     assert str(error.value) == ("LoRA 'photonic-stlye' not found. Did you mean 'photonic-style'? Available: kohya.v2, "
                                 "photonic-style, unet-only.")
-    with pytest.raises(LoraFileError, match=r"^LoRA 'x' not found: the LoRA folder .* holds no .safetensors files\.$"):
+    with pytest.raises(LoraFileError, match=r"^LoRA 'x' not found: the LoRA folder .*/missing does not exist "
+                                            r"\(LORA_DIR"):
+        resolve(tmp_path / "missing", "x")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LoraFileError, match=r"^LoRA 'x' not found: the LoRA folder .* holds no .safetensors files "
+                                            r"\(LORA_DIR\)\.$"):
         resolve(tmp_path / "empty", "x")
 
 
@@ -61,6 +66,8 @@ def test_a_symlink_out_of_the_folder_is_refused_one_inside_is_followed(loras: Pa
      r"is not a readable safetensors file: truncated: header declares"),
     (lambda p: os.link(p.parent.parent / "unet.safetensors", p), r"is not a LoRA: none of its \d+ tensor names is"),
     (lambda p: _save(p, {"lora_unet_x.hada_w1_a": 1, "lora_unet_x.hada_w1_b": 1}), r"is a LyCORIS \(LoHa/LoKr/OFT\)"),
+    (lambda p: _recast(p, "int64"), r"holds I64 tensors \(e\.g\. '.+'\); a LoRA's weights are floating point\.$"),
+    (lambda p: _recast(p, "bool"), r"holds BOOL tensors"),
 ])
 def test_each_unusable_file_is_one_sentence(loras: Path, tiny_volume_source: Path, make, reason: str) -> None:
     os.link(tiny_volume_source / "unet" / "diffusion_pytorch_model.safetensors", loras.parent / "unet.safetensors")
@@ -88,3 +95,12 @@ def _save(path: Path, shapes: dict[str, int]) -> None:
     from safetensors.torch import save_file
 
     save_file({name: torch.zeros(size) for name, size in shapes.items()}, path)
+
+
+def _recast(path: Path, dtype: str) -> None:
+    """The photonic-style LoRA with its weights as another dtype (the names and shapes right)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(path.parent / "photonic-style.safetensors")
+    save_file({name: tensor.to(getattr(torch, dtype)) for name, tensor in tensors.items()}, path)
