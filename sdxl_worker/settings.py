@@ -53,9 +53,10 @@ class Settings(BaseModel):
         "Cap on a job's input image and mask, each, in MB as sent (base64 counts as its decoded bytes)."))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description=(
         "One line per job at INFO: id, size, steps, timings, a 40-character prompt prefix."))
-    result_max_mb: int = Field(19, ge=1, le=1000, description=(
-        "Largest reply returned, in MB: RunPod drops results over 20 MB (/runsync). Over it, images go to the "
-        "bucket when one is set, else the job fails saying what to change."))
+    result_max_mb: int = Field(9, ge=1, le=1000, description=(
+        "Largest reply returned, in MB: RunPod drops results over 10 MB on /run and 20 MB on /runsync, so the "
+        "default fits both (19 for an endpoint called only with /runsync). Over it, images go to the bucket when "
+        "one is set, else the job fails saying what to change."))
     speed: SpeedOptions = Field(default_factory=SpeedOptions)
     bucket: BucketSettings = Field(default_factory=BucketSettings)
     loras: LoraSettings = Field(default_factory=LoraSettings)

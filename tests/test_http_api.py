@@ -118,7 +118,7 @@ def test_image_to_image_and_inpainting_over_runsync(api: str) -> None:
 
 def test_a_reply_over_runpods_limit_arrives_as_bucket_urls(tiny_volume_source: Path, bucket_env: dict[str, str],
                                                           tmp_path: Path) -> None:
-    """Four 1536x1536 PNGs over /runsync, a reply over RESULT_MAX_MB (19 MB), so the worker uploads them to
+    """Four 1536x1536 PNGs over /runsync, a reply over RESULT_MAX_MB (9 MB), so the worker uploads them to
     the S3 server and the reply, COMPLETED, gives URLs that serve the same images."""
     import base64
     import urllib.request
@@ -132,7 +132,7 @@ def test_a_reply_over_runpods_limit_arrives_as_bucket_urls(tiny_volume_source: P
         stop(process)
     assert status == 200 and reply["status"] == "COMPLETED", reply
     output = reply["output"]
-    assert output["output"] == "url" and "over RESULT_MAX_MB=19" in output["output_note"]
+    assert output["output"] == "url" and "over RESULT_MAX_MB=9" in output["output_note"]
     sizes = []
     for url in output["images"]:
         with urllib.request.urlopen(url, timeout=30) as fetched:

@@ -10,10 +10,13 @@ is one sentence without the credentials in it, and the job fails: a job never co
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from sdxl_worker.sentences import bounded
 
@@ -50,6 +53,20 @@ class BucketSettings(BaseModel):
     bucket_public_url: str | None = Field(None, examples=["https://images.example.com"], description=(
         "Base URL of a public bucket: replies give `BASE/KEY` instead of presigned URLs."))
 
+    bucket_upload_timeout_s: int = Field(60, ge=5, le=900, description=(
+        "Seconds the whole upload of a job's images may take (a server that stalls or trickles bytes cannot hold "
+        "the job longer); past it the job fails and what was stored is deleted."))
+
+    @field_validator("bucket_endpoint_url", "bucket_public_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in value):
+            raise ValueError("must be an http:// or https:// URL with a host, e.g. https://s3.eu-west-1.amazonaws.com")
+        return value
+
     @model_validator(mode="after")
     def _all_or_none(self) -> BucketSettings:
         given = [name for name in REQUIRED if getattr(self, name)]
@@ -81,23 +98,59 @@ class Bucket:
         self._client: Any = None
 
     def upload(self, job_id: str, images: list[bytes], seeds: list[int], output_format: str) -> list[Upload]:
-        """Put each image under `PREFIX/JOB_ID/INDEX-SEED.EXT` and return where it can be fetched."""
+        """Put each image under `PREFIX/JOB_ID/INDEX-SEED.EXT` and return where they can be fetched: all of them
+        within BUCKET_UPLOAD_TIMEOUT_S, or BucketError with none left stored."""
+        keys = [self.key(job_id, index, seed, output_format) for index, seed in enumerate(seeds)]
+        attempt = _Attempt()
+        # boto3's timeouts bound each socket read, not a request: a server trickling bytes keeps one going for as
+        # long as it likes. The uploads run on their own thread; the job waits for them up to the deadline.
+        thread = threading.Thread(target=self._put_all, args=(keys, images, output_format, attempt), daemon=True,
+                                  name=f"upload-{keys[0]}")
+        thread.start()
+        thread.join(self.settings.bucket_upload_timeout_s)
+        with attempt.lock:
+            if not attempt.done:
+                attempt.abandoned = True  # the thread deletes what it stored once its request ends
+                detail = f"not finished after BUCKET_UPLOAD_TIMEOUT_S={self.settings.bucket_upload_timeout_s} s"
+                raise BucketError(self._sentence(detail, attempt.stored, cleaned=False))
+        if len(attempt.stored) < len(keys):
+            left = self._delete(attempt.stored)
+            raise BucketError(self._sentence(attempt.error or "the upload stopped", left))
+        return [Upload(key, self.url(key)) for key in keys]
+
+    def _put_all(self, keys: list[str], images: list[bytes], output_format: str, attempt: _Attempt) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        uploads = []
-        for index, (data, seed) in enumerate(zip(images, seeds, strict=True)):
-            key = self.key(job_id, index, seed, output_format)
-            try:
+        try:
+            for key, data in zip(keys, images, strict=True):
+                if attempt.abandoned:
+                    return
                 self.client.put_object(Bucket=self.settings.bucket_name, Key=key, Body=data,
                                        ContentType=CONTENT_TYPES[output_format])
-                uploads.append(Upload(key, self.url(key)))
-            except ClientError as exc:
-                error = exc.response.get("Error", {})
-                raise BucketError(self._sentence(f"{error.get('Code', 'error')}: {error.get('Message', '')}")) \
-                    from None
-            except BotoCoreError as exc:  # the endpoint unreachable, a timeout, a malformed endpoint URL
-                raise BucketError(self._sentence(str(exc))) from None
-        return uploads
+                with attempt.lock:
+                    attempt.stored.append(key)
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            attempt.error = f"{error.get('Code', 'error')}: {error.get('Message', '')}"
+        except BotoCoreError as exc:  # the endpoint unreachable, a timeout
+            attempt.error = str(exc)
+        finally:
+            with attempt.lock:
+                attempt.done = True
+                if attempt.abandoned:  # the job has failed already: nothing of it may stay in the bucket
+                    self._delete(attempt.stored)
+
+    def _delete(self, keys: list[str]) -> list[str]:
+        """Delete these objects; the keys that could not be deleted."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        left = []
+        for key in keys:
+            try:
+                self.client.delete_object(Bucket=self.settings.bucket_name, Key=key)
+            except (ClientError, BotoCoreError):
+                left.append(key)
+        return left
 
     def key(self, job_id: str, index: int, seed: int, output_format: str) -> str:
         safe_id = re.sub(r"[^A-Za-z0-9._-]", "_", job_id)[:64] or "job"
@@ -127,12 +180,30 @@ class Bucket:
                 aws_secret_access_key=secret.get_secret_value() if secret else None, config=config)
         return self._client
 
-    def _sentence(self, detail: str) -> str:
-        """One sentence on a failed upload, the credentials cut out of whatever the server or library said."""
+    def _sentence(self, detail: str, left: Sequence[str] = (), cleaned: bool = True) -> str:
+        """One sentence on a failed upload, the credentials cut out of whatever the server or library said, and
+        what, if anything, is still in the bucket."""
         secret = self.settings.bucket_secret_access_key
         for value in (self.settings.bucket_access_key_id, secret.get_secret_value() if secret else None):
             if value:
                 detail = detail.replace(value, "***")
         detail = bounded(detail, 300)
+        if not cleaned:
+            stored = "; any of the job's images it stored are deleted when the request ends"
+        elif left:
+            stored = f"; {len(left)} of the job's images could not be deleted from it, e.g. {bounded(left[0], 120)}"
+        else:
+            stored = "; none of the job's images is stored"
         return (f"Uploading the images to bucket {self.settings.bucket_name!r} at {self.settings.bucket_endpoint_url} "
-                f"failed ({detail}); the job's images were not stored.")
+                f"failed ({detail}){stored}.")
+
+
+@dataclass
+class _Attempt:
+    """One job's uploads, shared with the thread making them."""
+
+    stored: list[str] = field(default_factory=list)
+    error: str | None = None
+    done: bool = False
+    abandoned: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)

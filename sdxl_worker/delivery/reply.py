@@ -1,12 +1,13 @@
 """The reply, typed (`Reply`: README's output table is generated from it), and its delivery: the images stay encoded
 bytes until here, then go back as base64 or are uploaded to the bucket as they are.
 
-RunPod drops a job result over its payload limit (documented for /runsync: 20 MB): the caller then sees the job
-COMPLETED with no output, or an error on job-done. So the worker measures the reply it is about to return, as
-JSON, before returning it. Over RESULT_MAX_MB (default 19, under that limit with room for RunPod's envelope):
-with a bucket configured and no `output` asked for, the images go to the bucket and the reply carries URLs and
-says why; otherwise the job fails with the size, the limit and what to change. A reply RunPod would drop is
-never returned.
+RunPod drops a job result over its payload limit (documented: 10 MB for /run, 20 MB for /runsync): the caller
+then sees the job COMPLETED with no output, or an error on job-done. So the worker measures the reply it is about
+to return, as JSON, before returning it. Over RESULT_MAX_MB (default 9, under both limits with room for RunPod's
+envelope): with a bucket configured and no `output` asked for, the images go to the bucket and the reply carries
+URLs and says why; otherwise the job fails with the size, the limit and what to change. A reply RunPod would drop
+is never returned. What can be known before generating is refused before it: `"output": "url"` without a bucket,
+and PNGs whose estimated size is over the limit with no bucket to take them (`refusal_ahead`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ from pydantic import BaseModel, Field
 
 from sdxl_worker.delivery.bucket import Bucket
 
-RUNPOD_RUNSYNC_LIMIT_MB = 20
+RUNPOD_LIMITS = "10 MB on /run, 20 MB on /runsync"
+# A PNG's size estimated before generating, in bytes a pixel: below the 2.56 the demo model's noise measures
+# (zlib level 1), as smooth images compress further; a job refused on it can insist with `"output": "base64"`.
+PNG_BYTES_PER_PIXEL = 1.5
+NEEDS_BUCKET = ('output "url" needs a bucket: set BUCKET_ENDPOINT_URL, BUCKET_ACCESS_KEY_ID, '
+                "BUCKET_SECRET_ACCESS_KEY and BUCKET_NAME on the endpoint.")
 
 
 class AppliedLora(BaseModel):
@@ -85,8 +91,7 @@ def deliver(reply: dict[str, Any], job_id: str, output: str | None, limit_mb: in
     over = size > limit
     if output == "url" or (output is None and over and bucket is not None):
         if bucket is None:
-            raise DeliveryError('output "url" needs a bucket: set BUCKET_ENDPOINT_URL, BUCKET_ACCESS_KEY_ID, '
-                                "BUCKET_SECRET_ACCESS_KEY and BUCKET_NAME on the endpoint.")
+            raise DeliveryError(NEEDS_BUCKET)
         started = time.perf_counter()
         uploads = bucket.upload(job_id, reply["images"], reply["seeds"], reply["format"])
         sent = {**reply, "images": [u.url for u in uploads], "output": "url",
@@ -99,10 +104,26 @@ def deliver(reply: dict[str, Any], job_id: str, output: str | None, limit_mb: in
         remedy = 'send output "url"' if bucket is not None else "configure a bucket (BUCKET_*) to get URLs"
         raise DeliveryError(
             f"The reply would be {size / 1e6:.1f} MB, over RESULT_MAX_MB={limit_mb} (RunPod drops results over "
-            f"{RUNPOD_RUNSYNC_LIMIT_MB} MB): use output_format jpeg or webp, a lower quality, fewer images or a "
-            f"smaller size, or {remedy}.")
+            f"{RUNPOD_LIMITS}): use output_format jpeg or webp, a lower quality, fewer images or a smaller size, "
+            f"or {remedy}.")
     return typed({**reply, "images": [base64.b64encode(image).decode("ascii") for image in reply["images"]],
                   "output": "base64"})
+
+
+def refusal_ahead(output: str | None, output_format: str, images: int, width: int, height: int, limit_mb: int,
+                  bucket: Bucket | None) -> str | None:
+    """Why a job cannot be delivered, known before it generates; None when only its reply's size will tell."""
+    if output == "url" and bucket is None:
+        return NEEDS_BUCKET
+    if output is not None or bucket is not None or output_format != "png":
+        return None
+    estimate = images * math.ceil(width * height * PNG_BYTES_PER_PIXEL / 3) * 4
+    if estimate <= limit_mb * 1_000_000:
+        return None
+    return (f"{images} PNG(s) of {width}x{height} would make a reply of about {estimate / 1e6:.0f} MB (estimated at "
+            f"{PNG_BYTES_PER_PIXEL:g} bytes a pixel), over RESULT_MAX_MB={limit_mb} (RunPod drops results over "
+            f"{RUNPOD_LIMITS}): use output_format jpeg or webp, fewer images or a smaller size, configure a bucket "
+            '(BUCKET_*) to get URLs, or send output "base64" to generate it and measure.')
 
 
 def typed(reply: dict[str, Any]) -> dict[str, Any]:

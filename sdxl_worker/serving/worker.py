@@ -23,7 +23,7 @@ from sdxl_worker.contract.loras import LoraAdapters
 from sdxl_worker.contract.prompts import PromptEncoder
 from sdxl_worker.contract.schedulers import build_schedulers
 from sdxl_worker.delivery.bucket import Bucket, BucketError
-from sdxl_worker.delivery.reply import DeliveryError, deliver
+from sdxl_worker.delivery.reply import DeliveryError, deliver, refusal_ahead
 from sdxl_worker.loading.loader import LoadRecord, load_planned
 from sdxl_worker.loading.plan import plan_load, resolve_device
 from sdxl_worker.logs import PROMPT_LOG_CHARS, configure_logging, job_text, route_library_logs
@@ -160,6 +160,12 @@ class Worker:
         except JobInputError as exc:
             log.info("job %s refused: %s", job_id, exc)
             return {"error": str(exc)}
+        width, height = job_size(params, inputs)
+        refusal = refusal_ahead(params.output, params.output_format, params.num_images, width, height,
+                                self.settings.result_max_mb, self.bucket)
+        if refusal is not None:
+            log.info("job %s refused: %s", job_id, refusal)
+            return {"error": refusal}
 
         import torch
 

@@ -43,8 +43,8 @@ def test_a_public_bucket_gives_plain_urls_and_job_ids_cannot_make_paths(bucket_e
 
 
 def test_a_missing_bucket_is_one_sentence(bucket_env: dict[str, str]) -> None:
-    with pytest.raises(BucketError, match=r"bucket 'nowhere' .* failed \(NoSuchBucket: .*\); the job's images "
-                                          r"were not stored\.$") as caught:
+    with pytest.raises(BucketError, match=r"bucket 'nowhere' .* failed \(NoSuchBucket: .*\); none of the job's "
+                                          r"images is stored\.$") as caught:
         bucket_for({**bucket_env, "BUCKET_NAME": "nowhere"}).upload("j", [b"x"], [1], "png")
     assert bucket_env["BUCKET_SECRET_ACCESS_KEY"] not in str(caught.value)
 
@@ -107,3 +107,74 @@ def test_an_upload_writes_nothing_to_disk(bucket_env: dict[str, str], tmp_path: 
     assert run.returncode == 0 and run.stdout.strip() == "guarded/0-1.png", run.stderr[-2000:]
     assert not (tmp_path / "guard.log").exists(), (tmp_path / "guard.log").read_text()
     assert not [p for p in tmpdir.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:9000", "s3.example.com", "ftp://s3.example.com", "https://", "http://a b"])
+def test_an_endpoint_that_is_not_a_url_is_a_setting_refused_at_start(url: str) -> None:
+    """Not at the first job as boto3's `ValueError: Invalid endpoint`: the worker's start names the variable."""
+    env = {"BUCKET_ENDPOINT_URL": url, "BUCKET_ACCESS_KEY_ID": "AKIA", "BUCKET_SECRET_ACCESS_KEY": "s",
+           "BUCKET_NAME": "images"}
+    with pytest.raises(SettingsError, match=r"^BUCKET_ENDPOINT_URL=.* is refused: must be an http:// or https:// URL "
+                                            "with a host"):
+        Settings.from_env(env)
+    with pytest.raises(SettingsError, match=r"^BUCKET_PUBLIC_URL=.* is refused"):
+        Settings.from_env({"BUCKET_PUBLIC_URL": url})
+
+
+def test_an_upload_failing_part_way_leaves_nothing_in_the_bucket(bucket_env: dict[str, str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first of three images is stored on the real server, the second refused: the first is deleted again."""
+    from botocore.exceptions import ClientError
+
+    bucket = bucket_for(bucket_env)
+    put = bucket.client.put_object
+    calls = []
+
+    def second_refused(**kwargs: object) -> object:
+        calls.append(kwargs["Key"])
+        if len(calls) == 2:
+            error = {"Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."}}
+            raise ClientError(error, "PutObject")
+        return put(**kwargs)
+
+    monkeypatch.setattr(bucket.client, "put_object", second_refused)
+    with pytest.raises(BucketError, match=r"failed \(SlowDown: Please reduce your request rate\.\); none of the job's "
+                                          r"images is stored\.$"):
+        bucket.upload("partial", [b"one", b"two", b"three"], [1, 2, 3], "png")
+    assert calls == ["partial/0-1.png", "partial/1-2.png"]
+    listed = bucket.client.list_objects_v2(Bucket=bucket_env["BUCKET_NAME"], Prefix="partial/")
+    assert listed.get("KeyCount", 0) == 0
+
+
+def test_a_server_that_trickles_bytes_cannot_hold_the_job_past_the_deadline() -> None:
+    """boto3's read timeout is per read: a server sending a byte a second would hold an upload for ever."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop_serving = threading.Event()
+
+    def trickle() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nx-amz-meta-slow: " + b"z" * 1000:
+                if stop_serving.wait(0.5):
+                    return
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    threading.Thread(target=trickle, daemon=True).start()
+    env = {"BUCKET_ENDPOINT_URL": f"http://127.0.0.1:{listener.getsockname()[1]}", "BUCKET_ACCESS_KEY_ID": "AKIA",
+           "BUCKET_SECRET_ACCESS_KEY": "slow-secret", "BUCKET_NAME": "images", "BUCKET_UPLOAD_TIMEOUT_S": "5"}
+    started = time.monotonic()
+    try:
+        with pytest.raises(BucketError, match=r"failed \(not finished after BUCKET_UPLOAD_TIMEOUT_S=5 s\); any of the "
+                                              r"job's images it stored are deleted when the request ends\.$"):
+            bucket_for(env).upload("slow", [b"x" * 1000], [1], "png")
+        assert time.monotonic() - started < 10
+    finally:
+        stop_serving.set()
+        listener.close()

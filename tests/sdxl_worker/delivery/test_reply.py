@@ -30,14 +30,27 @@ def fetch(url: str) -> bytes:
 
 
 def test_over_the_limit_without_a_bucket_the_job_fails_saying_what_to_change(worker: Worker) -> None:
-    small = worker_with(worker, {"RESULT_MAX_MB": "1"})
-    reply = small.handle({"id": "big", "input": JOB})
-    assert set(reply) == {"error"}
+    steps: list[dict] = []
+    small = worker_with(worker, {"RESULT_MAX_MB": "1"}, progress=lambda job, update: steps.append(update))
+    # Knowable ahead: four 512x512 PNGs are estimated at 2 MB, so the job is refused before it generates.
+    ahead = small.handle({"id": "big", "input": JOB})
+    assert ahead == {"error": "4 PNG(s) of 512x512 would make a reply of about 2 MB (estimated at 1.5 bytes a pixel), "
+                              "over RESULT_MAX_MB=1 (RunPod drops results over 10 MB on /run, 20 MB on /runsync): use "
+                              "output_format jpeg or webp, fewer images or a smaller size, configure a bucket "
+                              '(BUCKET_*) to get URLs, or send output "base64" to generate it and measure.'}
+    assert steps == []
+    # Insisting generates and measures; over the limit, still no reply RunPod would drop.
+    reply = small.handle({"id": "big", "input": {**JOB, "output": "base64"}})
+    assert set(reply) == {"error"} and steps
     assert reply["error"].startswith("The reply would be ") and "MB, over RESULT_MAX_MB=1 (RunPod drops results " \
-        "over 20 MB): use output_format jpeg or webp, a lower quality, fewer images or a smaller size, or configure " \
-        "a bucket (BUCKET_*) to get URLs." in reply["error"]
+        "over 10 MB on /run, 20 MB on /runsync): use output_format jpeg or webp, a lower quality, fewer images or a " \
+        "smaller size, or configure a bucket (BUCKET_*) to get URLs." in reply["error"]
     assert small.handle({"id": "small", "input": {**JOB, "num_images": 1, "width": 256, "height": 256}})["output"] \
         == "base64"
+
+
+def test_the_default_limit_fits_runpods_lowest_documented_one() -> None:
+    assert Settings.from_env({}).result_max_mb * 1_000_000 < 10 * 2**20 * 0.95
 
 
 def test_over_the_limit_with_a_bucket_the_images_come_as_urls(worker: Worker, bucket_env: dict[str, str]) -> None:
@@ -54,9 +67,12 @@ def test_url_on_request_and_its_refusals(worker: Worker, bucket_env: dict[str, s
     one = {**JOB, "num_images": 1, "width": 256, "height": 256, "output": "url", "output_format": "webp"}
     reply = with_bucket.handle({"id": "asked", "input": one})
     assert reply["output"] == "url" and "output_note" not in reply and "/asked/0-3.webp?" in reply["images"][0]
-    refused = worker_with(worker, {}).handle({"id": "nobucket", "input": one})
+    steps: list[dict] = []
+    refused = worker_with(worker, {}, progress=lambda job, update: steps.append(update)).handle(
+        {"id": "nobucket", "input": one})
     assert refused == {"error": 'output "url" needs a bucket: set BUCKET_ENDPOINT_URL, BUCKET_ACCESS_KEY_ID, '
                                 "BUCKET_SECRET_ACCESS_KEY and BUCKET_NAME on the endpoint."}
+    assert steps == [], "refused before it generated"
     explicit = worker_with(worker, {**bucket_env, "RESULT_MAX_MB": "1"}).handle(
         {"id": "b64", "input": {**JOB, "output": "base64"}})
     assert explicit["error"].endswith('or send output "url".')
