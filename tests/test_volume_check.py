@@ -63,7 +63,18 @@ def fails(report) -> str:
 
 
 def _io_error_on(monkeypatch: pytest.MonkeyPatch, method: str, target: Path, error: int = errno.EIO) -> None:
-    """Make one pathlib method fail for `target` as a network volume's read or a permission would."""
+    """Make one pathlib method (or `os.open`, which every read of a volume's file goes through) fail for `target`
+    as a network volume's read or a permission would."""
+    if method == "os.open":
+        real_open = os.open
+
+        def failing_open(path: object, *args: object, **kwargs: object) -> int:
+            if Path(path) == target:
+                raise OSError(error, os.strerror(error), str(path))
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", failing_open)
+        return
     real = getattr(Path, method)
 
     def failing(self: Path, *args: object, **kwargs: object):
@@ -75,9 +86,9 @@ def _io_error_on(monkeypatch: pytest.MonkeyPatch, method: str, target: Path, err
 
 
 @pytest.mark.parametrize(("method", "relative", "error"), [
-    ("read_text", "unet/config.json", errno.EIO),
-    ("read_text", "model_index.json", errno.EACCES),
-    ("open", "vae/diffusion_pytorch_model.safetensors", errno.EIO),
+    ("os.open", "unet/config.json", errno.EIO),
+    ("os.open", "model_index.json", errno.EACCES),
+    ("os.open", "vae/diffusion_pytorch_model.safetensors", errno.EIO),
     ("iterdir", "text_encoder", errno.EACCES),
     ("is_dir", "tokenizer_2", errno.EIO),
 ])

@@ -22,6 +22,7 @@ from typing import Any
 
 from sdxl_worker.prepare.fp16_set import PrepareError
 from sdxl_worker.sentences import bounded, describe
+from sdxl_worker.weights.files import read_text_bounded
 from sdxl_worker.weights.layout import (
     VARIANTS,
     Variant,
@@ -88,7 +89,7 @@ def plan_bins(components: Mapping[str, tuple[str, set[Variant]]], model_path: Pa
 
 def _shards(index: Path) -> list[Path]:
     try:
-        weight_map = json.loads(index.read_text()).get("weight_map")
+        weight_map = json.loads(read_text_bounded(index)).get("weight_map")
     except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
         raise BinRefused(f"{index}: not a shard index ({bounded(exc, MESSAGE_CHARS)})") from None
     if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from sdxl_worker.volume.report import ComponentReport, VolumeReport, format_bytes
+from sdxl_worker.weights.files import read_text_bounded
 from sdxl_worker.weights.layout import index_file_names, shard_file_name, single_file_name
 from sdxl_worker.weights.safetensors_header import SafetensorsInfo, read_safetensors_header
 from sdxl_worker.weights.safetensors_io import (
@@ -160,7 +161,7 @@ def component_work(name: str, library: str, source_folder: Path, files: list[str
         outputs.append(OutputFile(folder / target, source, specs, layout(specs, source.metadata).file_bytes))
     work = ComponentWork(name, folder, reason, outputs)
     if index_names:
-        source_index = json.loads((source_folder / index_names[0]).read_text())
+        source_index = json.loads(read_text_bounded(source_folder / index_names[0]))
         weight_map = {t: o.path.name for o in outputs for t in o.source.entries}
         metadata = dict(source_index.get("metadata") or {})
         metadata["total_size"] = sum(s.nbytes for o in outputs for s in o.specs)

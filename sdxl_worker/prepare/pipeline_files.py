@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from sdxl_worker.volume.sdxl import MODEL_COMPONENTS
+from sdxl_worker.weights.files import read_text_bounded
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "sdxl-base-1.0"
 TOKENIZERS = ("tokenizer", "tokenizer_2")
@@ -24,7 +25,7 @@ class ConfigFolderError(ValueError):
 def model_config(component: str, config_dir: Path | None = None) -> dict[str, object]:
     """A model component's config.json: SDXL base 1.0's, or `config_dir`'s."""
     path = ASSETS / f"{component}.config.json" if config_dir is None else config_dir / component / "config.json"
-    return json.loads(path.read_text())
+    return json.loads(read_text_bounded(path))
 
 
 def write_pipeline_files(folder: Path, config_dir: Path | None = None) -> None:

@@ -26,6 +26,7 @@ from sdxl_worker.volume.report import (
 )
 from sdxl_worker.volume.sdxl import SDXL_CLASSES, SDXL_REQUIRED, SUPPORTED_PIPELINES
 from sdxl_worker.weights import architecture
+from sdxl_worker.weights.files import present, read_text_bounded, special_kind
 from sdxl_worker.weights.layout import (
     VARIANTS,
     WEIGHT_PREFIX,
@@ -103,7 +104,7 @@ def _check_location(report: VolumeReport, model_path: Path, volume_root: Path) -
 def _read_model_index(report: VolumeReport, model_path: Path) -> dict[str, tuple[str, str]] | None:
     """model_index.json's components, each (library, class) checked against what the worker loads."""
     index_path = model_path / "model_index.json"
-    if not index_path.is_file():
+    if not present(index_path):
         report.add("fail", "model_index.json is missing: this is not a diffusers pipeline folder", index_path)
         return None
     index, problem = _parse_json(index_path)
@@ -208,6 +209,8 @@ def _check_component(report: VolumeReport, model_path: Path, name: str, library:
         if not folder.is_dir():
             component.ok = False
             report.add("fail", f"{name}: folder {folder} is missing ({class_name})", folder)
+        elif _special_files(report, component, folder):
+            pass
         elif component.kind == "model":
             _check_model(report, component, folder, tensors)
         elif component.kind == "tokenizer":
@@ -224,11 +227,29 @@ def _check_component(report: VolumeReport, model_path: Path, name: str, library:
         finding.component = name
 
 
+def _special_files(report: VolumeReport, component: ComponentReport, folder: Path) -> bool:
+    """A FIFO, device or socket among the component's files (links followed): the libraries would block on it or
+    read it without end at the load, so the component is broken. True when there is one."""
+    found = []
+    for entry in os.scandir(folder):
+        try:
+            kind = special_kind(os.stat(entry.path).st_mode)
+        except OSError:  # a broken link: the file checks that need it say so
+            continue
+        if kind is not None and kind != "a folder":
+            found.append(f"{bounded(entry.name)} is {kind}")
+    if found:
+        component.ok = False
+        report.add("fail", f"{component.name}: {', '.join(found[:3])}, not a file: the loader would block on it or "
+                   "read it without end", folder)
+    return bool(found)
+
+
 def _parse_json(path: Path) -> tuple[object, str | None]:
     """The JSON value in `path`, or (None, why there is none): unreadable, not UTF-8, not JSON, nested too deep,
     or holding a number too long to convert."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text_bounded(path)
         if not text.strip():
             return None, "is empty"
         return json.loads(text), None
@@ -244,7 +265,7 @@ def _parse_json(path: Path) -> tuple[object, str | None]:
 def _load_json_object(report: VolumeReport, component: ComponentReport, path: Path) -> dict | None:
     """Read a JSON object the component cannot load without; a failure marks the component broken."""
     name = component.name
-    if not path.is_file():
+    if not present(path):
         report.add("fail", f"{name}: {path.name} is missing", path)
     else:
         data, problem = _parse_json(path)
@@ -330,15 +351,15 @@ def check_weight_set(library: str, folder: Path, variant: Variant) -> WeightSet:
     """One variant's files in a component folder, from their headers: present, complete, bytes, shapes."""
     weights = WeightSet(variant)
     single = folder / single_file_name(library, variant)
-    index = next((folder / n for n in index_file_names(library, variant) if (folder / n).is_file()), None)
+    index = next((folder / n for n in index_file_names(library, variant) if present(folder / n)), None)
     # diffusers prefers a shard index when both exist; transformers the single file.
-    use_index = index is not None and (library == "diffusers" or not single.is_file())
+    use_index = index is not None and (library == "diffusers" or not present(single))
     if use_index:
         weights.present = True
         weights.files.append(index.name)
         weights.bytes += index.stat().st_size
         weights.problem = _check_sharded(weights, index)
-    elif single.is_file():
+    elif present(single):
         weights.present = True
         weights.files.append(single.name)
         weights.problem = _add_safetensors(weights, single)
@@ -382,7 +403,7 @@ def _check_sharded(weights: WeightSet, index: Path) -> str | None:
             problems.append(f"{index.name} places tensors in {bounded(shard)}, outside the component's folder")
             continue
         weights.files.append(path.name)
-        if not path.is_file():
+        if not present(path):
             problems.append(f"shard {path} listed in {index.name} is missing")
             continue
         problem = _add_safetensors(weights, path, {t for t, s in weight_map.items() if s == shard})

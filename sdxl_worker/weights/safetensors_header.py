@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from sdxl_worker.sentences import bounded
+from sdxl_worker.weights.files import open_regular
 
 # Bytes per element for every dtype the safetensors format defines.
 DTYPE_SIZES: dict[str, float] = {
@@ -105,12 +106,12 @@ def read_safetensors_header(path: Path) -> SafetensorsInfo:
     """Parse and validate the header of `path`; raise SafetensorsHeaderError if it is broken or unreadable."""
     path = Path(path)
     try:
-        file_bytes = path.stat().st_size
-        if file_bytes < 8:
-            raise SafetensorsHeaderError(f"{path}: {file_bytes} bytes, too short to hold a safetensors header")
         # Unbuffered, no readahead: on a network volume, data read past the header here would cross the network
         # again when the loader reads it (FUSE drops a file's pages when it is opened again).
-        with path.open("rb", buffering=0) as handle:
+        with os.fdopen(open_regular(path), "rb", buffering=0) as handle:
+            file_bytes = os.fstat(handle.fileno()).st_size
+            if file_bytes < 8:
+                raise SafetensorsHeaderError(f"{path}: {file_bytes} bytes, too short to hold a safetensors header")
             if hasattr(os, "posix_fadvise"):
                 os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
             head = _read_exactly(handle, 8)

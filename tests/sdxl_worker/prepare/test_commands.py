@@ -479,3 +479,24 @@ def test_convert_bin_dry_run_writes_nothing(volume: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "text_encoder: would convert pytorch_model.bin to model.safetensors" in result.stdout
     assert tree_state(volume) == before
+
+
+@pytest.mark.parametrize(("relative", "kind"), [("unet/config.json", "fifo"), ("text_encoder/config.json", "zero"),
+                                                ("vae/diffusion_pytorch_model.safetensors", "fifo")])
+def test_add_fp16_next_to_a_fifo_or_device_ends_with_a_sentence(fp32_volume: Path, relative: str, kind: str) -> None:
+    """It once blocked for ever on a FIFO and ended in a MemoryError on a link to /dev/zero."""
+    import threading
+
+    path = fp32_volume / relative
+    path.unlink()
+    os.mkfifo(path) if kind == "fifo" else path.symlink_to("/dev/zero")
+    summaries = []
+    running = threading.Thread(target=lambda: summaries.append(commands.add_fp16(fp32_volume)), daemon=True)
+    running.start()
+    running.join(120)
+    assert summaries, f"add-fp16 blocked on {relative}"
+    (summary,) = summaries
+    component = relative.split("/")[0]
+    assert summary.exit_code == 1, summary.render()
+    assert not [w for w in summary.written if w.startswith(f"{component}/")], "nothing written next to it"
+    assert f"{path.name} is a {'FIFO' if kind == 'fifo' else 'character device'}" in summary.render()

@@ -337,3 +337,36 @@ def test_a_recheck_reads_only_the_components_named(volume: Path) -> None:
     before = check_volume(volume, tensors=True)
     drop_variant(volume, "fp16", ("unet",))
     assert _verdict(recheck(before, ["vae"], tensors=True)) == _verdict(before)
+
+
+def _make_special(path: Path, kind: str) -> None:
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+
+
+SPECIAL_PLACES = ["model_index.json", "unet/config.json", "text_encoder/config.json", "tokenizer/vocab.json",
+                  "tokenizer_2/tokenizer_config.json", "scheduler/scheduler_config.json",
+                  "vae/diffusion_pytorch_model.safetensors", "text_encoder_2/model.fp16.safetensors"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+@pytest.mark.parametrize("relative", SPECIAL_PLACES)
+def test_a_fifo_or_device_in_a_files_place_is_named_without_blocking(volume: Path, relative: str, kind: str) -> None:
+    """A FIFO blocked the HEALTHCHECK for ever and a link to /dev/zero ended it in a MemoryError: each is now a
+    finding naming the file, within the check's usual time."""
+    import threading
+
+    _make_special(volume / relative, kind)
+    reports = []
+    # On a thread: a check that blocks fails the test instead of hanging the suite.
+    checking = threading.Thread(target=lambda: reports.append(check_volume(volume, tensors=True)), daemon=True)
+    checking.start()
+    checking.join(60)
+    assert reports, f"the check blocked on {relative}"
+    (report,) = reports
+    assert report.exit_code == 1, report.render()
+    what = "a FIFO" if kind == "fifo" else "a character device"
+    assert any(Path(relative).name in problem and what in problem for problem in report.problems), report.problems

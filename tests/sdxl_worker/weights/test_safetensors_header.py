@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
 import struct
 from pathlib import Path
@@ -91,10 +92,10 @@ def test_header_json_that_python_cannot_parse(tmp_path: Path) -> None:
 
 
 def test_unreadable_file_is_a_header_error(good: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def io_error(self: Path, *args: object, **kwargs: object) -> None:
-        raise OSError(errno.EIO, "Input/output error", str(self))
+    def io_error(path: object, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.EIO, "Input/output error", str(path))
 
-    monkeypatch.setattr(Path, "open", io_error)
+    monkeypatch.setattr(os, "open", io_error)
     with pytest.raises(SafetensorsHeaderError, match=r"w\.safetensors: cannot be read \(Input/output error\)"):
         read_safetensors_header(good)
 
