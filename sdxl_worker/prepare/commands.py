@@ -9,7 +9,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from sdxl_worker.loading.loader import weight_files
 from sdxl_worker.loading.plan import plan_load
 from sdxl_worker.prepare import bin_weights, fp16_set, single_file
 from sdxl_worker.prepare.fp16_set import Float16RangeError, PrepareError
+from sdxl_worker.prepare.lock import writer_lock
 from sdxl_worker.prepare.pipeline_files import MODEL_COMPONENTS, model_config, write_pipeline_files
 from sdxl_worker.volume.check import check_volume, recheck
 from sdxl_worker.volume.report import VolumeReport, format_bytes
@@ -126,6 +127,11 @@ def finish(summary: Summary, report: VolumeReport) -> Summary:
 def add_fp16(model_path: Path, *, drop_standard: bool = False, dry_run: bool = False,
              progress: ProgressBar | None = None) -> Summary:
     """The `add-fp16` command (see the module docstring)."""
+    with _writing(model_path, dry_run):
+        return _add_fp16(model_path, drop_standard, dry_run, progress)
+
+
+def _add_fp16(model_path: Path, drop_standard: bool, dry_run: bool, progress: ProgressBar | None) -> Summary:
     summary = Summary("add-fp16", str(model_path))
     progress = progress or progress_bar(False)
     report = check_volume(model_path, tensors=True)
@@ -206,6 +212,11 @@ def _drop_standard(summary: Summary, report: VolumeReport) -> list[str]:
 
 def convert_bin(model_path: Path, *, dry_run: bool = False, progress: ProgressBar | None = None) -> Summary:
     """The `convert-bin` command (see the module docstring)."""
+    with _writing(model_path, dry_run):
+        return _convert_bin(model_path, dry_run, progress)
+
+
+def _convert_bin(model_path: Path, dry_run: bool, progress: ProgressBar | None) -> Summary:
     summary = Summary("convert-bin", str(model_path))
     progress = progress or progress_bar(False)
     report = check_volume(model_path, tensors=True)
@@ -246,6 +257,18 @@ def from_single_file(checkpoint: Path, model_path: Path, *, config_dir: Path | N
                      vae_dir: Path | None = None, dry_run: bool = False,
                      progress: ProgressBar | None = None) -> Summary:
     """The `from-single-file` command (see the module docstring)."""
+    with _writing(model_path, dry_run):
+        return _from_single_file(checkpoint, model_path, config_dir, vae_dir, dry_run, progress)
+
+
+def _writing(model_path: Path, dry_run: bool) -> AbstractContextManager[object]:
+    """The model folder's writer lock for a command that writes; none for a dry run, or where there is no volume
+    to lock on (the command then says what is missing)."""
+    return nullcontext() if dry_run or not model_path.parent.is_dir() else writer_lock(model_path)
+
+
+def _from_single_file(checkpoint: Path, model_path: Path, config_dir: Path | None, vae_dir: Path | None,
+                      dry_run: bool, progress: ProgressBar | None) -> Summary:
     summary = Summary("from-single-file", str(model_path))
     progress = progress or progress_bar(False)
     if not checkpoint.is_file():

@@ -54,6 +54,8 @@ MODEL_TYPES = {
     "upscale": "the Stable Diffusion x4 upscaler", "sd3": "Stable Diffusion 3", "sd35_medium": "Stable Diffusion 3.5",
     "sd35_large": "Stable Diffusion 3.5",
 }
+# The model types whose key names (diffusers' CHECKPOINT_KEY_NAMES) no SD 1.x, 2.x or SDXL checkpoint holds.
+DISTINCT_KEYS = ("sd3", "sd35_large", "playground-v2-5", "upscale")
 LORA_MARKERS = ("lora_down", "lora_up", "lora_A", "lora_B", "lora_unet_", "lora_te")
 
 
@@ -76,7 +78,18 @@ def identify(info: SafetensorsInfo) -> str | None:
     lora = next((n for n in names if any(marker in n for marker in LORA_MARKERS)), None)
     if lora is not None:
         return f"{info.path.name} looks like a LoRA (tensors such as {lora}), not a model checkpoint"
-    model_type = infer_diffusers_model_type(_meta_tensors(info))
+    try:
+        model_type = infer_diffusers_model_type(_meta_tensors(info))
+    # diffusers' detector indexes the shapes and names of the tensors it finds (a 1-d conv_in, an SD3 file without
+    # its pos_embed): a file none of its layouts fits fails inside it.
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        family = next((kind for kind in DISTINCT_KEYS if any(
+            key in info.entries for key in _as_list(CHECKPOINT_KEY_NAMES[kind]))), None)
+        if family is not None:
+            return (f"{info.path.name} looks like {MODEL_TYPES[family]} (with tensors diffusers cannot read), not "
+                    "SDXL base: this worker serves SDXL base fine-tunes only")
+        return (f"{info.path.name} is not an SDXL base checkpoint: its tensors fit none of the layouts diffusers "
+                f"recognises ({type(exc).__name__}: {bounded(exc, 80)})")
     if model_type == "xl_base" or (model_type == "v1" and _sdxl_base_unet(info)):
         return None
     if model_type == "v1" and CHECKPOINT_KEY_NAMES["v1"] not in info.entries:
@@ -85,6 +98,10 @@ def identify(info: SafetensorsInfo) -> str | None:
                 f"named like an SDXL one (e.g. {sample})")
     words = "a Flux model" if model_type.startswith("flux") else MODEL_TYPES.get(model_type, f"a '{model_type}' model")
     return f"{info.path.name} looks like {words}, not SDXL base: this worker serves SDXL base fine-tunes only"
+
+
+def _as_list(keys: str | list[str]) -> list[str]:
+    return [keys] if isinstance(keys, str) else keys
 
 
 def _sdxl_base_unet(info: SafetensorsInfo) -> bool:

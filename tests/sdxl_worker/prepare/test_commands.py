@@ -20,6 +20,8 @@ from dev.single_file import write_checkpoint
 from sdxl_worker.loading.loader import load_planned
 from sdxl_worker.loading.plan import plan_of
 from sdxl_worker.prepare import commands
+from sdxl_worker.prepare.fp16_set import PrepareError
+from sdxl_worker.prepare.lock import lock_path, writer_lock
 from sdxl_worker.volume.check import check_volume
 from sdxl_worker.weights.safetensors_header import read_safetensors_header
 from sdxl_worker.weights.safetensors_io import PARTIAL_SUFFIX
@@ -500,3 +502,30 @@ def test_add_fp16_next_to_a_fifo_or_device_ends_with_a_sentence(fp32_volume: Pat
     assert summary.exit_code == 1, summary.render()
     assert not [w for w in summary.written if w.startswith(f"{component}/")], "nothing written next to it"
     assert f"{path.name} is a {'FIFO' if kind == 'fifo' else 'character device'}" in summary.render()
+
+
+def test_a_second_writer_of_the_same_folder_is_refused_and_changes_nothing(fp32_volume: Path) -> None:
+    """Two add-fp16 runs at once replaced each other's files; the second now waits its turn, told so."""
+    before = tree_state(fp32_volume)
+    with writer_lock(fp32_volume):
+        result = run_cli("add-fp16", str(fp32_volume))
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert f"{fp32_volume} is being written by process {os.getpid()} on " in result.stdout + result.stderr
+        assert tree_state(fp32_volume) == before
+        assert run_cli("add-fp16", str(fp32_volume), "--dry-run").returncode == 0, "a dry run writes nothing: no lock"
+    assert not lock_path(fp32_volume).exists()
+    assert commands.add_fp16(fp32_volume).exit_code == 0
+
+
+def test_a_lock_left_by_a_run_that_died_here_is_taken_over(fp32_volume: Path) -> None:
+    import socket
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock_path(fp32_volume).write_text(f"{socket.gethostname()} {int(dead.stdout)} 2026-12-03T00:00:00Z\n")
+    summary = commands.add_fp16(fp32_volume)
+    assert summary.exit_code == 0, summary.render()
+    assert not lock_path(fp32_volume).exists()
+    lock_path(fp32_volume).write_text("other-machine 1 2026-12-03T00:00:00Z\n")
+    with pytest.raises(PrepareError, match=r"is being written by process 1 on other-machine since "
+                                               r"2026-12-03T00:00:00Z \(lock .*\): wait for it to finish, or delete"):
+        commands.add_fp16(fp32_volume)

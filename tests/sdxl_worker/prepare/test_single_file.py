@@ -42,6 +42,12 @@ def test_an_sdxl_checkpoint_of_any_depth_is_recognised(checkpoint: Path) -> None
       "conditioner.embedders.0.model.transformer.resblocks.9.mlp.c_proj.bias": (4,)}, "the SDXL refiner"),
     ({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": (4, 4)}, "a LoRA"),
     ({"encoder.weight": (3,)}, "holds no Stable Diffusion checkpoint"),
+    # Shapes and names diffusers' own detector trips on (IndexError, KeyError 'pos_embed'): still one sentence.
+    ({"model.diffusion_model.output_blocks.11.0.skip_connection.weight": (2, 2),
+      "model.diffusion_model.input_blocks.0.0.weight": (4,)}, "is not an SDXL base checkpoint: its tensors fit none"),
+    ({"model.diffusion_model.input_blocks.0.0.weight": ()}, "is not an SDXL base checkpoint"),
+    ({"model.diffusion_model.joint_blocks.0.context_block.adaLN_modulation.1.bias": (9216,)},
+     "looks like Stable Diffusion 3 (with tensors diffusers cannot read), not SDXL base"),
 ])
 def test_other_checkpoints_are_refused_saying_what_they_look_like(tmp_path: Path, shapes: dict, words: str) -> None:
     refusal = identify(read_safetensors_header(_fake(tmp_path, shapes)))
