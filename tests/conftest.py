@@ -14,7 +14,7 @@ import pytest
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from dev.synthetic_volume import LAYOUTS, build_volume
-from tests.helpers import ROOT, cpu_settings, start_s3_server, stop
+from tests.helpers import ROOT, cpu_settings, in_ci, start_s3_server, stop
 from tests.write_guard import WriteGuard, isolate
 
 # Hypothesis keeps no example database, and its caches go to a temp folder: not into the repository.
@@ -38,6 +38,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 GUARD = pytest.StashKey[WriteGuard]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """In CI (.ci/run sets CI=true) a skip is a failure saying what was missing: a guarantee that needs a real
+    component (FUSE, a tmpfs mount, glibc) is never reported green untested."""
+    outcome = yield
+    report = outcome.get_result()
+    if in_ci() and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, where every component the tests need must be present: {reason}"
 
 
 @pytest.fixture(scope="session")

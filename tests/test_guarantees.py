@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from dev.lora import write_lora
 from sdxl_worker.contract.job_schema import JobInput, JobInputError, parse_job_input
 from sdxl_worker.serving.worker import Worker
-from tests.helpers import ROOT, cpu_settings, decode, request, start_api, stop
+from tests.helpers import ROOT, cpu_settings, decode, in_ci, request, start_api, stop
 
 GUARD = ROOT / "tests" / "guard"
 pytestmark = pytest.mark.slow
@@ -107,6 +107,10 @@ def test_worker_serves_offline_and_writes_nothing_outside_tmp(tiny_volume_source
         session = ["strace", "-f", "-qq", "-e", "trace=openat,creat,mkdir,mkdirat,rename,renameat,renameat2",
                    "-o", str(trace), *session]
     isolated = can_unshare_network()
+    if in_ci():
+        assert isolated and shutil.which("strace"), ("CI needs strace and a network namespace (unshare -n, ip) for "
+                                                     f"this guarantee: strace={shutil.which('strace')}, "
+                                                     f"namespace={isolated}")
     netns = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
     command = [*netns, *session] if isolated else session
     run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

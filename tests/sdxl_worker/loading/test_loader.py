@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sdxl_worker.loading.loader import load_pipeline
-from sdxl_worker.loading.plan import VolumeNotLoadable, plan_load
+from sdxl_worker.loading.plan import VolumeNotLoadable, plan_load, plan_of
 from sdxl_worker.loading.streamed import DEFAULT_STREAMS
 from sdxl_worker.volume.check import check_volume
 from sdxl_worker.weights.offline import HubIdRefused
@@ -218,3 +218,37 @@ def test_a_tensor_the_model_has_no_place_for_is_refused(volume: Path, streams: i
     with pytest.raises(model_loader.ComponentLoadError, match=r"^vae: 1 tensor\(s\) in its weights that it has no "
                        r"place for, e.g. decoder.extra.weight$"):
         load_pipeline(volume, "cpu", streams=streams)
+
+
+@pytest.mark.parametrize(("fs_type", "streams"), [("fuse", DEFAULT_STREAMS), ("fuse.mfs", DEFAULT_STREAMS),
+                                                  ("nfs4", DEFAULT_STREAMS), ("cifs", DEFAULT_STREAMS),
+                                                  ("ext4", 0), ("overlay", 0), ("fuseblk", 0)])
+def test_a_gpu_worker_reads_a_network_volume_once_without_fuse_here(tmp_path: Path, monkeypatch, fs_type: str,
+                                                                    streams: int) -> None:
+    """RunPod's network volume is FUSE: the default there is the read-once loader (with the libraries' loader each
+    byte crosses the network twice). Decided from the mount table, so it is tested on any machine."""
+    from sdxl_worker.loading import plan as planning
+    from sdxl_worker.loading.filesystem import mount_of
+
+    table = tmp_path / "mountinfo"
+    table.write_text(f"36 25 0:32 / / rw - overlay overlay rw\n"
+                     f"37 36 0:45 / /runpod-volume rw,relatime - {fs_type} mfs#volume rw\n")
+    monkeypatch.setattr(planning, "mount_of", lambda path: mount_of(path, table))
+    chosen, reason = planning.choose_streams("/runpod-volume/photonicfusion-sdxl", None, "cuda")
+    assert chosen == streams, reason
+    assert reason.endswith("is a network filesystem" if streams else "is a local filesystem")
+
+
+@pytest.mark.parametrize("streams", [0, 4])
+def test_a_float16_plan_loads_every_model_in_float16(volume: Path, streams: int) -> None:
+    """What a CUDA load asks for, kept by both loaders: a float32 copy would double the GPU memory of the load."""
+    from sdxl_worker.loading.loader import load_planned
+
+    report = check_volume(volume, tensors=True)
+    for variant in ("fp16", "standard"):
+        plan = plan_of(report, "cpu", "float16", dict.fromkeys(MODELS, variant))
+        pipe, record = load_planned(plan, prefetch=False, streams=streams)
+        assert record.dtype == "float16"
+        for name in MODELS:
+            dtypes = {p.dtype for p in getattr(pipe, name).parameters()}
+            assert dtypes == {torch.float16}, (variant, name, dtypes)

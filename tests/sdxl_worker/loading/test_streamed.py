@@ -142,11 +142,14 @@ def test_every_layout_loads_through_a_network_volume_by_default(layout_volume_so
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[n], t) for n, t in theirs.items())
 
 
-def test_the_worker_with_load_streams_draws_what_it_draws_without(tiny_volume_source: Path, worker) -> None:
+def test_the_worker_with_load_streams_draws_what_it_draws_without(tiny_volume_source: Path) -> None:
+    """The read-once loader (LOAD_STREAMS=4) against the libraries' (0), not against itself: `auto` on the CPU is
+    the read-once loader too."""
     from sdxl_worker.serving.worker import Worker
     from tests.helpers import cpu_settings
 
-    streamed = Worker.start(cpu_settings(tiny_volume_source, load_streams=4), warmup=False)
+    streamed, library = (Worker.start(cpu_settings(tiny_volume_source, load_streams=n), warmup=False) for n in (4, 0))
+    assert (streamed.record.streams, library.record.streams) == (4, 0)
     job = {"id": "t", "input": {"prompt": "a lighthouse", "width": 256, "height": 256, "num_inference_steps": 2,
                                 "seed": 3}}
-    assert streamed.handle(job)["images"] == worker.handle(job)["images"]
+    assert streamed.handle(job)["images"] == library.handle(job)["images"]
