@@ -6,13 +6,14 @@ warm-up -> freeze shapes), then runpod.serverless.start with its handler; `--tes
     python handler_volume_optimized.py                       # serverless worker (RunPod)
     python handler_volume_optimized.py --test [--out FILE]   # self-test: check, load, one image
     python handler_volume_optimized.py --rp_serve_api --rp_api_host 127.0.0.1 --rp_api_port 8000
-    python handler_volume_optimized.py --test_input '{"input": {"prompt": "..."}}'
+    python handler_volume_optimized.py --test_input '{"input": {"prompt": "..."}}' | jq .   # the reply alone
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import io
 import json
 import os
@@ -20,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from sdxl_worker.loading.plan import reader_name
 from sdxl_worker.serving.worker import start_from_env
@@ -43,10 +44,12 @@ def self_test(out: Path | None) -> int:
         print(f"❌ load: {worker.startup_error}")
         return 1
     record = worker.record
-    seconds = time.perf_counter() - started
+    start_s = time.perf_counter() - started
+    # The load alone (the weights read and placed); the start also imports torch and the libraries and checks the
+    # volume, said apart so that a slow read is not hidden behind them or blamed for them.
     print(f"✅ load: {record.variant} weights as {record.dtype} on {record.device}, "
-          f"attention {worker.speed.attention}, {record.bytes_read / 1e9:.2f} GB in {seconds:.2f} s by "
-          f"{reader_name(record.streams)} ({record.streams_reason})")
+          f"attention {worker.speed.attention}, {record.bytes_read / 1e9:.2f} GB in {record.seconds:.2f} s by "
+          f"{reader_name(record.streams)} ({record.streams_reason}); start {start_s:.2f} s in all")
     size, steps = (1024, 30) if record.device.startswith("cuda") else (256, 4)
     job = {"prompt": "a photonic lighthouse on a cliff at dusk, volumetric light", "width": size, "height": size,
            "num_inference_steps": steps, "seed": 0}
@@ -94,22 +97,38 @@ def main(argv: list[str] | None = None) -> int:
     # runpod logs whole job results (base64 images) at INFO and DEBUG; keep its own logger at WARN.
     os.environ.setdefault("RUNPOD_LOG_LEVEL", "WARN")
     sys.argv = [sys.argv[0], *runpod_args]
-    worker = start_from_env()
-    handler = worker.handle
-    if "--test_input" in runpod_args:
-        handler = printing(handler)
-    import runpod
+    # On RunPod (its job queue's address set) or serving the local API: the worker as it runs there. Otherwise
+    # runpod runs one job here (--test_input, or ./test_input.json when none is given): its reply alone goes to
+    # stdout, for `| jq`, and the logs to stderr.
+    one_job = "--rp_serve_api" not in runpod_args and not os.environ.get("RUNPOD_WEBHOOK_GET_JOB")
+    if one_job and "--test_input" not in runpod_args:
+        print(f"Not on RunPod and no --test_input: runpod runs ./test_input.json once ({_describe_test_input()}); "
+              "--help for the self-test and the local API.", file=sys.stderr)
+    reply_out = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr) if one_job else contextlib.nullcontext():
+        worker = start_from_env()
+        import runpod
 
-    runpod.serverless.start({"handler": handler})
+        runpod.serverless.start({"handler": printing(worker.handle, reply_out) if one_job else worker.handle})
     return 0
 
 
-def printing(handler: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """`handler`, printing each reply as JSON with its images summarised (runpod's --test_input prints none)."""
+def _describe_test_input() -> str:
+    try:
+        job = json.loads(Path("test_input.json").read_text())["input"]
+        return f"{job.get('width', 1024)}x{job.get('height', 1024)}, {job.get('num_inference_steps', 30)} steps"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a readable one is needed in the current folder"
+
+
+def printing(handler: Callable[[dict[str, Any]], dict[str, Any]],
+             out: TextIO) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """`handler`, printing each reply to `out` as JSON with its images summarised (runpod's local run prints
+    none)."""
 
     def handle_and_print(job: dict[str, Any]) -> dict[str, Any]:
         reply = handler(job)
-        print(json.dumps(summarise(reply)), flush=True)
+        print(json.dumps(summarise(reply)), file=out, flush=True)
         return reply
 
     return handle_and_print

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dev.single_file import unet_names
+from sdxl_worker.logs import configure_logging
 
 PARTS = ("unet", "text_encoder", "text_encoder_2")
 TARGETS = {"unet": ("to_q", "to_k", "to_v", "to_out.0"), "text_encoder": ("q_proj", "k_proj", "v_proj", "out_proj"),
@@ -86,6 +87,7 @@ def write_lora(model_dir: Path, out: Path, fmt: str = "diffusers", rank: int = 4
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_logging("WARNING", stream=sys.stderr)  # without the libraries' import notices
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("out", type=Path)

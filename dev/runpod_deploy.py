@@ -145,11 +145,20 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"deploy_volume_optimized.sh: {message}\n")
 
 
+class DefaultsShown(argparse.HelpFormatter):
+    """Each flag's help with the default it takes now (its variable's value when set), where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        shown = not unset and action.help != argparse.SUPPRESS
+        return f"{action.help} (default: %(default)s)" if shown else str(action.help)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The flags and their defaults, each flag also an environment variable (the flag wins)."""
     env = os.environ
     d = DeploySettings
-    parser = OneLineParser(prog="deploy_volume_optimized.sh", description=(
+    parser = OneLineParser(prog="deploy_volume_optimized.sh", formatter_class=DefaultsShown, description=(
         "Build and push the worker image, then create or update the RunPod serverless template and endpoint "
         "with the network volume attached. Re-running updates, never duplicates. RUNPOD_API_KEY comes from the "
         "environment only and is never printed."))

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sdxl_worker.logs import configure_logging
 from sdxl_worker.prepare.single_file import PREFIXES
 
 RESNET = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"), ("conv2", "out_layers.3"),
@@ -163,6 +164,7 @@ def write_checkpoint(model_dir: Path, out: Path, dtype: str = "F32", vae: bool =
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_logging("WARNING", stream=sys.stderr)  # without the libraries' import notices
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("out", type=Path)

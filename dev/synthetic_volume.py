@@ -33,6 +33,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from sdxl_worker.logs import configure_logging
 from sdxl_worker.prepare.pipeline_files import MODEL_COMPONENTS, model_config, write_pipeline_files
 from sdxl_worker.weights.layout import VARIANTS, Variant, index_file_names, shard_file_name, single_file_name
 
@@ -274,6 +275,7 @@ def _write_decoys(root: Path, seed: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_logging("WARNING", stream=sys.stderr)  # without the libraries' import notices
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--scale", choices=SCALES, default="tiny")

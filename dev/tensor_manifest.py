@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from dev.synthetic_volume import component_config
+from sdxl_worker.logs import configure_logging
 from sdxl_worker.prepare.pipeline_files import ASSETS, MODEL_COMPONENTS
 from sdxl_worker.weights.architecture import MANIFEST, expected_from_meta, shape_config
 
@@ -31,6 +32,7 @@ def build_manifest() -> dict[str, Any]:
 
 
 def main() -> int:
+    configure_logging("WARNING", stream=sys.stderr)  # without the libraries' import notices
     MANIFEST.write_text(json.dumps(build_manifest(), separators=(",", ":"), sort_keys=True) + "\n")
     print(MANIFEST)
     return 0

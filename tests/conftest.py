@@ -3,6 +3,7 @@ session's write guard (tests/write_guard.py)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import tempfile
@@ -17,15 +18,25 @@ from dev.synthetic_volume import LAYOUTS, build_volume
 from tests.helpers import ROOT, cpu_settings, in_ci, start_s3_server, stop
 from tests.write_guard import WriteGuard, isolate
 
-# Hypothesis keeps no example database, and its caches go to a temp folder: not into the repository.
+# Everything a session writes besides pytest's own tmp_path folders (kept for failed tests only, last run only:
+# pyproject.toml) lives in one folder removed when the session ends: HOME, hypothesis' caches, torch's compile
+# caches, and the temp folder of the session and the processes it starts (torch puts its precompiled headers
+# under the temp folder, whatever TORCHINDUCTOR_CACHE_DIR says).
+SESSION = Path(tempfile.mkdtemp(prefix="tests-session-"))
+# Hypothesis keeps no example database, and its caches go to the session folder: not into the repository.
 hypothesis.settings.register_profile("no-database", database=None)
 hypothesis.settings.load_profile("no-database")
-set_hypothesis_home_dir(tempfile.mkdtemp(prefix="tests-hypothesis-"))
+set_hypothesis_home_dir(str(SESSION / "hypothesis"))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    guard = WriteGuard(ROOT)
-    isolate(guard, Path(tempfile.mkdtemp(prefix="tests-compile-cache-")))
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is not None:
+        factory.getbasetemp()  # pytest's folders stay where its retention finds them
+    (SESSION / "tmp").mkdir()
+    os.environ["TMPDIR"] = tempfile.tempdir = str(SESSION / "tmp")
+    guard = WriteGuard(ROOT, home=SESSION / "home")
+    isolate(guard, SESSION / "caches")
     session.config.stash[GUARD] = guard
 
 
@@ -35,6 +46,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if violations:
         print("\nwrite guard: the tests wrote outside their temp folders:\n  " + "\n  ".join(violations[:50]))
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    shutil.rmtree(SESSION, ignore_errors=True)
 
 
 GUARD = pytest.StashKey[WriteGuard]()

@@ -205,3 +205,12 @@ def test_help_lists_every_flag_with_its_variable() -> None:
     for flag, variable in (("--workers-max", "WORKERS_MAX"), ("--gpu-types", "GPU_TYPES"),
                            ("--volume-id", "NETWORK_VOLUME_ID"), ("--dry-run", None), ("--skip-build", None)):
         assert flag in run.stdout and (variable is None or variable in run.stdout)
+    # The defaults README promises "--help" shows, a variable's value in their place when it is set.
+    text = " ".join(run.stdout.split())
+    for shown in ("WORKERS_MIN (default: 0)", "WORKERS_MAX (default: 3)", "FLASHBOOT (default: on)",
+                  "(default: /runpod-volume/photonicfusion-sdxl)"):
+        assert shown in text, shown
+    override = subprocess.run(["bash", "deploy_volume_optimized.sh", "--help"], cwd=ROOT, capture_output=True,
+                              text=True, env={"PATH": os.environ["PATH"], "PYTHON": sys.executable,
+                                              "WORKERS_MAX": "7"})
+    assert "WORKERS_MAX (default: 7)" in " ".join(override.stdout.split())

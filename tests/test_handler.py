@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,10 @@ def test_self_test_cli(tiny_volume_source: Path, tmp_path: Path, monkeypatch: py
     printed = capsys.readouterr().out
     assert "✅ generation: 256x256, 4 steps" in printed and f"saved to {out}" in printed
     assert "by 16 parallel streams (LOAD_STREAMS=auto: on the CPU the weights are copied into memory" in printed
+    # The load's own seconds (the read), then the start's in all (imports and the check too).
+    load_s, start_s = map(float, re.search(r"GB in (\d+\.\d\d) s by .*; start (\d+\.\d\d) s in all",
+                                           printed).groups())
+    assert load_s < start_s
     assert decode(__import__("base64").b64encode(out.read_bytes()).decode()).size == (256, 256)
     monkeypatch.setenv("MODEL_PATH", str(tmp_path / "nothing-here"))
     assert main(["--test"]) == 1
@@ -105,15 +110,23 @@ def test_without_torch_or_diffusers_the_self_test_says_so(tiny_volume_source: Pa
     assert "❌" in run.stdout and "torch" in run.stdout
 
 
-
-
-
-
-
-
-
-
-
-
-
+@pytest.mark.slow
+def test_a_local_run_prints_the_reply_alone_on_stdout(tiny_volume_source: Path, tmp_path: Path) -> None:
+    """`--test_input ... | jq` works: the logs go to stderr. With no arguments off RunPod, runpod runs
+    ./test_input.json: said on stderr, and its reply printed too."""
+    job = {"input": {"prompt": "a lighthouse", "width": 256, "height": 256, "num_inference_steps": 1, "seed": 2}}
+    run = _run_worker("--test_input", json.dumps(job), env={"MODEL_PATH": str(tiny_volume_source)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    reply = json.loads(run.stdout)
+    assert reply["images"][0].startswith("<png 256x256, ") and reply["seed"] == 2
+    assert "job local_test: txt2img 256x256" in run.stderr
+    (tmp_path / "test_input.json").write_text(json.dumps(job))
+    bare = subprocess.run([sys.executable, str(ROOT / "handler_volume_optimized.py")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "DEVICE": "cpu", "MODEL_PATH": str(tiny_volume_source),
+                               "PYTHONPATH": str(ROOT)})
+    assert bare.returncode == 0, bare.stderr[-2000:]
+    assert json.loads(bare.stdout)["seed"] == 2
+    assert ("Not on RunPod and no --test_input: runpod runs ./test_input.json once (256x256, 1 steps)"
+            in bare.stderr)
 

@@ -13,7 +13,7 @@ def test_the_guard_names_what_appeared(tmp_path: Path) -> None:
     repository.mkdir()
     subprocess.run(["git", "init", "-q", str(repository)], check=True)
     (repository / ".gitignore").write_text("bench-out/\n")
-    guard = WriteGuard(repository, volume)
+    guard = WriteGuard(repository, tmp_path / "home", volume)
     assert guard.violations() == []
     (guard.home / ".cache").mkdir()
     (repository / "bench-out").mkdir()

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 from pathlib import Path
 
 NOT_TEST_WRITES = ("__pycache__/", ".venv/")
 
 
 class WriteGuard:
-    def __init__(self, repository: Path, volume: Path = Path("/runpod-volume")) -> None:
+    def __init__(self, repository: Path, home: Path, volume: Path = Path("/runpod-volume")) -> None:
         self.repository, self.volume = repository, volume
-        self.home = Path(tempfile.mkdtemp(prefix="tests-home-"))
+        self.home = home
+        home.mkdir(parents=True, exist_ok=True)
         self.before = self._state()
 
     def violations(self) -> list[str]:

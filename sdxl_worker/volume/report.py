@@ -131,11 +131,13 @@ class VolumeReport:
 
     def summary(self) -> str:
         """One sentence for a log line or a job's error: the verdict and the first problem."""
+        more = f" (+{len(self.problems) - 1} more problems)" if len(self.problems) > 1 else ""
         if self.loadable:
             possible = [name for name, plan in self.plans.items() if plan.possible] or ["per-component mix"]
-            return f"model at {self.model_path} is loadable ({', '.join(possible)})"
+            verdict = f"model at {self.model_path} is loadable ({', '.join(possible)})"
+            # Served, from the sets that are intact; exit 1 all the same, so a broken file is never left unnoticed.
+            return f"{verdict}, but a file needs fixing: {self.problems[0]}{more}" if self.problems else verdict
         first = self.problems[0] if self.problems else "no complete weight set for some component"
-        more = f" (+{len(self.problems) - 1} more problems)" if len(self.problems) > 1 else ""
         return f"model at {self.model_path} is not loadable: {first}{more}"
 
     def to_dict(self) -> dict[str, object]:
@@ -162,7 +164,7 @@ class VolumeReport:
         free = ", ".join(f"{where} {format_bytes(n) if n is not None else 'n/a'}"
                          for where, n in self.free_bytes.items())
         lines.append(f"Free space: {free}")
-        icon = ICONS["ok"] if self.exit_code == 0 else ICONS["fail"]
+        icon = ICONS["ok"] if self.exit_code == 0 else ICONS["warn"] if self.loadable else ICONS["fail"]
         lines.append(f"{icon} {self.summary()} (checked in {self.seconds:.2f} s)")
         return "\n".join(lines)
 

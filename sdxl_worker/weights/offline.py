@@ -41,8 +41,13 @@ def hub_id_refusal(reference: str) -> str | None:
     """Why `reference` is refused when it looks like a hub repository id rather than a folder here; else None."""
     if os.path.isabs(reference) or os.path.exists(reference) or not _HUB_ID.match(reference):
         return None
-    return (f"{reference!r} looks like a Hugging Face Hub id; hub ids are not accepted: this worker never downloads. "
-            "Set MODEL_PATH to the model folder on the network volume, e.g. /runpod-volume/photonicfusion-sdxl")
+    # `demo-volume/photonicfusion` with a typo: a folder here holds it, so it is a path (the check then names
+    # what that folder holds), not a hub repository.
+    if os.path.isdir(reference.split("/", 1)[0]):
+        return None
+    return (f"{reference!r} looks like a Hugging Face Hub id and is no folder here; hub ids are not accepted: this "
+            "worker never downloads. Set MODEL_PATH to the model folder on the network volume, e.g. "
+            "/runpod-volume/photonicfusion-sdxl")
 
 
 def require_local_path(reference: str | os.PathLike[str]) -> Path:

@@ -120,3 +120,16 @@ def test_every_layout_holds_the_same_weights_under_its_own_names(tmp_path: Path)
         "diffusion_pytorch_model-00001-of-00003.safetensors", "diffusion_pytorch_model-00002-of-00003.safetensors",
         "diffusion_pytorch_model-00003-of-00003.safetensors", "diffusion_pytorch_model.safetensors.index.json"]
     assert json.loads((legacy / "text_encoder" / "config.json").read_text())["transformers_version"] == "4.32.0.dev0"
+
+
+def test_the_demo_tool_prints_no_library_import_notices(tmp_path: Path) -> None:
+    """The demo's first command once printed torchao's "Failed to load ..." lines, so it looked broken."""
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    run = subprocess.run([sys.executable, "-m", "dev.synthetic_volume", str(tmp_path / "demo")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stderr == "" and run.stdout.strip() == str(tmp_path / "demo")

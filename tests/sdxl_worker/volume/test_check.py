@@ -108,8 +108,11 @@ def test_truncated_safetensors(volume: Path) -> None:
     report = check_volume(volume)
     assert report.exit_code == 1
     assert f"{path}: truncated" in fails(report)
-    # The standard set still serves, so the volume stays loadable, but the fp16 plan is gone.
+    # The standard set still serves, so the volume stays loadable, but the fp16 plan is gone: said without
+    # contradiction (not "❌ ... is loadable").
     assert report.loadable and not report.plans["fp16"].possible
+    assert report.summary() == (f"model at {volume} is loadable (standard), but a file needs fixing: {fails(report)}")
+    assert report.render().splitlines()[-1].startswith(f"⚠️ model at {volume} is loadable (standard), but a file ")
 
 
 def test_truncated_only_set_makes_volume_unloadable(volume: Path) -> None:
@@ -370,3 +373,11 @@ def test_a_fifo_or_device_in_a_files_place_is_named_without_blocking(volume: Pat
     assert report.exit_code == 1, report.render()
     what = "a FIFO" if kind == "fifo" else "a character device"
     assert any(Path(relative).name in problem and what in problem for problem in report.problems), report.problems
+
+
+def test_a_relative_path_with_a_typo_gets_the_did_you_mean(volume: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not "a Hugging Face Hub id": the folder it starts from is here, so the check says what that folder holds."""
+    monkeypatch.chdir(volume.parent.parent)
+    report = check_volume(f"{volume.parent.name}/photonicfusion")
+    assert report.exit_code == 2 and "Hub id" not in report.summary()
+    assert f"Did you mean {volume.parent.name}/{volume.name} (set MODEL_PATH)?" in report.summary()

@@ -21,6 +21,7 @@ def test_local_paths_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     (tmp_path / "models" / "sdxl").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     assert require_local_path("models/sdxl") == Path("models/sdxl")
+    assert require_local_path("models/sdxll") == Path("models/sdxll"), "a typo inside a folder here is a path"
     assert require_local_path("/runpod-volume/photonicfusion-sdxl") == Path("/runpod-volume/photonicfusion-sdxl")
 
 
