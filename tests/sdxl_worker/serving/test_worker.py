@@ -3,6 +3,7 @@ replies."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +125,7 @@ def test_out_of_memory_answers_sizes_and_keeps_serving(worker: Worker, monkeypat
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     monkeypatch.setattr(worker_module, "generate", out_of_memory)
-    reply = run(worker, width=2048, height=1024, num_images=4, seed=1)
+    reply = run(worker, width=2048, height=1024, num_images=4, seed=1, output_format="jpeg")
     assert reply == {"error": "CUDA out of memory generating 4 image(s) of 2048x1024; the largest job that has fit "
                               "on this worker is 1 image(s) of 512x256: retry with fewer images or a smaller size."}
     image_job = run_image(worker, image=_png_b64(_source_image()), num_images=2)
@@ -228,15 +229,15 @@ def test_a_hostile_file_never_crashes_the_start(volume: Path, damage) -> None:
 def test_an_unreadable_file_never_crashes_the_start(volume: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
-    real = Path.read_text
+    real = os.open
     target = volume / "vae" / "config.json"
 
-    def io_error(self: Path, *args: object, **kwargs: object) -> str:
-        if self == target:
-            raise OSError(errno.EIO, "Input/output error", str(self))
-        return real(self, *args, **kwargs)
+    def io_error(path: object, *args: object, **kwargs: object) -> int:
+        if Path(path) == target:
+            raise OSError(errno.EIO, "Input/output error", str(path))
+        return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_text", io_error)
+    monkeypatch.setattr(os, "open", io_error)
     broken = Worker.start(cpu_settings(volume))
     assert "vae: config.json cannot be read (Input/output error)" in broken.handle({"input": SMALL})["error"]
 
