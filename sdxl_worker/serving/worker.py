@@ -91,6 +91,7 @@ class Worker:
         # The one place a start's error is caught: the worker must stay up to report it to callers instead of
         # crash-looping; the traceback goes to the log in full.
         report = None
+        device: str | None = None  # known once the plan is made; a failure before it has no CUDA work to check
         try:
             # 2. Volume check, once, every tensor name and shape included: the load plan is made from its report.
             report = check_volume(settings.model_path, tensors=True)
@@ -101,6 +102,7 @@ class Worker:
                 return cls.cannot_serve(report.summary(), settings, report)
             # 3. Load plan: which weight set, which dtype, which device.
             plan = plan_load(report, resolve_device(settings.device))
+            device = plan.device
             # 4. Load (the libraries' logs through the worker's, which keeps job text out).
             route_library_logs()
             started = time.perf_counter()
@@ -121,7 +123,7 @@ class Worker:
         except Exception as exc:
             log.exception("starting the worker failed")
             stage = "loading failed" if report is not None and report.loadable else "checking the volume failed"
-            return cls.cannot_serve(f"{stage}: {describe(exc)}", settings, report, _cuda_unusable(exc))
+            return cls.cannot_serve(f"{stage}: {describe(exc)}", settings, report, _cuda_unusable(exc, device))
         return worker
 
     @classmethod
@@ -190,7 +192,7 @@ class Worker:
         except Exception as exc:
             log.exception("job %s failed", job_id)
             reply = {"error": f"Generation failed: {describe(exc)}. The worker logged the details."}
-            if _cuda_unusable(exc):
+            if _cuda_unusable(exc, self.record.device):
                 reply["refresh_worker"] = True
             return reply
         return self._out_of_memory(job_id, params, inputs)
@@ -242,7 +244,7 @@ class Worker:
 
         gc.collect()
         if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+            torch.cuda.empty_cache()  # the caching allocator's free blocks on every card, the model's included
         width, height = job_size(params, inputs)
         asked = f"{params.num_images} image(s) of {width}x{height}"
         if self.largest_fit:
@@ -283,16 +285,20 @@ def image_pipelines(pipe: Any) -> dict[str, Any]:
     return pipelines
 
 
-def _cuda_unusable(exc: BaseException) -> bool:
-    """True for errors after which this process's CUDA context cannot be trusted: ask for a new worker."""
+def _cuda_unusable(exc: BaseException, device: str | None) -> bool:
+    """True for errors after which this process's CUDA context cannot be trusted: ask for a new worker.
+
+    `device` is the model's: a sticky error shows at a synchronize of the card that ran the kernels (with
+    DEVICE=cuda:1, synchronizing the current device, 0 by default, would miss it).
+    """
     text = str(exc)
     if any(mark in text for mark in ("CUDA error", "CUBLAS_STATUS", "cuDNN error", "device-side assert")):
         return True
     torch = sys.modules.get("torch")  # not imported (or not installed): no CUDA context to distrust
-    if torch is None or not torch.cuda.is_available():
+    if torch is None or device is None or not device.startswith("cuda") or not torch.cuda.is_available():
         return False
     try:
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
     except RuntimeError:
         return True
     return False

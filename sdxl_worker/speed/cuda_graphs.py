@@ -24,24 +24,29 @@ from sdxl_worker.speed.unet_timestep import timestep_as_float32
 
 log = logging.getLogger(__name__)
 
-# capture(run, warmup_calls) -> (outputs, replay): records `run`, which reads the static inputs and returns
-# the outputs; each `replay()` then recomputes those same output tensors in place.
-Capture = Callable[[Callable[[], Any], int], tuple[Any, Callable[[], None]]]
+# capture(run, warmup_calls, device) -> (outputs, replay): records `run`, which reads the static inputs on
+# `device` and returns the outputs; each `replay()` then recomputes those same output tensors in place.
+Capture = Callable[[Callable[[], Any], int, Any], tuple[Any, Callable[[], None]]]
 
 
-def cuda_graph_capture(run: Callable[[], Any], warmup_calls: int) -> tuple[Any, Callable[[], None]]:
-    """Warm up on a side stream (cuDNN and cuBLAS pick and allocate there), then capture one call."""
+def cuda_graph_capture(run: Callable[[], Any], warmup_calls: int, device: Any) -> tuple[Any, Callable[[], None]]:
+    """Warm up on a side stream (cuDNN and cuBLAS pick and allocate there), then capture one call.
+
+    Streams and graphs belong to the current CUDA device, which is device 0 unless set: with the model on
+    cuda:1 (DEVICE=cuda:1) they would be created on the wrong card, so all of it runs with `device` current.
+    """
     import torch
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(warmup_calls):
-            run()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outputs = run()
+    with torch.cuda.device(device):
+        stream = torch.cuda.Stream(device=device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            for _ in range(warmup_calls):
+                run()
+        torch.cuda.current_stream(device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outputs = run()
     return outputs, graph.replay
 
 
@@ -111,8 +116,9 @@ class GraphedForward:
             args, kwargs = pytree.tree_unflatten(static, spec)
             return self.eager(*args, **kwargs)
 
-        self.static_outputs, self.replay = self.capture(run, self.warmup_calls)
         self.static_inputs = list(_tensors(static))
+        device = self.static_inputs[0].device if self.static_inputs else None
+        self.static_outputs, self.replay = self.capture(run, self.warmup_calls, device)
         self.key = key
         log.info("captured the UNet's forward as a CUDA graph for inputs %s",
                  [tuple(t.shape) for t in self.static_inputs])

@@ -145,6 +145,34 @@ def test_cuda_failure_asks_for_a_fresh_worker(worker: Worker, monkeypatch: pytes
                               "encountered. The worker logged the details.")
 
 
+def test_cuda_health_is_checked_on_the_models_card(worker: Worker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DEVICE=cuda:1: a failed job synchronizes cuda:1, where its kernels ran; a sticky error there (a message
+    without CUDA's own words) asks for a fresh worker, which a check of device 0 would have missed."""
+    import dataclasses
+
+    import torch
+
+    synchronized: list[object] = []
+
+    def synchronize(device: object = None) -> None:
+        synchronized.append(device)
+        if device == "cuda:1":
+            raise RuntimeError("unspecified launch failure")
+
+    def failed(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the UNet returned nothing")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
+    monkeypatch.setattr(worker_module, "generate", failed)
+    monkeypatch.setattr(worker, "record", dataclasses.replace(worker.record, device="cuda:1"))
+    assert run(worker)["refresh_worker"] is True
+    assert synchronized == ["cuda:1"]
+    monkeypatch.setattr(worker, "record", dataclasses.replace(worker.record, device="cpu"))
+    assert "refresh_worker" not in run(worker)  # a model on the CPU has no CUDA context to distrust
+    assert synchronized == ["cuda:1"]
+
+
 def test_other_failure_is_a_string_error_without_refresh(worker: Worker, monkeypatch: pytest.MonkeyPatch) -> None:
     def bug(*args: object, **kwargs: object) -> None:
         raise KeyError("latents")

@@ -14,7 +14,7 @@ import torch.utils._pytree as pytree
 
 from dev.synthetic_volume import component_config
 from dev.unet_inputs import unet_call_inputs
-from sdxl_worker.speed.cuda_graphs import GraphedForward, freeze_graphs, graph_unet
+from sdxl_worker.speed.cuda_graphs import GraphedForward, cuda_graph_capture, freeze_graphs, graph_unet
 from tests.helpers import draw_latents
 
 
@@ -24,9 +24,11 @@ class RecordingCapture:
     def __init__(self) -> None:
         self.captures = 0
         self.replays = 0
+        self.devices: list[torch.device] = []
 
-    def __call__(self, run, warmup_calls: int):
+    def __call__(self, run, warmup_calls: int, device: torch.device):
         self.captures += 1
+        self.devices.append(device)
         outputs = run()
 
         def replay() -> None:
@@ -139,6 +141,67 @@ def test_after_freeze_nothing_is_captured() -> None:
     with torch.no_grad():
         graphed(torch.randn(2, 4))
     assert capture.captures == 0 and graphed.eager_calls == 1
+
+
+def test_the_capture_is_given_the_device_of_the_inputs() -> None:
+    capture = RecordingCapture()
+    graphed = GraphedForward(torch.nn.Linear(4, 3).forward, "cpu", capture)
+    with torch.no_grad():
+        graphed(torch.randn(2, 4, device="cpu"))
+    assert capture.devices == [torch.device("cpu")]
+
+
+def test_the_capture_runs_on_the_models_card_not_the_current_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DEVICE=cuda:1: the side stream, the stream waits and the graph all belong to cuda:1, while
+    torch's current device (0 by default) would put them on the wrong card."""
+    events: list[tuple[str, object]] = []
+    current = ["cuda:0"]
+
+    class Device:
+        def __init__(self, device: object) -> None:
+            self.device, self.before = str(device), None
+
+        def __enter__(self) -> None:
+            self.before, current[0] = current[0], self.device
+
+        def __exit__(self, *exc: object) -> None:
+            current[0] = self.before
+
+    class Stream:
+        def __init__(self, device: object = None) -> None:
+            events.append(("stream", str(device)))
+
+        def wait_stream(self, other: object) -> None:
+            pass
+
+    class Graph:
+        def __init__(self) -> None:
+            events.append(("graph", current[0]))
+
+        def replay(self) -> None:
+            pass
+
+    class Recording:
+        def __init__(self, *args: object) -> None:
+            pass
+
+        def __enter__(self) -> None:
+            events.append(("capture", current[0]))
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    monkeypatch.setattr(torch.cuda, "device", Device)
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: events.append(("current", str(device)))
+                        or Stream(device))
+    monkeypatch.setattr(torch.cuda, "stream", Recording)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", Recording)
+    outputs, replay = cuda_graph_capture(lambda: "out", 2, torch.device("cuda:1"))
+    assert outputs == "out" and isinstance(replay.__self__, Graph)
+    assert {where for _, where in events} == {"cuda:1"}, events
+    assert current == ["cuda:0"]  # left as it was for the rest of the worker
 
 
 def test_sdxl_unet_forward_is_capturable() -> None:
