@@ -61,6 +61,9 @@ SUITES: dict[str, tuple[Scenario, ...]] = {
         Scenario("ours", ("generation", "profile", "features")),
         Scenario("ours eager", ("generation",), {"CUDA_GRAPHS": "0"}),
     ),
+    # The image's stack (scripts/gpu_check.sh's default): the worker's default start through the simulated network
+    # volume (read-once onto the device) against the raw read, the loads from local disk, one job of each kind.
+    "image-stack": (NETWORK_LOADS, LOADS, Scenario("ours", ("features",))),
     # What earlier GPU checks measured already (benchmarks/RESULTS.md): the loads, the whole-UNet compile.
     "loads": (LOADS,),
     # Loads through a simulated network volume: CPU and FUSE, any machine with /dev/fuse.

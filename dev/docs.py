@@ -1,5 +1,5 @@
-"""The job contract and reply tables (README.md) and the settings table (docs/settings.md), generated from the job
-schema, the typed reply and the settings object.
+"""The job contract, reply and CUDA flavour tables (README.md) and the settings table (docs/settings.md), generated
+from the job schema, the typed reply, dev/cuda_flavours.py and the settings object.
 
 The descriptions, defaults, bounds and choices live on the fields themselves; the pages hold a copy between
 markers, and a test fails when a copy differs.
@@ -19,6 +19,7 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from dev.cuda_flavours import DEFAULT, FLAVOURS
 from sdxl_worker.contract.job_schema import JobInput
 from sdxl_worker.delivery.reply import Reply
 from sdxl_worker.settings import environment_fields, field_types
@@ -94,7 +95,18 @@ def _reply_type(annotation: Any) -> str:
     return _type(annotation).replace(" or null", "")
 
 
-TABLES = {"job contract": contract_table, "reply": reply_table, "environment": environment_table}
+def cuda_flavours_table() -> str:
+    rows = ["| `CUDA_FLAVOUR` | base image | lock | runs on RunPod hosts with | state |",
+            "| --- | --- | --- | --- | --- |"]
+    for name, flavour in FLAVOURS.items():
+        default = " (default)" if name == DEFAULT else ""
+        rows.append(f"| `{name}`{default} | `{flavour.base_image}` | `{flavour.lock}` | CUDA "
+                    f"{', '.join(flavour.allowed_cuda_versions)} (driver >= {flavour.min_driver}) | {flavour.status} |")
+    return "\n".join(rows)
+
+
+TABLES = {"job contract": contract_table, "reply": reply_table, "environment": environment_table,
+          "cuda flavours": cuda_flavours_table}
 
 
 def update(text: str) -> str:

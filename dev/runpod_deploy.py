@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from dev.cuda_flavours import DEFAULT, FLAVOURS
 from sdxl_worker.settings import DEFAULT_MODEL_PATH
 
 VOLUME_MOUNT_PATH = str(Path(DEFAULT_MODEL_PATH).parent)
@@ -38,7 +39,7 @@ class DeploySettings:
     container_disk_gb: int = 20
     model_path: str = DEFAULT_MODEL_PATH
     max_pixels: int | None = None
-    allowed_cuda_versions: str = "13.0"
+    allowed_cuda_versions: str = ",".join(FLAVOURS[DEFAULT].allowed_cuda_versions)
 
     def env(self) -> dict[str, str]:
         """The worker's environment on RunPod (see docs/settings.md)."""

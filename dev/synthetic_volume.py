@@ -35,6 +35,7 @@ from pathlib import Path
 
 from sdxl_worker.logs import configure_logging
 from sdxl_worker.prepare.pipeline_files import MODEL_COMPONENTS, model_config, write_pipeline_files
+from sdxl_worker.serving.stack_test import TINY_CONFIGS, model_instance
 from sdxl_worker.weights.layout import VARIANTS, Variant, index_file_names, shard_file_name, single_file_name
 
 SCALES = ("tiny", "full")
@@ -47,68 +48,6 @@ PUBLISHED_CONFIG_KEYS = {
 }
 # diffusers < 0.14's names for the VAE's attention projections, as its _fix_state_dict_keys_on_load lists them.
 DEPRECATED_VAE_ATTENTION = {"to_q.": "query.", "to_k.": "key.", "to_v.": "value.", "to_out.0.": "proj_attn."}
-
-_TINY_TEXT = {
-    "attention_dropout": 0.0,
-    "bos_token_id": 0,
-    "dropout": 0.0,
-    "eos_token_id": 2,
-    "hidden_size": 16,
-    "initializer_factor": 1.0,
-    "initializer_range": 0.02,
-    "intermediate_size": 37,
-    "layer_norm_eps": 1e-05,
-    "max_position_embeddings": 77,
-    "model_type": "clip_text_model",
-    "num_attention_heads": 2,
-    "num_hidden_layers": 2,
-    "pad_token_id": 1,
-    "projection_dim": 16,
-    "vocab_size": 49408,
-}
-
-# Same block structure as SDXL (text_time conditioning, two text encoders concatenated into the
-# cross-attention, an 8x VAE), widths cut down so a 256x256 image takes well under a second per step.
-# The two text encoders differ in width, as SDXL's do (768 and 1280): converters tell them apart that way.
-TINY_CONFIGS: dict[str, dict[str, object]] = {
-    "text_encoder": {"architectures": ["CLIPTextModel"], "hidden_act": "quick_gelu", **_TINY_TEXT},
-    "text_encoder_2": {"architectures": ["CLIPTextModelWithProjection"], "hidden_act": "gelu",
-                       **_TINY_TEXT, "hidden_size": 32, "projection_dim": 32},
-    "unet": {
-        "_class_name": "UNet2DConditionModel",
-        "act_fn": "silu",
-        "addition_embed_type": "text_time",
-        "addition_time_embed_dim": 8,
-        "attention_head_dim": [2, 4],
-        "block_out_channels": [32, 64],
-        "cross_attention_dim": 48,
-        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
-        "in_channels": 4,
-        "layers_per_block": 1,
-        "norm_num_groups": 8,
-        "out_channels": 4,
-        "projection_class_embeddings_input_dim": 80,
-        "sample_size": 32,
-        "transformer_layers_per_block": [1, 1],
-        "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
-        "use_linear_projection": True,
-    },
-    "vae": {
-        "_class_name": "AutoencoderKL",
-        "act_fn": "silu",
-        "block_out_channels": [8, 16, 32, 32],
-        "down_block_types": ["DownEncoderBlock2D"] * 4,
-        "force_upcast": True,
-        "in_channels": 3,
-        "latent_channels": 4,
-        "layers_per_block": 1,
-        "norm_num_groups": 8,
-        "out_channels": 3,
-        "sample_size": 256,
-        "scaling_factor": 0.13025,
-        "up_block_types": ["UpDecoderBlock2D"] * 4,
-    },
-}
 
 # Files a real volume carries beside the safetensors (see LFS_WEIGHT_FILES in the SDXL repo). They
 # are filled with bytes that fail any parser, so a loader that reads one breaks loudly in tests.
@@ -230,14 +169,7 @@ def _write_model(
 
 
 def _instantiate(component: str, config: dict[str, object]) -> tuple[object, str]:
-    if component.startswith("text_encoder"):
-        import transformers
-
-        cls = getattr(transformers, config["architectures"][0])
-        return cls(transformers.CLIPTextConfig.from_dict(config)), "transformers"
-    import diffusers
-
-    return getattr(diffusers, config["_class_name"]).from_config(config), "diffusers"
+    return model_instance(component, config), "transformers" if component.startswith("text_encoder") else "diffusers"
 
 
 def _save_weights(folder: Path, library: str, variant: Variant, tensors: dict, shard_bytes: int | None) -> None:

@@ -57,6 +57,10 @@ class Settings(BaseModel):
         "Largest reply returned, in MB: RunPod drops results over 10 MB on /run and 20 MB on /runsync, so the "
         "default fits both (19 for an endpoint called only with /runsync). Over it, images go to the bucket when "
         "one is set, else the job fails saying what to change."))
+    stack_test: bool = Field(False, description=(
+        "With no volume at all (nothing at MODEL_PATH nor the folder above it): serve a tiny random-weight SDXL "
+        "built in memory, so RunPod's Hub tests check the image's stack; its images are noise and every reply's "
+        "`model.variant` is `stack-test`. Ignored when a volume is there."))
     speed: SpeedOptions = Field(default_factory=SpeedOptions)
     bucket: BucketSettings = Field(default_factory=BucketSettings)
     loras: LoraSettings = Field(default_factory=LoraSettings)

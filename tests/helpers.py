@@ -164,3 +164,45 @@ def s3_user(endpoint: str, bucket: str) -> dict[str, str]:
 def in_ci() -> bool:
     """Running under .ci/run, where every real component a test needs must be present."""
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+class RecordingCapture:
+    """Stands in for cuda_graph_capture on the CPU, counting captures and replays."""
+
+    def __init__(self) -> None:
+        self.captures = 0
+        self.replays = 0
+        self.devices: list[Any] = []
+        self.pools: list[object] = []
+
+    def __call__(self, run: Any, warmup_calls: int, device: Any, pool: object) -> tuple[Any, Any]:
+        import torch
+        import torch.utils._pytree as pytree
+
+        self.captures += 1
+        self.devices.append(device)
+        self.pools.append(pool)
+        outputs = run()
+
+        def replay() -> None:
+            self.replays += 1
+            # A real replay writes its outputs below autograd, whatever the grad mode: so may this one.
+            with torch.inference_mode():
+                for static, fresh in zip(pytree.tree_leaves(outputs), pytree.tree_leaves(run()), strict=True):
+                    static.copy_(fresh)
+
+        return outputs, replay
+
+
+def assert_images_match(first: Any, second: Any) -> None:
+    """The same image from the same weights held at other memory addresses: at most 1 level of 255 apart.
+
+    On CPUs with AVX-512 (this project's machine since 2026-12-03, an AMD EPYC) the kernels round the last bit by
+    the weights' alignment in memory, which differs by loader and by the tensors' offsets in their files.
+    """
+    import numpy as np
+
+    def pixels(image: Any) -> Any:
+        return np.asarray(decode(image).convert("RGB") if isinstance(image, str) else image).astype(int)
+
+    assert np.abs(pixels(first) - pixels(second)).max() <= 1

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
+import fnmatch
 import re
 
+from dev.cuda_flavours import DEFAULT, FLAVOURS
 from tests.helpers import ROOT
 
 DOCKERFILE = (ROOT / "Dockerfile.volume_optimized").read_text()
@@ -53,3 +55,30 @@ def test_image_copies_every_local_module_the_handler_and_tools_import() -> None:
         assert name in copied, f"{module} is not copied into the image: {copied}"
         assert {f"!{name}", f"!{name}/"} & allowed, f"{module} is excluded by .dockerignore"
     assert re.search(r'CMD \["python", "-u", "handler_volume_optimized.py"\]', DOCKERFILE)
+
+
+def test_every_file_the_image_copies_passes_the_dockerignore() -> None:
+    """A source .dockerignore leaves out is missing from the build context: `docker build` fails at its COPY."""
+    allowed = [line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().split() if line.startswith("!")]
+    for copy in _instructions("COPY"):
+        if copy.startswith("--from"):
+            continue
+        for source in copy.split()[:-1]:
+            matched = sorted(ROOT.glob(source))
+            assert matched, f"COPY {source}: nothing in the repository matches"
+            for path in matched:
+                name = path.relative_to(ROOT).as_posix()
+                assert any(fnmatch.fnmatch(name, pattern) for pattern in allowed), f"{name}: left out by .dockerignore"
+
+
+def test_each_cuda_flavour_is_a_stage_with_its_base_and_lock() -> None:
+    found = re.findall(r"^FROM (\S+) AS (cu\d+)\nENV WORKER_LOCK=(\S+)$", DOCKERFILE, re.M)
+    stages = {name: (base, lock) for base, name, lock in found}
+    assert stages == {name: (f.base_image, f.lock) for name, f in FLAVOURS.items()}
+    assert re.search(r"^ARG CUDA_FLAVOUR=(\S+)$", DOCKERFILE, re.M).group(1) == DEFAULT
+    assert re.search(r"^FROM \$\{CUDA_FLAVOUR\}$", DOCKERFILE, re.M)
+    assert (ROOT / FLAVOURS[DEFAULT].lock).is_file()
+    # The base's CUDA is the torch build's: cu130 on nvidia/cuda:13.0.x.
+    for name, flavour in FLAVOURS.items():
+        assert flavour.base_image.startswith(f"nvidia/cuda:{name[2:-1]}.{name[-1]}."), flavour.base_image
+        assert flavour.allowed_cuda_versions[0] == f"{name[2:-1]}.{name[-1]}"

@@ -46,10 +46,15 @@ class Timings(BaseModel):
     encode_s: float = Field(description="Encoding the images (PNG, JPEG, WebP).")
     total_s: float = Field(description="The job in the worker, from the request to the reply.")
     upload_s: float | None = Field(None, description="With bucket URLs: the upload.")
+    graph: Literal["replayed", "captured", "eager"] | None = Field(None, description=(
+        "How the UNet ran: `replayed` its CUDA graph for this shape, `captured` one (a shape's first job, two UNet "
+        "calls more), `eager` (a LoRA job: its weights are not the graph's)."))
 
 
 class ModelInfo(BaseModel):
-    variant: str = Field(description="The weight set loaded: `fp16`, `standard` or `mixed`.")
+    variant: str = Field(description=(
+        "The weight set loaded: `fp16`, `standard` or `mixed`; `stack-test`: random weights (STACK_TEST=1, no "
+        "volume)."))
     dtype: str = Field(description="The weights' dtype.")
     device: str = Field(description="Where they run.")
 

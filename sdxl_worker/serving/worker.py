@@ -5,6 +5,7 @@ sentence naming the problem, so the operator sees it in the endpoint's results."
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import inspect
 import logging
@@ -28,7 +29,9 @@ from sdxl_worker.loading.loader import LoadRecord, load_planned
 from sdxl_worker.loading.plan import plan_load, resolve_device
 from sdxl_worker.logs import PROMPT_LOG_CHARS, configure_logging, job_text, route_library_logs
 from sdxl_worker.sentences import describe
+from sdxl_worker.serving.stack_test import no_volume, stack_test_pipeline
 from sdxl_worker.settings import Settings, SettingsError
+from sdxl_worker.speed.cuda_graphs import graphed_forward
 from sdxl_worker.speed.options import SpeedReport, apply_speedups, freeze_compiled_shapes
 from sdxl_worker.volume.check import check_volume
 from sdxl_worker.volume.report import VolumeReport
@@ -92,24 +95,36 @@ class Worker:
         # crash-looping; the traceback goes to the log in full.
         report = None
         device: str | None = None  # known once the plan is made; a failure before it has no CUDA work to check
+        stack_test = settings.stack_test and no_volume(settings.model_path)
         try:
-            # 2. Volume check, once, every tensor name and shape included: the load plan is made from its report.
-            report = check_volume(settings.model_path, tensors=True)
-            for line in report.render().splitlines():
-                log.info("%s", line)
-            if not report.loadable:
-                log.error("cannot serve: %s", report.summary())
-                return cls.cannot_serve(report.summary(), settings, report)
-            # 3. Load plan: which weight set, which dtype, which device.
-            plan = plan_load(report, resolve_device(settings.device))
-            device = plan.device
-            # 4. Load (the libraries' logs through the worker's, which keeps job text out).
-            route_library_logs()
-            started = time.perf_counter()
-            pipe, record = load_planned(plan, streams=settings.load_streams)
+            if stack_test:
+                # 2-4 for a machine with no volume (RunPod's Hub tests): a tiny random-weight model instead.
+                log.warning("STACK_TEST=1 and no volume at %s: serving a tiny random-weight SDXL built in memory, "
+                            "a test of the image's stack, not the model", settings.model_path)
+                device = resolve_device(settings.device)
+                route_library_logs()
+                started = time.perf_counter()
+                pipe, record = stack_test_pipeline(device)
+            else:
+                if settings.stack_test:
+                    log.info("STACK_TEST=1 ignored: a volume is there (%s), so it is served", settings.model_path)
+                # 2. Volume check, once, every tensor name and shape included: the load plan is made from its report.
+                report = check_volume(settings.model_path, tensors=True)
+                for line in report.render().splitlines():
+                    log.info("%s", line)
+                if not report.loadable:
+                    log.error("cannot serve: %s", report.summary())
+                    return cls.cannot_serve(report.summary(), settings, report)
+                # 3. Load plan: which weight set, which dtype, which device.
+                plan = plan_load(report, resolve_device(settings.device))
+                device = plan.device
+                # 4. Load (the libraries' logs through the worker's, which keeps job text out).
+                route_library_logs()
+                started = time.perf_counter()
+                pipe, record = load_planned(plan, streams=settings.load_streams)
             loaded = time.perf_counter()
             # 5. Speed options.
-            speed = apply_speedups(pipe, settings.speed, plan.device)
+            speed = apply_speedups(pipe, settings.speed, device)
             log.info("speed options applied: %s", ", ".join(speed.labels()) or "none")
             worker = cls(pipe, record, settings=settings, report=report, speed=speed)
             worker.start_timings = {"load_s": loaded - started, "speedups_s": time.perf_counter() - loaded}
@@ -118,11 +133,12 @@ class Worker:
                 worker.start_timings["warm_up_s"] = worker.warm_up()
                 # 7. Freeze shapes: no compiling or capturing inside a user's job.
                 if speed.shapes_frozen_after_warm_up:
-                    freeze_compiled_shapes(pipe)
-                    log.info("compiled or captured for the warm-up's shape; jobs of other shapes run eagerly")
+                    freeze_compiled_shapes()
+                    log.info("compiled for the warm-up's shape; jobs of other shapes run uncompiled")
         except Exception as exc:
             log.exception("starting the worker failed")
-            stage = "loading failed" if report is not None and report.loadable else "checking the volume failed"
+            stage = ("building the stack test's model failed" if stack_test else
+                     "loading failed" if report is not None and report.loadable else "checking the volume failed")
             return cls.cannot_serve(f"{stage}: {describe(exc)}", settings, report, _cuda_unusable(exc, device))
         return worker
 
@@ -203,6 +219,8 @@ class Worker:
             self.progress(job, {"step": step, "steps": steps, "percent": round(100 * step / steps)})
 
         pipe = self.pipelines.get(params.mode, self.pipe)
+        graphed = graphed_forward(pipe)
+        graph_counts = dataclasses.replace(graphed.counts) if graphed is not None else None
         # The prompts are encoded inside too: a LoRA's text-encoder layers change the embeddings.
         with self.loras.applied(pipe, params.loras) as loras:
             prompts = self.prompt_encoder.encode(params.prompt, params.negative_prompt, params.prompt_weighting)
@@ -217,11 +235,14 @@ class Worker:
             self.largest_fit = (params.num_images, width, height)
         timings = {"inference_s": round(generated.inference_s, 3), "encode_s": round(encode_s, 3),
                    "total_s": round(total_s, 3)}
+        if graphed is not None and graph_counts is not None:
+            timings["graph"] = graphed.counts.since(graph_counts)
         log.info(
-            "job %s: %s %dx%d x%d, %d steps, %s, seed %d%s, inference %.2f s, encode %.2f s, total %.2f s, prompt %r",
-            job_id, params.mode, width, height, params.num_images, params.num_inference_steps, params.scheduler,
-            generated.seeds[0], "".join(f", LoRA {lora['name']} x{lora['scale']}" for lora in loras),
-            generated.inference_s, encode_s, total_s, params.prompt[:PROMPT_LOG_CHARS],
+            "job %s: %s %dx%d x%d, %d steps, %s, seed %d%s, inference %.2f s%s, encode %.2f s, total %.2f s, "
+            "prompt %r", job_id, params.mode, width, height, params.num_images, params.num_inference_steps,
+            params.scheduler, generated.seeds[0], "".join(f", LoRA {lora['name']} x{lora['scale']}" for lora in loras),
+            generated.inference_s, f" (graph {timings['graph']})" if "graph" in timings else "", encode_s, total_s,
+            params.prompt[:PROMPT_LOG_CHARS],
         )
         reply = {
             "images": images,  # encoded bytes: base64 or uploaded by deliver

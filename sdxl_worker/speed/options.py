@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sdxl_worker.speed.attention import configure_attention
-from sdxl_worker.speed.cuda_graphs import freeze_graphs, graph_unet
+from sdxl_worker.speed.cuda_graphs import graph_unet
 from sdxl_worker.speed.fp8_linear import cast_for_fp8, fp8_unsupported_reason, quantize_unet_fp8
 from sdxl_worker.speed.unet_timestep import timestep_as_float32
 
@@ -45,8 +45,11 @@ class SpeedOptions(BaseModel):
     cudnn_benchmark: bool = Field(False, description=(
         "cuDNN times its convolution algorithms: seconds more warm-up, no gain measured."))
     cuda_graphs: bool | None = Field(None, description=(
-        "Replay the UNet as one CUDA graph captured at the warm-up; `auto`: on with CUDA unless `COMPILE=1`. "
-        "Other shapes than the warm-up's run eagerly."))
+        "Replay the UNet as CUDA graphs, one per job shape (size, image count, prompt length), each captured at "
+        "its first job (the warm-up's at the start); `auto`: on with CUDA unless `COMPILE=1`."))
+    cuda_graph_max: int = Field(8, ge=0, le=64, description=(
+        "Most CUDA graphs kept, the least recently used dropped first; they share one memory pool, so memory grows "
+        "with the largest shape, not the count. 0: every call eager."))
     compile: bool = Field(False, description=(
         "`torch.compile` the UNet and VAE decoder for the warm-up's shape; the first start compiles for minutes."))
     compile_mode: CompileMode = Field("default", description=(
@@ -96,8 +99,9 @@ class SpeedReport:
 
     @property
     def shapes_frozen_after_warm_up(self) -> bool:
-        """Whether code was compiled or captured for the warm-up's shape (and other shapes must then run eagerly)."""
-        return self.cuda_graphs or self.compile_mode is not None
+        """Whether code was compiled for the warm-up's shape (and other shapes must then run uncompiled): CUDA
+        graphs are not frozen, a new shape captures its own in its first job."""
+        return self.compile_mode is not None
 
     def labels(self) -> list[str]:
         """Short names of what was applied, then of what was skipped: "fuse_qkv", "compile=default", ..."""
@@ -163,7 +167,7 @@ def apply_speedups(pipe: Any, options: SpeedOptions, device: str) -> SpeedReport
     for model in (pipe.unet, pipe.vae):
         model.requires_grad_(False)
     if options.use_cuda_graphs and on_cuda:
-        graph_unet(pipe.unet)
+        graph_unet(pipe.unet, max_graphs=options.cuda_graph_max)
         done["cuda_graphs"] = True
     if options.compile:
         done["compile_cache_dir"] = _compile_cache(options)
@@ -205,18 +209,16 @@ def compile_models(pipe: Any, mode: str, scope: str, backend: Any = "inductor") 
     pipe.vae.decoder = torch.compile(pipe.vae.decoder, **settings)
 
 
-def freeze_compiled_shapes(pipe: Any = None) -> None:
-    """Once the warm-up has compiled (or captured) the jobs' usual shape, run any other shape uncompiled.
+def freeze_compiled_shapes() -> None:
+    """Once the warm-up has compiled the jobs' usual shape, run any other shape uncompiled.
 
     A job with another width, height or image count would otherwise compile again inside that job, for
     minutes (benchmarks/RESULTS.md), and again for the next new shape; uncompiled it takes the eager time.
-    Shapes compiled before this keep their code, and `pipe`'s captured CUDA graph, if any, its graph.
+    Shapes compiled before this keep their code.
     """
     import torch
 
     torch.compiler.set_stance("eager_on_recompile")
-    if pipe is not None:
-        freeze_graphs(pipe)
 
 
 def share_fused_weights(model: Any) -> int:

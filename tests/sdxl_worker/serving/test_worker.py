@@ -38,6 +38,25 @@ def test_output_contract(worker: Worker) -> None:
     assert reply["model"] == {"variant": "standard", "dtype": "float32", "device": "cpu"}
 
 
+def test_each_reply_says_how_its_unet_ran_under_cuda_graphs(tiny_volume_source: Path) -> None:
+    """With graphs (recorded on the CPU as on CUDA): a shape's first job captures, the next replays, a new size or
+    an image to image job of another shape captures its own, and the images are the eager ones."""
+    from sdxl_worker.speed.cuda_graphs import graph_unet
+    from tests.helpers import RecordingCapture
+
+    eager = Worker.start(cpu_settings(tiny_volume_source), warmup=False)
+    expected = run(eager, seed=2)["images"]
+    graphed = Worker.start(cpu_settings(tiny_volume_source), warmup=False)
+    graph_unet(graphed.pipe.unet, "cpu", RecordingCapture())
+    first, second = run(graphed, seed=2), run(graphed, seed=2)
+    assert (first["timings"]["graph"], second["timings"]["graph"]) == ("captured", "replayed")
+    assert first["images"] == second["images"] == expected
+    assert run(graphed, width=320)["timings"]["graph"] == "captured"
+    assert run(graphed, num_images=2)["timings"]["graph"] == "captured"
+    assert run(graphed, width=320)["timings"]["graph"] == "replayed"
+    assert "graph" not in run(eager)["timings"]  # no graphs: no status
+
+
 def test_same_seed_same_bytes_different_seed_differs(worker: Worker) -> None:
     first, again, other = run(worker, seed=3), run(worker, seed=3), run(worker, seed=4)
     assert first["images"] == again["images"]
@@ -230,7 +249,7 @@ def test_compiled_worker_freezes_shapes_after_its_warm_up(tiny_volume_source: Pa
     real_warm_up = Worker.warm_up
     monkeypatch.setattr(worker_module, "apply_speedups", lambda *args: SpeedReport(compile_mode="default"))
     monkeypatch.setattr(Worker, "warm_up", lambda self: events.append("warm-up") or real_warm_up(self))
-    monkeypatch.setattr(worker_module, "freeze_compiled_shapes", lambda pipe: events.append("freeze"))
+    monkeypatch.setattr(worker_module, "freeze_compiled_shapes", lambda: events.append("freeze"))
 
     assert Worker.start(cpu_settings(tiny_volume_source)).pipe is not None
     assert events == ["warm-up", "freeze"]

@@ -1,11 +1,13 @@
 """GraphedForward: one captured call replayed, every other call eager, never an aliased output.
 
 CUDA graphs need a GPU; here `capture` is replaced by one that re-runs the recorded call into the same
-output tensors, which is what a replay does, so the bookkeeping around it is what these tests check.
+output tensors, which is what a replay does (tests/helpers.py), so the bookkeeping around it is what these tests
+check.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -14,34 +16,11 @@ import torch.utils._pytree as pytree
 
 from dev.synthetic_volume import component_config
 from dev.unet_inputs import unet_call_inputs
-from sdxl_worker.speed.cuda_graphs import GraphedForward, cuda_graph_capture, freeze_graphs, graph_unet
-from tests.helpers import draw_latents
+from sdxl_worker.speed.cuda_graphs import GraphCounts, GraphedForward, cuda_graph_capture, graph_unet
+from tests.helpers import RecordingCapture, draw_latents
 
 
-class RecordingCapture:
-    """Stands in for cuda_graph_capture on the CPU, counting captures and replays."""
-
-    def __init__(self) -> None:
-        self.captures = 0
-        self.replays = 0
-        self.devices: list[torch.device] = []
-
-    def __call__(self, run, warmup_calls: int, device: torch.device):
-        self.captures += 1
-        self.devices.append(device)
-        outputs = run()
-
-        def replay() -> None:
-            self.replays += 1
-            # A real replay writes its outputs below autograd, whatever the grad mode: so may this one.
-            with torch.inference_mode():
-                for static, fresh in zip(pytree.tree_leaves(outputs), pytree.tree_leaves(run()), strict=True):
-                    static.copy_(fresh)
-
-        return outputs, replay
-
-
-def test_the_warm_up_shape_replays_and_draws_what_eager_draws(tiny_volume_source: Path) -> None:
+def test_each_shape_is_captured_once_then_replayed_drawing_what_eager_draws(tiny_volume_source: Path) -> None:
     from sdxl_worker.loading.loader import load_pipeline
 
     pipe, _ = load_pipeline(tiny_volume_source, "cpu")
@@ -54,9 +33,12 @@ def test_the_warm_up_shape_replays_and_draws_what_eager_draws(tiny_volume_source
     torch.testing.assert_close(draw_latents(pipe, 256), plain_256, rtol=0, atol=0)
     assert graphed.replays == 4
 
-    freeze_graphs(pipe)
     torch.testing.assert_close(draw_latents(pipe, 320), plain_320, rtol=0, atol=0)
-    assert (capture.captures, graphed.replays, graphed.eager_calls) == (1, 4, 2)  # another size: eager, no capture
+    assert (capture.captures, graphed.replays, graphed.eager_calls) == (2, 6, 0)  # another size: its own graph
+    torch.testing.assert_close(draw_latents(pipe, 256), plain_256, rtol=0, atol=0)
+    torch.testing.assert_close(draw_latents(pipe, 320), plain_320, rtol=0, atol=0)
+    assert (capture.captures, graphed.replays, len(graphed.graphs)) == (2, 10, 2)
+    assert len({id(pool) for pool in capture.pools}) == 1 and capture.pools[0] is graphed.pool  # one shared pool
 
 
 def test_samplers_with_other_timestep_dtypes_replay_the_same_graph(tiny_volume_source: Path) -> None:
@@ -134,13 +116,44 @@ def test_a_call_with_gradients_runs_eagerly() -> None:
     assert capture.captures == 0 and layer.weight.grad is not None
 
 
-def test_after_freeze_nothing_is_captured() -> None:
+def test_the_least_recently_used_graph_is_dropped_past_the_bound() -> None:
+    layer = torch.nn.Linear(4, 3)
     capture = RecordingCapture()
-    graphed = GraphedForward(torch.nn.Linear(4, 3).forward, "cpu", capture)
-    graphed.frozen = True
+    graphed = GraphedForward(layer.forward, "cpu", capture, max_graphs=2)
+    with torch.no_grad():
+        for batch in (1, 2, 1, 3):  # 2 is the least recently used when 3 comes
+            x = torch.randn(batch, 4)
+            torch.testing.assert_close(graphed(x), layer(x))
+        assert [key[1][0][0] for key in graphed.graphs] == [1, 3]
+        graphed(torch.randn(2, 4))  # captured again
+    assert (capture.captures, graphed.replays, graphed.eager_calls) == (4, 5, 0)
+    assert [key[1][0][0] for key in graphed.graphs] == [3, 2]
+
+
+def test_no_graphs_kept_means_every_call_eager() -> None:
+    capture = RecordingCapture()
+    graphed = GraphedForward(torch.nn.Linear(4, 3).forward, "cpu", capture, max_graphs=0)
     with torch.no_grad():
         graphed(torch.randn(2, 4))
     assert capture.captures == 0 and graphed.eager_calls == 1
+
+
+def test_a_jobs_graph_status_says_how_its_unet_calls_ran() -> None:
+    graphed = GraphedForward(lambda x: x * 2, "cpu", RecordingCapture())
+
+    def job(*inputs: torch.Tensor) -> str:
+        before = dataclasses.replace(graphed.counts)
+        with torch.no_grad():
+            for x in inputs:
+                graphed(x)
+        return graphed.counts.since(before)
+
+    x, y = torch.randn(2, 4), torch.randn(5, 4)
+    assert job(x, x) == "captured"
+    assert job(x, x) == "replayed"
+    assert job(x, torch.randn(2, 4).to("meta")) == "eager"  # one call no graph can hold
+    assert job(y) == "captured"
+    assert job() == "eager" and GraphCounts().since(GraphCounts()) == "eager"
 
 
 def test_the_capture_is_given_the_device_of_the_inputs() -> None:
@@ -182,8 +195,9 @@ def test_the_capture_runs_on_the_models_card_not_the_current_one(monkeypatch: py
             pass
 
     class Recording:
-        def __init__(self, *args: object) -> None:
-            pass
+        def __init__(self, *args: object, pool: object = None) -> None:
+            if pool is not None:
+                events.append(("pool", current[0] if pool == "the pool" else "another pool"))
 
         def __enter__(self) -> None:
             events.append(("capture", current[0]))
@@ -198,7 +212,8 @@ def test_the_capture_runs_on_the_models_card_not_the_current_one(monkeypatch: py
     monkeypatch.setattr(torch.cuda, "stream", Recording)
     monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
     monkeypatch.setattr(torch.cuda, "graph", Recording)
-    outputs, replay = cuda_graph_capture(lambda: "out", 2, torch.device("cuda:1"))
+    outputs, replay = cuda_graph_capture(lambda: "out", 2, torch.device("cuda:1"), "the pool")
+    assert ("pool", "cuda:1") in events
     assert outputs == "out" and isinstance(replay.__self__, Graph)
     assert {where for _, where in events} == {"cuda:1"}, events
     assert current == ["cuda:0"]  # left as it was for the rest of the worker
