@@ -9,12 +9,14 @@ finite are refused before they reach the model.
 
 With a compiled UNet the added layers would invalidate the compiled code's guards for every later job, so there
 the LoRAs are taken out of the model after each job (the same bits again), and what stays between jobs is their
-tensors in host memory, within the same budget. Either way a LoRA job runs the plain eager UNet
-(speed/plain.py): CUDA graphs and compiled code were made without the LoRA's layers.
+tensors in host memory, within the same budget, and a LoRA job runs the plain eager UNet (speed/plain.py):
+compiled code was made without the LoRA's layers. Under CUDA graphs the job's LoRAs are merged into the UNet's
+weights for the job and the originals put back after (speed/lora_merge.py), so the graphs replay with them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -25,6 +27,8 @@ from typing import Any
 
 from sdxl_worker.contract.job_schema import LoraRequest
 from sdxl_worker.sentences import bounded
+from sdxl_worker.speed.cuda_graphs import graphed_forward
+from sdxl_worker.speed.lora_merge import mergeable_layers, merged_unet
 from sdxl_worker.speed.plain import plain_module, plain_unet
 from sdxl_worker.weights.loras import LoraFile, LoraFileError, LoraSettings, inspect, resolve, signature_of
 from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError
@@ -64,14 +68,21 @@ class LoraAdapters:
             yield []
             return
         files = [self._file(request.name) for request in requests]  # every name checked before any loading
-        with plain_unet(pipe):
+        # Under CUDA graphs the job's LoRAs are merged into the UNet's weights, which the graphs read in place;
+        # otherwise (and for a LoRA that cannot be merged) the UNet runs PEFT's layers, eagerly and unfused.
+        merge = self.keep_in_model and graphed_forward(pipe) is not None
+        with plain_unet(pipe) if not merge else contextlib.nullcontext():
             try:
                 loras = []
                 for file in files:
                     loras.append(self._load(pipe, file, keep={lora.file.name for lora in loras}))
                 pipe.enable_lora()
                 pipe.set_adapters([lora.adapter for lora in loras], adapter_weights=[r.scale for r in requests])
-                yield [{"name": r.name, "scale": r.scale} for r in requests]
+                with contextlib.ExitStack() as job:  # closed first: the UNet's own weights back before the rest
+                    if merge:
+                        layers = mergeable_layers(pipe.unet)
+                        job.enter_context(plain_unet(pipe) if layers is None else merged_unet(pipe.unet, layers))
+                    yield [{"name": r.name, "scale": r.scale} for r in requests]
             finally:
                 pipe.disable_lora()
                 if not self.keep_in_model:

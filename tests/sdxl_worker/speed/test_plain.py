@@ -1,5 +1,5 @@
-"""LoRA jobs under the speed options: a captured graph or compiled code never serves them, nothing is captured or
-compiled inside them, and the next plain job is served as before, with the same bits."""
+"""LoRA jobs under the speed options: a captured graph replays them with the LoRA merged in, compiled code never
+serves them and nothing compiles inside them, and the next plain job is served as before, with the same bits."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from sdxl_worker.serving.worker import Worker
 from sdxl_worker.speed.cuda_graphs import graph_unet
 from sdxl_worker.speed.options import SpeedOptions
 from sdxl_worker.weights.loras import LoraSettings
-from tests.helpers import cpu_settings, decode
-from tests.sdxl_worker.speed.test_cuda_graphs import RecordingCapture
+from tests.helpers import RecordingCapture, cpu_settings, decode
 
 SMALL = {"prompt": "a photonic lighthouse", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 5}
 STYLE = [{"name": "style", "scale": 0.9}]
@@ -41,7 +40,7 @@ def reference(tiny_volume_source: Path, lora_dir: Path) -> tuple[np.ndarray, np.
     return draw(worker), draw(worker, loras=STYLE)
 
 
-def test_a_lora_job_bypasses_the_captured_graph_and_the_next_job_replays_it(
+def test_a_lora_job_replays_the_captured_graph_and_the_next_job_replays_it_bit_for_bit(
         tiny_volume_source: Path, lora_dir: Path, reference: tuple[np.ndarray, np.ndarray]) -> None:
     worker = Worker.start(cpu_settings(tiny_volume_source, loras=LoraSettings(lora_dir=str(lora_dir))), warmup=False)
     capture = RecordingCapture()
@@ -49,10 +48,12 @@ def test_a_lora_job_bypasses_the_captured_graph_and_the_next_job_replays_it(
     base, styled = reference
     assert np.array_equal(draw(worker), base)
     replays = graphed.replays
-    assert np.array_equal(draw(worker, loras=STYLE), styled)  # fused attention off inside: every LoRA layer counts
-    assert graphed.replays == replays and graphed.eager_calls == 2 and capture.captures == 1
+    # Merged into the weights the graph reads (speed/lora_merge.py), the fused q/k/v ones included: PEFT's image
+    # within float rounding (its layers add the LoRA's product, the merge adds it to the weights).
+    assert np.abs(draw(worker, loras=STYLE) - styled).max() <= 2
+    assert graphed.replays == replays + 2 and graphed.eager_calls == 0 and capture.captures == 1
     assert np.array_equal(draw(worker), base)
-    assert graphed.replays == replays + 2 and not graphed.bypass
+    assert graphed.replays == replays + 4 and not graphed.bypass
 
 
 @pytest.mark.slow
