@@ -4,6 +4,7 @@ package the two share (torch's CPU build aside)."""
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
 import shlex
 import subprocess
@@ -75,16 +76,23 @@ def _dockerfile_install(lock_file: Path, venv: Path) -> subprocess.CompletedProc
     args = shlex.split(command.replace('"$WORKER_LOCK"', shlex.quote(str(lock_file))))
     uv = lock.ROOT / ".venv" / "bin" / "uv"
     return subprocess.run([str(uv), *args[1:], "--dry-run", "--python", str(venv), "--python-version", "3.12",
-                           "--python-platform", "x86_64-manylinux_2_28"], capture_output=True, text=True, timeout=300)
+                           "--python-platform", "x86_64-manylinux_2_28"], capture_output=True, text=True, timeout=300,
+                          env=_uv_env(venv.parent))
+
+
+def _uv_env(tmp_path: Path) -> dict[str, str]:
+    """uv's caches (interpreters, indexes) in the test's folder, not HOME."""
+    return {**os.environ, "UV_CACHE_DIR": str(tmp_path / "uv-cache")}
 
 
 def test_the_images_install_step_takes_the_whole_lock_in_a_clean_venv(tmp_path: Path) -> None:
     dockerfile = (lock.ROOT / "Dockerfile.volume_optimized").read_text()
     uv = lock.ROOT / ".venv" / "bin" / "uv"
     image_uv = re.search(r"^FROM ghcr\.io/astral-sh/uv:(\S+) AS uv$", dockerfile, re.M).group(1)
-    assert subprocess.run([str(uv), "--version"], capture_output=True, text=True).stdout.split()[1] == image_uv
+    assert subprocess.run([str(uv), "--version"], capture_output=True, text=True,
+                          env=_uv_env(tmp_path)).stdout.split()[1] == image_uv
     venv = tmp_path / "clean"
-    subprocess.run([str(uv), "venv", "-q", str(venv)], check=True, timeout=120)
+    subprocess.run([str(uv), "venv", "-q", str(venv)], check=True, timeout=120, env=_uv_env(tmp_path))
     run = _dockerfile_install(lock.LOCK, venv)
     assert run.returncode == 0, f"the image's install step fails (it needs PyPI): {run.stderr[-2000:]}"
     assert f"Would install {len(lock.pins(lock.LOCK.read_text()))} packages" in run.stderr, run.stderr[-2000:]

@@ -54,6 +54,9 @@ def test_each_reply_says_how_its_unet_ran_under_cuda_graphs(tiny_volume_source: 
     assert run(graphed, width=320)["timings"]["graph"] == "captured"
     assert run(graphed, num_images=2)["timings"]["graph"] == "captured"
     assert run(graphed, width=320)["timings"]["graph"] == "replayed"
+    # A prompt past 77 tokens is two chunks of text: its own shape, graphed like any other.
+    long_prompt = ", ".join(["a photonic lighthouse on a cliff at dusk"] * 12)
+    assert [run(graphed, prompt=long_prompt)["timings"]["graph"] for _ in range(2)] == ["captured", "replayed"]
     assert "graph" not in run(eager)["timings"]  # no graphs: no status
 
 
