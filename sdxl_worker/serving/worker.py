@@ -131,7 +131,7 @@ class Worker:
             if warmup:
                 # 6. Warm-up: the first job is not the slow one, and compiled or captured code gets its shape.
                 worker.start_timings["warm_up_s"] = worker.warm_up()
-                # 7. Freeze shapes: no compiling or capturing inside a user's job.
+                # 7. Freeze compiled shapes: no compiling inside a user's job (a CUDA graph per shape is cheap).
                 if speed.shapes_frozen_after_warm_up:
                     freeze_compiled_shapes()
                     log.info("compiled for the warm-up's shape; jobs of other shapes run uncompiled")
