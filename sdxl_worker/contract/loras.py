@@ -140,7 +140,8 @@ class LoraAdapters:
             lora.in_model = False
 
     def _evict(self, pipe: Any, budget: int, keep: set[str] = frozenset()) -> None:
-        """Drop the least recently used until what is held fits `budget` bytes (inside `plain_unet`)."""
+        """Drop the least recently used until what is held fits `budget` bytes (inside `plain_unet` unless the
+        job merged its LoRAs: then the UNet is the uncompiled one already)."""
         for name in [name for name in self.loaded if name not in keep]:
             if self.held_bytes <= max(budget, 0):
                 break

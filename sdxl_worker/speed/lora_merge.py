@@ -31,7 +31,7 @@ def mergeable_layers(unet: Any) -> list[Any] | None:
     for module in unet.modules():
         if not isinstance(module, LoraLayer) or module.disable_adapters:
             continue
-        active = [name for name in module.active_adapters if name in module.lora_A]
+        active = _active(module)
         if not active:
             continue
         if not isinstance(module, (LoraLinear, Conv2d)) or any(module.use_dora.get(name) for name in active):
@@ -51,7 +51,7 @@ def merged_unet(unet: Any, layers: list[Any]) -> Iterator[int]:
         with torch.no_grad():
             for layer in layers:
                 weight = layer.get_base_layer().weight
-                delta = sum(layer.get_delta_weight(name) for name in layer.active_adapters if name in layer.lora_A)
+                delta = sum(layer.get_delta_weight(name) for name in _active(layer))
                 saved.append((weight, weight.detach().clone()))
                 weight.add_(delta.to(weight.dtype))
         held = sum(original.numel() * original.element_size() for _, original in saved)
@@ -63,3 +63,8 @@ def merged_unet(unet: Any, layers: list[Any]) -> Iterator[int]:
             for weight, original in reversed(saved):
                 weight.copy_(original)
         unet.enable_lora()
+
+
+def _active(layer: Any) -> list[str]:
+    """The layer's active adapters that hold weights in it (an adapter may touch other layers only)."""
+    return [name for name in layer.active_adapters if name in layer.lora_A]
