@@ -16,6 +16,7 @@ from benchmarks.results import (
     Spread,
     StockGeneration,
     TracingResult,
+    WorkloadResult,
 )
 from sdxl_worker.loading.plan import reader_name
 
@@ -26,7 +27,8 @@ def render(run: Run) -> str:
     versions = f"torch {env.torch}, diffusers {env.diffusers}; " if env else ""
     lines = [f"Device: {device}; {versions}{settings['size']}x{settings['size']}, {settings['steps']} steps, CFG 7; "
              f"suites: {', '.join(settings['suite'])}"]
-    lines += _generation(run) + _features(run) + _cached_starts(run) + _loads(run) + _network_loads(run) + _prepare(run)
+    lines += _generation(run) + _features(run) + _workload(run) + _cached_starts(run) + _loads(run)
+    lines += _network_loads(run) + _prepare(run)
     lines += _profiles(run) + _attention(run) + _meta(run)
     failures = run.of(Failure)
     if failures:
@@ -69,6 +71,26 @@ def _features(run: Run) -> list[str]:
             calls = "n/a" if j.unet_replays is None else f"{j.unet_replays} / {j.unet_eager_calls}"
             lines.append(f"| {j.job} | {j.mode} | {j.prompt_tokens} | {j.first_s} s | {_spread(j.warm)} | {calls} | "
                          f"{j.image_std} | `{j.image_sha}` |")
+    return lines
+
+
+def _workload(run: Run) -> list[str]:
+    lines = []
+    for name, w in run.of(WorkloadResult):
+        kept = "" if w.graphs_kept is None else f"; CUDA graphs kept at the end: {w.graphs_kept}"
+        lines += ["", f"The workload mix ({name}: {', '.join(w.applied) or 'none'}), job by job, stock then ours; "
+                  "seconds per job (median, range; ours: the reply's total less its image encoding); first: the "
+                  "kind's first job through the worker; graph: how its UNet ran (first / warm).", "",
+                  "| kind | shape | jobs | stock | ours | ours/stock | ours first | graph | peak reserved: stock / "
+                  "ours | note |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for k in w.kinds:
+            graph = "n/a" if k.graph is None and k.first_graph is None else f"{k.first_graph} / {k.graph}"
+            memory = "n/a" if k.ours_peak_gib is None else f"{k.stock_peak_gib} / {k.ours_peak_gib} GiB"
+            lines.append(f"| {k.kind} | {k.shape} | {k.jobs} | {_spread(k.stock)} | {_spread(k.ours)} | "
+                         f"{k.ratio:.2f} | {k.ours_first_s} s | {graph} | {memory} | {k.note} |")
+        lines += ["", f"The mix: {w.images_per_pass} images a pass; stock {_spread(w.stock_pass)}, "
+                  f"{w.images_per_hour(w.stock_pass)} images/hour; ours {_spread(w.ours_pass)}, "
+                  f"**{w.images_per_hour(w.ours_pass)} images/hour**; ours' first pass {w.ours_first_pass_s} s{kept}"]
     return lines
 
 

@@ -229,6 +229,44 @@ class FeaturesResult:
 
 
 @dataclass(frozen=True)
+class WorkloadKind:
+    """One kind of job in the workload mix: its warm seconds on each side, its first time through the worker, and
+    how the worker's UNet served it (`graph`: None without CUDA graphs)."""
+
+    kind: str
+    shape: str  # WIDTHxHEIGHTxIMAGES as run
+    jobs: int  # in one pass of the mix
+    stock: Spread  # seconds, every job of the kind in every warm pass
+    ours: Spread
+    ours_first_s: float  # its first job in the first pass: a new shape's capture, a LoRA's first load
+    first_graph: str | None
+    graph: str | None  # the statuses its warm jobs replied, joined
+    stock_peak_gib: float | None  # reserved GPU memory beyond the other side's, one job alone
+    ours_peak_gib: float | None
+    note: str = ""
+
+    @property
+    def ratio(self) -> float:
+        return self.ours.median / self.stock.median
+
+
+@dataclass(frozen=True)
+class WorkloadResult:
+    """The mix, job by job, stock diffusers and the worker interleaved: per kind, and the mix's throughput."""
+
+    applied: tuple[str, ...]
+    kinds: tuple[WorkloadKind, ...]
+    images_per_pass: int
+    stock_pass: Spread  # seconds for one pass of the whole mix
+    ours_pass: Spread
+    ours_first_pass_s: float  # the first pass, captures and first loads included
+    graphs_kept: int | None
+
+    def images_per_hour(self, seconds: Spread) -> float:
+        return round(3600 * self.images_per_pass / seconds.median, 1)
+
+
+@dataclass(frozen=True)
 class Failure:
     """A stage that failed on this machine: a finding, kept in the report with its error."""
 
@@ -237,7 +275,7 @@ class Failure:
 
 
 Result = (LoadResult | NetworkLoadResult | StockGeneration | GenerationResult | CachedStart | AttentionResult
-          | FlopsResult | TracingResult | PrepareResult | FeaturesResult | Failure)
+          | FlopsResult | TracingResult | PrepareResult | FeaturesResult | WorkloadResult | Failure)
 
 
 @dataclass

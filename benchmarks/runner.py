@@ -18,7 +18,7 @@ from benchmarks.results import Failure, Result, Run
 from benchmarks.scenarios import Scenario
 from benchmarks.stages.common import environment, free
 
-VOLUME_STAGES = {"loads", "network_loads", "generation", "features", "cached_start", "prepare"}
+VOLUME_STAGES = {"loads", "network_loads", "generation", "features", "workload", "cached_start", "prepare"}
 
 
 class Bench:
@@ -53,6 +53,7 @@ def run_scenarios(bench: Bench, scenarios: list[Scenario], *, scale: str, device
     from benchmarks.stages.netfs import measure_network_loads
     from benchmarks.stages.prepare import measure_prepare
     from benchmarks.stages.tracing import measure_tracing
+    from benchmarks.stages.workload import measure_workload
     from dev.netfs import unavailable
     from dev.synthetic_volume import build_volume, component_config
 
@@ -95,6 +96,8 @@ def run_scenarios(bench: Bench, scenarios: list[Scenario], *, scale: str, device
                                                                    "profile" in scenario.stages))
                 elif stage == "features":
                     bench.record(scenario.name, measure_features(settings, size, steps, runs, volume_dir / "loras"))
+                elif stage == "workload":
+                    bench.record(scenario.name, measure_workload(settings, size, steps, runs, volume_dir / "loras"))
                 elif stage == "cached_start":
                     bench.record(scenario.name, measure_cached_start(settings, size, steps))
                 elif stage == "prepare":

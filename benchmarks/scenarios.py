@@ -14,6 +14,9 @@ environment, so a run measures what it says). Stages:
 - `features`: the worker started with `settings` serving image to image, inpainting, a long weighted prompt and a
   LoRA beside text to image: warm times, how the UNet served each (graph replays, eager calls), a blank-image
   check, and the same text-to-image image after the LoRA job as before it;
+- `workload`: a realistic job mix (stages/workload.py: sizes, image counts, LoRAs, long prompts, image to image,
+  samplers), stock diffusers and the worker interleaved job by job: per kind, warm seconds on each side, the
+  worker's first time (a new shape's capture), how its UNet ran, peak memory; the mix's images per hour;
 - `cached_start`: with COMPILE=1, a fresh process with the compile cache filled, as a later cold start;
 - `prepare`: `prepare_volume.py add-fp16` on a standard-only view of the volume against a raw copy of the same
   bytes (read the standard set, write the fp16 set's size), cold page cache, interleaved; its peak RSS;
@@ -29,8 +32,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-Stage = Literal["loads", "network_loads", "attention", "generation", "profile", "features", "cached_start", "flops",
-                "tracing", "prepare"]
+Stage = Literal["loads", "network_loads", "attention", "generation", "profile", "features", "workload", "cached_start",
+                "flops", "tracing", "prepare"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,9 @@ SUITES: dict[str, tuple[Scenario, ...]] = {
     # The image's stack (scripts/gpu_check.sh's default): the worker's default start through the simulated network
     # volume (read-once onto the device) against the raw read, the loads from local disk, one job of each kind.
     "image-stack": (NETWORK_LOADS, LOADS, Scenario("ours", ("features",))),
+    # Every kind of job users send, at graph speed or not: stock against the defaults, then against COMPILE=1.
+    "workload": (Scenario("ours", ("workload",)),),
+    "workload-compiled": (Scenario("ours compiled", ("workload",), {"COMPILE": "1"}),),
     # What earlier GPU checks measured already (benchmarks/RESULTS.md): the loads, the whole-UNet compile.
     "loads": (LOADS,),
     # Loads through a simulated network volume: CPU and FUSE, any machine with /dev/fuse.

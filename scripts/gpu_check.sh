@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The GPU check in one command, for a lent GPU machine with no network: install the carried wheels (.whl/,
-# below), then run the benchmark's suites (benchmarks/scenarios.py; default: image-stack). The JSON, table
-# and chart are saved after every stage, so a run cut at the device's time limit keeps what it measured; they
-# land with log.txt and gpu.txt in $OUT (the device tool's folder) or bench-out/.
+# below), then run the benchmark's suites (benchmarks/scenarios.py; default: image-stack, then workload). The
+# JSON, table and chart are saved after every stage, so a run cut at the device's time limit keeps what it
+# measured; they land with log.txt and gpu.txt in $OUT (the device tool's folder) or bench-out/.
 #
-#   bash scripts/gpu_check.sh                    # the suite image-stack
+#   bash scripts/gpu_check.sh --runs 1           # the suites image-stack, then workload, one warm run each
 #   bash scripts/gpu_check.sh gpu-check loads    # several suites, in this order
 #   bash scripts/gpu_check.sh defaults --scale tiny --device cpu    # then the benchmark's flags: a CPU rehearsal
 #   bash scripts/gpu_check.sh loads netfs --layout published    # the default RunPod start on published names
+#   bash scripts/gpu_check.sh workload --runs 1  # the job mix alone, stock and ours job by job, one warm pass
 #
 # How long each suite took is in benchmarks/RESULTS.md. It runs on the image's locked packages: `bash
 # scripts/gpu_wheels.sh` fetches into .whl/ those the machine does not bring (python -m dev.lock --carried; carry
@@ -46,5 +47,5 @@ while [[ $# -gt 0 && $1 != -* ]]; do  # suite names first; from the first flag o
   suites+=(--suite "$1")
   shift
 done
-if [[ ${#suites[@]} -eq 0 ]]; then suites=(--suite image-stack); fi
+if [[ ${#suites[@]} -eq 0 ]]; then suites=(--suite image-stack --suite workload); fi
 python3 -m benchmarks --out "$out" --volume-dir /tmp/bench-volume "${suites[@]}" "$@" 2>&1 | tee "$out/log.txt"

@@ -15,10 +15,10 @@ import types
 from collections.abc import Mapping
 from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 
-from sdxl_worker.contract.job_schema import DEFAULT_MAX_PIXELS, MIN_PIXELS
+from sdxl_worker.contract.job_schema import DEFAULT_MAX_PIXELS, MAX_SIDE, MIN_PIXELS, MIN_SIDE
 from sdxl_worker.delivery.bucket import BucketSettings
 from sdxl_worker.speed.options import SpeedOptions
 from sdxl_worker.weights.loras import LoraSettings
@@ -64,6 +64,17 @@ class Settings(BaseModel):
     speed: SpeedOptions = Field(default_factory=SpeedOptions)
     bucket: BucketSettings = Field(default_factory=BucketSettings)
     loras: LoraSettings = Field(default_factory=LoraSettings)
+
+    @model_validator(mode="after")
+    def _graph_shapes_are_job_sizes(self) -> Settings:
+        """A shape captured at the start must be one a job can ask for: otherwise its graph is never replayed."""
+        for width, height, _ in self.speed.graph_shapes:
+            if min(width, height) < MIN_SIDE or max(width, height) > MAX_SIDE or width % 8 or height % 8:
+                raise ValueError(f"CUDA_GRAPH_SHAPES lists {width}x{height}, which no job can ask for: sides are "
+                                 f"multiples of 8 from {MIN_SIDE} to {MAX_SIDE}")
+            if width * height > self.max_pixels:
+                raise ValueError(f"CUDA_GRAPH_SHAPES lists {width}x{height}, over MAX_PIXELS={self.max_pixels}")
+        return self
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -13,6 +13,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +194,17 @@ class RecordingCapture:
                     static.copy_(fresh)
 
         return outputs, replay
+
+
+@contextmanager
+def peft_layers() -> Iterator[None]:
+    """Within: LoRA jobs run PEFT's own layers beside the base weights (the eager, unfused UNet) instead of the
+    worker's merge, which gives the libraries' own image to compare the merge's with."""
+    import pytest
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sdxl_worker.contract.loras.mergeable_layers", lambda unet: None)
+        yield
 
 
 def assert_images_match(first: Any, second: Any) -> None:

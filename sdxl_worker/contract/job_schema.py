@@ -96,7 +96,8 @@ class JobInput(BaseModel):
     def _limits(self, info: ValidationInfo) -> JobInput:
         max_pixels = (info.context or {}).get("max_pixels", DEFAULT_MAX_PIXELS)
         max_loras = (info.context or {}).get("max_loras", DEFAULT_MAX_LORAS)
-        if self.width * self.height > max_pixels:
+        # With an image the size generated is the image's (image_input.py checks it, with any width or height given).
+        if self.image is None and self.width * self.height > max_pixels:
             raise ValueError(
                 f"width x height is {self.width}x{self.height} = {self.width * self.height:,} pixels, "
                 f"over this endpoint's limit of {max_pixels:,} (MAX_PIXELS)"

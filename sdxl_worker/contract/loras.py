@@ -7,11 +7,12 @@ job without LoRAs after one with them gives the same bits as before. A LoRA file
 (its size, modification or change time, or inode) is loaded again; weights that are not floating point or not
 finite are refused before they reach the model.
 
-With a compiled UNet the added layers would invalidate the compiled code's guards for every later job, so there
-the LoRAs are taken out of the model after each job (the same bits again), and what stays between jobs is their
-tensors in host memory, within the same budget, and a LoRA job runs the plain eager UNet (speed/plain.py):
-compiled code was made without the LoRA's layers. Under CUDA graphs the job's LoRAs are merged into the UNet's
-weights for the job and the originals put back after (speed/lora_merge.py), so the graphs replay with them.
+A job's LoRAs are merged into the UNet's weights for the job and the originals put back after (speed/lora_merge.py),
+so CUDA graphs replay and compiled code runs with them, and eager steps carry no extra layers. With a
+compiled UNet the added layers would invalidate the compiled code's guards for every later job, so there the LoRAs
+are taken out of the model after the merge and after each job (the same bits again), and what stays between jobs is
+their tensors in host memory, within the same budget. A LoRA the merge cannot take (DoRA) runs the plain eager UNet
+(speed/plain.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from typing import Any
 
 from sdxl_worker.contract.job_schema import LoraRequest
 from sdxl_worker.sentences import bounded
-from sdxl_worker.speed.cuda_graphs import graphed_forward
 from sdxl_worker.speed.lora_merge import mergeable_layers, merged_unet
 from sdxl_worker.speed.plain import plain_module, plain_unet
 from sdxl_worker.weights.loras import LoraFile, LoraFileError, LoraSettings, inspect, resolve, signature_of
@@ -68,26 +68,34 @@ class LoraAdapters:
             yield []
             return
         files = [self._file(request.name) for request in requests]  # every name checked before any loading
-        # Under CUDA graphs the job's LoRAs are merged into the UNet's weights, which the graphs read in place;
-        # otherwise (and for a LoRA that cannot be merged) the UNet runs PEFT's layers, eagerly and unfused.
-        merge = self.keep_in_model and graphed_forward(pipe) is not None
-        with plain_unet(pipe) if not merge else contextlib.nullcontext():
-            try:
+        # The job's LoRAs are merged into the UNet's weights, which a captured graph and compiled code read where they
+        # are, and which cost nothing per step where PEFT's layers add their products at every call; a LoRA that
+        # cannot be merged runs PEFT's layers in the eager, unfused UNet (plain_unet).
+        try:
+            with contextlib.ExitStack() as job:  # unwound in reverse: the UNet's own weights back before the rest
+                loading = job.enter_context(contextlib.ExitStack())
+                if not self.keep_in_model:
+                    loading.enter_context(plain_unet(pipe))  # diffusers' LoRA functions need the uncompiled UNet
                 loras = []
                 for file in files:
                     loras.append(self._load(pipe, file, keep={lora.file.name for lora in loras}))
                 pipe.enable_lora()
                 pipe.set_adapters([lora.adapter for lora in loras], adapter_weights=[r.scale for r in requests])
-                with contextlib.ExitStack() as job:  # closed first: the UNet's own weights back before the rest
-                    if merge:
-                        layers = mergeable_layers(pipe.unet)
-                        job.enter_context(plain_unet(pipe) if layers is None else merged_unet(pipe.unet, layers))
-                    yield [{"name": r.name, "scale": r.scale} for r in requests]
-            finally:
-                pipe.disable_lora()
-                if not self.keep_in_model:
-                    self._take_out(pipe)
-                self._evict(pipe, self.settings.lora_cache_mb * 1_000_000)
+                unet = plain_module(pipe.unet)
+                layers = mergeable_layers(unet)
+                if layers is not None:
+                    budget = self.settings.lora_merge_device_mb * 1_000_000
+                    # Compiled code guards on the UNet's modules: PEFT's layers come out again, the merge stays.
+                    job.enter_context(merged_unet(unet, layers, budget, take_out=not self.keep_in_model))
+                    loading.close()  # compiled: the compiled UNet again, now reading the merged weights
+                elif self.keep_in_model:
+                    job.enter_context(plain_unet(pipe))
+                yield [{"name": r.name, "scale": r.scale} for r in requests]
+        finally:
+            pipe.disable_lora()
+            if not self.keep_in_model:
+                self._take_out(pipe)
+            self._evict(pipe, self.settings.lora_cache_mb * 1_000_000)
 
     def _file(self, name: str) -> LoraFile:
         """The named LoRA's file, inspected; one loaded already and unchanged on the volume is not read again."""
@@ -135,7 +143,8 @@ class LoraAdapters:
 
     def _take_out(self, pipe: Any) -> None:
         """Every adapter out of the model, its layers back to the originals."""
-        pipe.unload_lora_weights()
+        with plain_unet(pipe):  # diffusers unloads only from the UNet itself, not from a compiled wrapper
+            pipe.unload_lora_weights()
         for lora in self.loaded.values():
             lora.in_model = False
 

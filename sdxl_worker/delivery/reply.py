@@ -48,7 +48,7 @@ class Timings(BaseModel):
     upload_s: float | None = Field(None, description="With bucket URLs: the upload.")
     graph: Literal["replayed", "captured", "eager"] | None = Field(None, description=(
         "How the UNet ran: `replayed` its CUDA graph for this shape, `captured` one (a shape's first job, two UNet "
-        "calls more), `eager` (a LoRA job: its weights are not the graph's)."))
+        "calls more), `eager` where no graph can hold the job (a LoRA the merge cannot take, such as DoRA)."))
 
 
 class ModelInfo(BaseModel):

@@ -150,17 +150,31 @@ class Worker:
                    refresh_on_error=refresh)
 
     def warm_up(self) -> float:
-        """One short generation at the size jobs use, so the first real job is not the slow one."""
+        """One short generation at the size jobs use, so the first real job is not the slow one; then, under CUDA
+        graphs, a one-step job for each of CUDA_GRAPH_SHAPES, so that no job of those shapes pays a capture."""
         on_cuda = self.record.device.startswith("cuda")
         size, steps = (min(1024, math.isqrt(self.settings.max_pixels) // 8 * 8), 2) if on_cuda else (256, 1)
         started = time.perf_counter()
-        job = {"prompt": "warm-up", "width": size, "height": size, "num_inference_steps": steps, "seed": 0}
-        result = self.handle({"id": "warm-up", "input": job})
-        if "error" in result:
-            raise RuntimeError(f"warm-up generation failed: {result['error']}")
+        self._warm_up_job(size, size, 1, steps)
         seconds = time.perf_counter() - started
         log.info("warm-up %dx%d, %d steps: %.2f s", size, size, steps, seconds)
+        graphed = graphed_forward(self.pipe)
+        shapes = [shape for shape in self.settings.speed.graph_shapes if shape != (size, size, 1)]
+        if graphed is not None and shapes:
+            captured = time.perf_counter()
+            for width, height, images in shapes:
+                self._warm_up_job(width, height, images, 1)
+            log.info("CUDA graphs for %d more shape(s) (CUDA_GRAPH_SHAPES) captured in %.2f s: %s", len(shapes),
+                     time.perf_counter() - captured, ", ".join(f"{w}x{h}x{n}" for w, h, n in shapes))
+            seconds = time.perf_counter() - started
         return seconds
+
+    def _warm_up_job(self, width: int, height: int, images: int, steps: int) -> None:
+        job = {"prompt": "warm-up", "width": width, "height": height, "num_images": images,
+               "num_inference_steps": steps, "seed": 0}
+        result = self.handle({"id": "warm-up", "input": job})
+        if "error" in result:
+            raise RuntimeError(f"warm-up generation at {width}x{height}x{images} failed: {result['error']}")
 
     def handle(self, job: dict[str, Any]) -> dict[str, Any]:
         """validate -> generate -> encode; every failure becomes {"error": "<one sentence>"}."""

@@ -6,8 +6,8 @@ of compiling at a first start, seconds more at every cached one, and compilers i
 eager forward costs two eager calls and one capture and needs no compiler; measured faster than eager with the
 same output (benchmarks/RESULTS.md), it is on by default on CUDA (`CUDA_GRAPHS`).
 
-A graph per call shape (shapes, dtypes, devices and strides: the image size and count, the prompt's length in
-77-token chunks): the warm-up captures the usual one, and a job with a new shape captures its own on its first
+A graph per call shape (shapes, dtypes and devices: the image size and count, the prompt's length in 77-token
+chunks): the warm-up captures the usual one, and a job with a new shape captures its own on its first
 UNet call, so only that job pays the capture (two extra UNet calls), up to `CUDA_GRAPH_MAX` graphs. Every sampler
 shares a shape's graph, since the UNet gets its timestep as float32 whatever the sampler (unet_timestep.py).
 Calls no graph can hold run eagerly: CPU tensors (a copy from host memory cannot be captured), a numeric
@@ -91,7 +91,7 @@ class GraphedForward:
     """
 
     def __init__(self, forward: Callable[..., Any], device_type: str = "cuda", capture: Capture = cuda_graph_capture,
-                 warmup_calls: int = 2, max_graphs: int = 8) -> None:
+                 warmup_calls: int = 2, max_graphs: int = 12) -> None:
         self.eager = forward
         self.device_type = device_type
         self.capture = capture
@@ -140,7 +140,9 @@ class GraphedForward:
             if isinstance(leaf, torch.Tensor):
                 if leaf.device.type != self.device_type:
                     return None
-                parts.append((tuple(leaf.shape), leaf.dtype, leaf.device, leaf.stride()))
+                # Not the strides: a call's inputs are copied into the graph's own buffers, whatever their layout
+                # (image to image's latents come channels-last from the VAE's encoder, text to image's contiguous).
+                parts.append((tuple(leaf.shape), leaf.dtype, leaf.device))
             elif leaf is None or isinstance(leaf, (bool, str)):
                 parts.append(leaf)
             else:
@@ -177,7 +179,7 @@ class GraphedForward:
 
 
 def graph_unet(unet: Any, device_type: str = "cuda", capture: Capture = cuda_graph_capture,
-               max_graphs: int = 8) -> GraphedForward:
+               max_graphs: int = 12) -> GraphedForward:
     """Route `unet`'s calls through a GraphedForward, in place: the pipeline keeps the model itself."""
     timestep_as_float32(unet)
     graphed = GraphedForward(unet.forward, device_type, capture, max_graphs=max_graphs)

@@ -14,21 +14,24 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sdxl_worker.speed.attention import configure_attention
 from sdxl_worker.speed.cuda_graphs import graph_unet
 from sdxl_worker.speed.fp8_linear import cast_for_fp8, fp8_unsupported_reason, quantize_unet_fp8
 from sdxl_worker.speed.unet_timestep import timestep_as_float32
+from sdxl_worker.volume.sdxl import TRAINED_SIZES
 
 log = logging.getLogger(__name__)
 
 CompileMode = Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"]
 CompileScope = Literal["full", "blocks"]
+GRAPH_SHAPE = r"\d{3,4}x\d{3,4}(x[1-4])?"  # WIDTHxHEIGHT, or WIDTHxHEIGHTxIMAGES
 
 
 class SpeedOptions(BaseModel):
@@ -47,9 +50,13 @@ class SpeedOptions(BaseModel):
     cuda_graphs: bool | None = Field(None, description=(
         "Replay the UNet as CUDA graphs, one per job shape (size, image count, prompt length), each captured at "
         "its first job (the warm-up's at the start); `auto`: on with CUDA unless `COMPILE=1`."))
-    cuda_graph_max: int = Field(8, ge=0, le=64, description=(
+    cuda_graph_max: int = Field(12, ge=0, le=64, description=(
         "Most CUDA graphs kept, the least recently used dropped first; they share one memory pool, so memory grows "
         "with the largest shape, not the count. 0: every call eager."))
+    cuda_graph_shapes: str | None = Field(None, examples=[
+        "sdxl", "832x1216,1216x832x2"], description=(
+        "Job shapes whose CUDA graphs the start captures, beside the warm-up's: `WxH` or `WxHxN` (N images) "
+        "separated by commas, or `sdxl` for SDXL's nine trained sizes; then no job of these shapes pays a capture."))
     compile: bool = Field(False, description=(
         "`torch.compile` the UNet and VAE decoder for the warm-up's shape; the first start compiles for minutes."))
     compile_mode: CompileMode = Field("default", description=(
@@ -64,8 +71,22 @@ class SpeedOptions(BaseModel):
         "`fp8` linear layers in the UNet's blocks (compute capability 8.9+, else skipped): measured slower, "
         "and it changes the output."))
 
+    @field_validator("cuda_graph_shapes", mode="before")
+    @classmethod
+    def _shapes_listed(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        value = value.replace(" ", "").lower()
+        if not re.fullmatch(rf"sdxl|{GRAPH_SHAPE}(,{GRAPH_SHAPE})*", value):
+            raise ValueError("must be `sdxl` or shapes WIDTHxHEIGHT or WIDTHxHEIGHTxIMAGES (1-4 images) separated by "
+                             "commas, e.g. 832x1216,1216x832x2")
+        return value
+
     @model_validator(mode="after")
     def _compatible(self) -> SpeedOptions:
+        if len(self.graph_shapes) > self.cuda_graph_max:
+            raise ValueError(f"CUDA_GRAPH_SHAPES lists {len(self.graph_shapes)} shapes but CUDA_GRAPH_MAX keeps "
+                             f"{self.cuda_graph_max} graphs: raise CUDA_GRAPH_MAX or list fewer shapes")
         if self.compile and self.cuda_graphs:
             raise ValueError("CUDA_GRAPHS=1 and COMPILE=1 exclude each other: for compiled code with CUDA graphs, "
                              "use COMPILE=1 COMPILE_MODE=reduce-overhead")
@@ -74,6 +95,19 @@ class SpeedOptions(BaseModel):
                              "blocks share one CUDA graph, and each overwrites the output the next one reads; use "
                              "COMPILE_MODE=default with COMPILE_SCOPE=blocks")
         return self
+
+    @property
+    def graph_shapes(self) -> tuple[tuple[int, int, int], ...]:
+        """CUDA_GRAPH_SHAPES as (width, height, images), in the order given, each once."""
+        if self.cuda_graph_shapes is None:
+            return ()
+        if self.cuda_graph_shapes == "sdxl":
+            return tuple((width, height, 1) for width, height in TRAINED_SIZES)
+        shapes = []
+        for item in self.cuda_graph_shapes.split(","):
+            width, height, *images = (int(part) for part in item.split("x"))
+            shapes.append((width, height, images[0] if images else 1))
+        return tuple(dict.fromkeys(shapes))
 
     @property
     def use_cuda_graphs(self) -> bool:

@@ -9,6 +9,8 @@ is skipped (torch's `force_eager` stance; the pipeline holds the uncompiled UNet
 functions need), and attention goes through the separate projections, which share the fused weight's memory
 (options.share_fused_weights), so the arithmetic is the base model's plus the LoRA. Everything is put back on
 the way out; the speed options' code and graphs are untouched, so the next plain job replays them as before.
+LoRA jobs run inside it only where their LoRAs cannot be merged (lora_merge.py) or no graph or compiled code runs;
+with a compiled UNet, loading and taking out a LoRA run inside it too.
 """
 
 from __future__ import annotations

@@ -29,3 +29,9 @@ SDXL_CLASSES: dict[str, frozenset[str]] = {
 # Components a StableDiffusionXLPipeline cannot generate without.
 SDXL_REQUIRED = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 SUPPORTED_PIPELINES = ("StableDiffusionXLPipeline",)
+# The sizes SDXL was trained at, width x height: its aspect-ratio buckets near one megapixel (the SDXL report's
+# appendix), which is what users send. `CUDA_GRAPH_SHAPES=sdxl` captures them all at the start.
+TRAINED_SIZES: tuple[tuple[int, int], ...] = (
+    (1024, 1024), (1152, 896), (896, 1152), (1216, 832), (832, 1216), (1344, 768), (768, 1344), (1536, 640),
+    (640, 1536),
+)

@@ -47,6 +47,9 @@ class LoraSettings(BaseModel):
         "Largest LoRA file accepted, MB."))
     lora_cache_mb: int = Field(2048, ge=0, le=1_000_000, description=(
         "LoRA weights kept loaded between jobs, MB; the least recently used go first. 0: loaded for each job."))
+    lora_merge_device_mb: int = Field(4096, ge=0, le=1_000_000, description=(
+        "A LoRA job's LoRAs are merged into the UNet's weights (under CUDA graphs or `COMPILE=1`), whose originals "
+        "are saved to be put back after the job: on the GPU up to this many MB, past it in host memory."))
 
 
 class LoraFileError(ValueError):

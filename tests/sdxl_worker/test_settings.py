@@ -65,7 +65,14 @@ def test_empty_variables_take_the_default() -> None:
                                             "with CUDA graphs, use COMPILE=1 COMPILE_MODE=reduce-overhead"),
      ({"COMPILE": "1", "COMPILE_SCOPE": "blocks", "COMPILE_MODE": "reduce-overhead"},
       "COMPILE_SCOPE=blocks does not work with COMPILE_MODE=reduce-overhead: the repeated blocks share one CUDA "
-      "graph, and each overwrites the output the next one reads; use COMPILE_MODE=default with COMPILE_SCOPE=blocks")],
+      "graph, and each overwrites the output the next one reads; use COMPILE_MODE=default with COMPILE_SCOPE=blocks"),
+     ({"CUDA_GRAPH_SHAPES": "832x1216x5"}, "CUDA_GRAPH_SHAPES='832x1216x5' is refused: must be `sdxl` or shapes "
+      "WIDTHxHEIGHT or WIDTHxHEIGHTxIMAGES (1-4 images) separated by commas, e.g. 832x1216,1216x832x2"),
+     ({"CUDA_GRAPH_SHAPES": "1000x1004"}, "CUDA_GRAPH_SHAPES lists 1000x1004, which no job can ask for: sides are "
+                                          "multiples of 8 from 256 to 2048"),
+     ({"CUDA_GRAPH_SHAPES": "2048x2048"}, "CUDA_GRAPH_SHAPES lists 2048x2048, over MAX_PIXELS=2359296"),
+     ({"CUDA_GRAPH_SHAPES": "sdxl", "CUDA_GRAPH_MAX": "8"},
+      "CUDA_GRAPH_SHAPES lists 9 shapes but CUDA_GRAPH_MAX keeps 8 graphs: raise CUDA_GRAPH_MAX or list fewer shapes")],
 )
 def test_bad_settings_are_one_sentence_naming_the_variable(env: dict, sentence: str) -> None:
     with pytest.raises(SettingsError) as caught:
@@ -84,6 +91,16 @@ def test_load_streams_is_a_number_or_auto(value: str, streams: int | None) -> No
 def test_cuda_graphs_are_on_unless_compiled_or_turned_off(env: dict, graphs: bool) -> None:
     """Measured faster than eager with the same output (benchmarks/RESULTS.md); a compiled UNet has its own."""
     assert Settings.from_env(env).speed.use_cuda_graphs is graphs
+
+
+@pytest.mark.parametrize(("value", "shapes"), [
+    ("", ()),
+    (" 832x1216, 1216X832x2,832x1216 ", ((832, 1216, 1), (1216, 832, 2))),  # spaces, case, repeats
+    ("SDXL", ((1024, 1024, 1), (1152, 896, 1), (896, 1152, 1), (1216, 832, 1), (832, 1216, 1), (1344, 768, 1),
+              (768, 1344, 1), (1536, 640, 1), (640, 1536, 1))),
+])
+def test_graph_shapes_are_sizes_and_image_counts(value: str, shapes: tuple) -> None:
+    assert Settings.from_env({"CUDA_GRAPH_SHAPES": value}).speed.graph_shapes == shapes
 
 
 def test_one_setting_reads_alone_whatever_the_others_hold() -> None:

@@ -115,6 +115,8 @@ def test_max_pixels_limit() -> None:
     assert parse_job_input({"prompt": "x", "width": 1024, "height": 1024}, max_pixels=1024 * 1024)
     message = refused({"prompt": "x", "width": 1024, "height": 1032}, max_pixels=1024 * 1024)
     assert "1024x1032 = 1,056,768 pixels, over this endpoint's limit of 1,048,576 (MAX_PIXELS)" in message
+    # Image to image generates at the image's size: the default 1024x1024 is not held against a smaller limit.
+    assert parse_job_input({"prompt": "x", "image": "aGk="}, max_pixels=512 * 512).mode == "img2img"
 
 
 def test_quality_only_for_lossy_formats() -> None:

@@ -60,6 +60,22 @@ def test_each_reply_says_how_its_unet_ran_under_cuda_graphs(tiny_volume_source: 
     assert "graph" not in run(eager)["timings"]  # no graphs: no status
 
 
+def test_the_start_captures_the_listed_shapes_so_their_first_jobs_replay(tiny_volume_source: Path) -> None:
+    from sdxl_worker.speed.cuda_graphs import graph_unet
+    from sdxl_worker.speed.options import SpeedOptions
+    from tests.helpers import RecordingCapture
+
+    speed = SpeedOptions(cuda_graph_shapes="256x320, 320x256x2, 256x256")  # the warm-up's own shape listed too
+    worker = Worker.start(cpu_settings(tiny_volume_source, speed=speed), warmup=False)
+    capture = RecordingCapture()
+    graph_unet(worker.pipe.unet, "cpu", capture)
+    worker.warm_up()
+    assert capture.captures == 3  # the warm-up's shape once, then each listed one
+    assert run(worker, width=256, height=320)["timings"]["graph"] == "replayed"
+    assert run(worker, width=320, height=256, num_images=2)["timings"]["graph"] == "replayed"
+    assert run(worker, width=320, height=256)["timings"]["graph"] == "captured"  # one image: not listed
+
+
 def test_same_seed_same_bytes_different_seed_differs(worker: Worker) -> None:
     first, again, other = run(worker, seed=3), run(worker, seed=3), run(worker, seed=4)
     assert first["images"] == again["images"]

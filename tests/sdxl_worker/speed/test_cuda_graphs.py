@@ -90,6 +90,19 @@ def test_captured_in_a_job_replays_for_any_caller() -> None:
     assert graphed.replays == 3
 
 
+def test_inputs_of_another_memory_layout_replay_the_same_graph() -> None:
+    """Image to image's latents come channels-last from the VAE's encoder: copied into the graph's buffers, they
+    replay text to image's graph of the same shape (measured: they would otherwise capture one more)."""
+    conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+    graphed = GraphedForward(conv.forward, "cpu", RecordingCapture())
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        graphed(x)
+        channels_last = torch.randn(2, 4, 8, 8).to(memory_format=torch.channels_last)
+        torch.testing.assert_close(graphed(channels_last), conv(channels_last))
+    assert len(graphed.graphs) == 1 and graphed.replays == 2
+
+
 @pytest.mark.parametrize("call", [
     lambda f: f(torch.randn(2, 4), scale=0.5),  # a number would be baked into the graph
     lambda f: f(torch.randn(2, 4).to("meta")),  # not on the graph's device

@@ -1,5 +1,5 @@
-"""LoRA jobs under CUDA graphs (recorded on the CPU as on CUDA): merged into the UNet's weights, the graph replayed,
-the image PEFT's eager one, and every weight bit for bit the original after."""
+"""LoRA jobs merged into the UNet's weights, with and without CUDA graphs (recorded on the CPU as on CUDA): the graph
+replayed, the image PEFT's eager one, and every weight bit for bit the original after."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from dev.lora import write_lora
 from sdxl_worker.serving.worker import Worker
 from sdxl_worker.speed.cuda_graphs import graph_unet
 from sdxl_worker.weights.loras import LoraSettings
-from tests.helpers import RecordingCapture, cpu_settings, decode
+from tests.helpers import RecordingCapture, cpu_settings, decode, peft_layers
 
 JOB = {"prompt": "a photonic lighthouse", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 5}
 
@@ -71,8 +71,11 @@ def test_a_lora_job_replays_the_graph_and_draws_peft_s_image(graphed: Worker, ea
     before = weights(graphed)
     merged = run(graphed, loras=loras)
     assert merged["timings"]["graph"] == "replayed"
-    difference = np.abs(pixels(merged) - pixels(run(eager, loras=loras)))
-    assert difference.max() <= 2 and difference.mean() < 0.05  # merged weights round differently from PEFT's sum
+    with peft_layers():
+        peft = pixels(run(eager, loras=loras))
+    for image in (pixels(merged), pixels(run(eager, loras=loras))):  # merged under the graph, and eagerly
+        difference = np.abs(image - peft)
+        assert difference.max() <= 2 and difference.mean() < 0.05  # merged weights round differently from PEFT's sum
     assert np.abs(pixels(merged) - pixels(plain)).mean() > 1  # the LoRA drew
     after = weights(graphed)
     assert after.keys() == before.keys()
@@ -103,3 +106,45 @@ def test_a_merge_that_fails_part_way_leaves_every_weight_as_it_was(graphed: Work
     after = weights(graphed)
     assert all(torch.equal(after[name], tensor) for name, tensor in before.items())
     assert run(graphed)["images"] == plain["images"]
+
+
+def test_the_originals_wait_on_the_device_up_to_the_budget_then_in_host_memory(graphed: Worker) -> None:
+    """LORA_MERGE_DEVICE_MB: wherever the saved copies wait, the merged weights and those put back are the same."""
+    from sdxl_worker.speed.lora_merge import mergeable_layers, merged_unet
+
+    run(graphed, loras=[{"name": "style"}])  # loaded; off after the job
+    pipe, before = graphed.pipe, weights(graphed)
+    pipe.enable_lora()
+    pipe.set_adapters([graphed.loras.loaded["style"].adapter], adapter_weights=[0.8])
+    try:
+        layers = mergeable_layers(pipe.unet)
+        sizes = [layer.get_base_layer().weight.numel() * layer.get_base_layer().weight.element_size()
+                 for layer in layers]
+        total, merged = sum(sizes), []
+        for budget in (0, total // 2, total):
+            with merged_unet(pipe.unet, layers, budget) as saved:
+                assert saved.device_bytes + saved.host_bytes == total and saved.device_bytes <= budget
+                if budget in (0, total):
+                    assert saved.host_bytes == total - budget
+                else:
+                    assert saved.device_bytes > 0 and saved.host_bytes > 0
+                merged.append(weights(graphed))
+            after = weights(graphed)
+            assert all(torch.equal(after[name], tensor) for name, tensor in before.items())
+    finally:
+        pipe.disable_lora()
+    assert all(torch.equal(merged[0][name], tensor) for name, tensor in merged[2].items())
+    assert any(not torch.equal(merged[0][name], tensor) for name, tensor in before.items())
+
+
+def test_a_lora_the_merge_cannot_take_runs_peft_s_layers_eagerly_and_says_so(graphed: Worker, eager: Worker) -> None:
+    """Where mergeable_layers refuses (DoRA), the job bypasses the graph: PEFT's image, `graph: eager`, and the
+    next plain job replays the graph bit for bit."""
+    plain = run(graphed)
+    with peft_layers():
+        unmerged = run(graphed, loras=[{"name": "style", "scale": 0.8}])
+        reference = run(eager, loras=[{"name": "style", "scale": 0.8}])
+    assert unmerged["timings"]["graph"] == "eager"
+    assert np.abs(pixels(unmerged) - pixels(reference)).max() <= 1
+    again = run(graphed)
+    assert again["images"] == plain["images"] and again["timings"]["graph"] == "replayed"
