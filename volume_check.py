@@ -8,12 +8,13 @@ refuses what the loader would refuse, down to each tensor's name and shape (sdxl
 architecture.py). Without --tensors it never imports torch, so the container's HEALTHCHECK and the
 operator's shell can run it cheaply.
 
-    python volume_check.py [PATH] [--json] [--tensors] [--lora-dir DIR]
+    python volume_check.py [PATH] [--json] [--tensors] [--lora-dir DIR] [--embeddings-dir DIR]
 
 PATH defaults to $MODEL_PATH, else /runpod-volume/photonicfusion-sdxl. Exit 0: loadable; 1:
 incomplete or corrupt; 2: the volume or the model folder is missing. The LoRAs in $LORA_DIR (else
-/runpod-volume/loras) are listed after the model, a broken one with its reason; they never change the exit code:
-a job that names a broken LoRA gets that reason, and every other job is served.
+/runpod-volume/loras) and the textual-inversion embeddings in $EMBEDDINGS_DIR (else /runpod-volume/embeddings)
+are listed after the model, a broken one with its reason; they never change the exit code: a job that uses a
+broken one gets that reason, and every other job is served.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import json
 import sys
 
 from sdxl_worker.settings import DEFAULT_MODEL_PATH, SettingsError, setting_from_env
-from sdxl_worker.volume.check import check_loras, check_volume
-from sdxl_worker.volume.report import LoraReport
+from sdxl_worker.volume.check import check_embeddings, check_loras, check_volume
+from sdxl_worker.volume.report import EmbeddingReport, LoraReport
+from sdxl_worker.weights.embeddings import DEFAULT_EMBEDDINGS_DIR
 from sdxl_worker.weights.loras import DEFAULT_LORA_DIR
 
 
@@ -35,19 +37,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tensors", action="store_true", help="also compare the tensors of components whose config "
                         "is not SDXL base 1.0's with the model built from it (imports torch: seconds, not 0.1 s)")
     parser.add_argument("--lora-dir", help=f"LoRA folder (default: $LORA_DIR or {DEFAULT_LORA_DIR})")
+    parser.add_argument("--embeddings-dir", help=f"embeddings folder (default: $EMBEDDINGS_DIR or "
+                                                 f"{DEFAULT_EMBEDDINGS_DIR})")
     args = parser.parse_args(argv)
-    report = check_volume(args.path or setting_from_env("model_path"), tensors=args.tensors)
+    model_path = args.path or setting_from_env("model_path")
+    report = check_volume(model_path, tensors=args.tensors)
     try:
         loras: LoraReport | str = check_loras(args.lora_dir or setting_from_env("lora_dir"),
                                               setting_from_env("lora_max_mb"))
     except SettingsError as exc:  # the worker answers jobs with it; the model's verdict stands
         loras = f"LoRAs not checked: {exc}"
+    try:
+        embeddings: EmbeddingReport | str = check_embeddings(
+            args.embeddings_dir or setting_from_env("embeddings_dir"), model_path,
+            setting_from_env("embedding_max_vectors"))
+    except SettingsError as exc:
+        embeddings = f"Embeddings not checked: {exc}"
+    folders = {"loras": loras, "embeddings": embeddings}
     if args.json:
-        print(json.dumps({**report.to_dict(), "loras": loras if isinstance(loras, str) else loras.to_dict()},
-                         indent=2))
+        print(json.dumps({**report.to_dict(), **{key: value if isinstance(value, str) else value.to_dict()
+                                                 for key, value in folders.items()}}, indent=2))
     else:
         print(report.render())
-        print(loras if isinstance(loras, str) else loras.render())
+        for value in folders.values():
+            print(value if isinstance(value, str) else value.render())
     return report.exit_code
 
 

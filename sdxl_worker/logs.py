@@ -91,3 +91,27 @@ class WithholdJobText(logging.Filter):
         record.msg, record.args = f"a {record.levelname} record quoting the job's input was withheld", ()
         record.exc_info = record.exc_text = record.stack_info = None
         return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+@contextlib.contextmanager
+def libraries_quiet() -> Iterator[None]:
+    """Without what the libraries print when an adapter or embedding is loaded into a model: transformers 5 reports
+    the base weights as missing from a LoRA's state dict and notes how it initialises the rows of resized token
+    embeddings (diffusers overwrites them at once), PEFT lists other adapters' keys as missing (checked: every LoRA
+    tensor loads), and diffusers logs a refused adapter's whole error as ERROR before raising it (tens of thousands
+    of characters; the job's answer is the first line of it)."""
+    import warnings
+
+    import diffusers
+    import transformers
+
+    levels = transformers.utils.logging.get_verbosity(), diffusers.utils.logging.get_verbosity()
+    transformers.utils.logging.set_verbosity(logging.CRITICAL)
+    diffusers.utils.logging.set_verbosity(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        transformers.utils.logging.set_verbosity(levels[0])
+        diffusers.utils.logging.set_verbosity(levels[1])

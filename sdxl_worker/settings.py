@@ -21,13 +21,15 @@ from pydantic.fields import FieldInfo
 from sdxl_worker.contract.job_schema import DEFAULT_MAX_PIXELS, MAX_SIDE, MIN_PIXELS, MIN_SIDE
 from sdxl_worker.delivery.bucket import BucketSettings
 from sdxl_worker.speed.options import SpeedOptions
+from sdxl_worker.weights.embeddings import EmbeddingSettings
 from sdxl_worker.weights.loras import LoraSettings
 
 DEFAULT_MODEL_PATH = "/runpod-volume/photonicfusion-sdxl"
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
-NESTED = ("speed", "bucket", "loras")  # groups of settings whose variables are their fields' names, not the group's
+# Groups of settings whose variables are their fields' names, not the group's.
+NESTED = ("speed", "bucket", "loras", "embeddings")
 
 
 class SettingsError(ValueError):
@@ -64,6 +66,7 @@ class Settings(BaseModel):
     speed: SpeedOptions = Field(default_factory=SpeedOptions)
     bucket: BucketSettings = Field(default_factory=BucketSettings)
     loras: LoraSettings = Field(default_factory=LoraSettings)
+    embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
 
     @model_validator(mode="after")
     def _graph_shapes_are_job_sizes(self) -> Settings:

@@ -1,5 +1,5 @@
-"""volume_check.py, the HEALTHCHECK's command: its exit codes, JSON, LoRA listing, no torch, and a read error
-anywhere as a line naming the file."""
+"""volume_check.py, the HEALTHCHECK's command: its exit codes, JSON, LoRA and embeddings listings, no torch, and a
+read error anywhere as a line naming the file."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def test_cli_lists_the_loras_without_changing_the_verdict(volume: Path, tmp_path
     write_lora(volume, folder / "photonic-style.safetensors", fmt="kohya")
     (folder / "cut.safetensors").write_bytes((folder / "photonic-style.safetensors").read_bytes()[:-500])
     assert main([str(volume), "--lora-dir", str(folder)]) == 0
-    out = capsys.readouterr().out.splitlines()
+    out = capsys.readouterr().out.splitlines()[:-1]  # the embeddings folder's line last
     assert out[-3:] == [f"LoRAs in {folder}: 1 usable, 1 broken",
                         "✅ photonic-style: kohya, unet, text_encoder, text_encoder_2, rank 4, 0.1 MB",
                         out[-1]]
@@ -44,8 +44,36 @@ def test_cli_lists_the_loras_without_changing_the_verdict(volume: Path, tmp_path
                                                            "broken": {}, "usable": []}
     monkeypatch.setenv("LORA_MAX_MB", "lots")
     assert main([str(volume)]) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == ("LoRAs not checked: LORA_MAX_MB must be a whole number of at "
+    assert capsys.readouterr().out.splitlines()[-2] == ("LoRAs not checked: LORA_MAX_MB must be a whole number of at "
                                                         "most 18 digits, not 'lots'")
+
+
+def test_cli_lists_the_embeddings_checked_against_the_model_s_text_encoders(volume: Path, tmp_path: Path, capsys,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from dev.embedding import write_embedding
+
+    folder = tmp_path / "embeddings"
+    write_embedding(volume, folder / "grainy.safetensors", vectors=3)
+    save_file({"clip_l": torch.zeros(1, 768), "clip_g": torch.zeros(1, 1280)}, folder / "other-model.safetensors")
+    assert main([str(volume), "--embeddings-dir", str(folder)]) == 0
+    assert capsys.readouterr().out.splitlines()[-3:] == [
+        f"Embeddings in {folder}: 1 usable, 1 broken", "✅ grainy: 3 vector(s)",
+        "❌ Embedding 'other-model' is for text encoders 768 and 1280 wide; this model's are 16 and 32 (an embedding "
+        "for another model)."]
+    monkeypatch.setenv("EMBEDDINGS_DIR", str(folder))
+    assert main([str(volume), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["embeddings"]
+    assert listed["usable"] == [{"name": "grainy", "vectors": 3}] and list(listed["broken"]) == ["other-model"]
+    (volume / "text_encoder_2" / "config.json").write_text("{")  # the model's verdict says why; this line too
+    assert main([str(volume)]) == 1
+    assert capsys.readouterr().out.splitlines()[-1].startswith(
+        f"Embeddings in {folder} not checked: the text encoders' configs cannot be read")
+    assert main([str(volume), "--embeddings-dir", str(tmp_path / "none")]) == 1
+    assert capsys.readouterr().out.splitlines()[-1] == (f"Embeddings: no folder {tmp_path / 'none'} (every prompt "
+                                                        "word is text)")
 
 
 def test_cli_does_not_import_torch(volume: Path) -> None:

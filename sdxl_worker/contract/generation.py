@@ -83,8 +83,8 @@ def generate(pipe: Any, job: JobInput, scheduler: Any, on_progress: ProgressFn |
     pipe.scheduler = scheduler
     started = time.perf_counter()
     with torch.inference_mode():
-        text = prompts.kwargs if prompts is not None else {"prompt": job.prompt,
-                                                            "negative_prompt": job.negative_prompt}
+        text = prompts.kwargs if prompts is not None else {"prompt": job.prompt, "negative_prompt": job.negative_prompt,
+                                                            "clip_skip": job.clip_skip}
         images = pipe(
             **text,
             **shape,

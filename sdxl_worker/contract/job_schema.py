@@ -27,6 +27,7 @@ DEFAULT_QUALITY = 90
 DEFAULT_STRENGTH = 0.75
 MAX_NAMED = 3  # breaches named in a refusal; the rest are counted, so that a refusal stays a sentence
 DEFAULT_MAX_LORAS = 4
+MAX_CLIP_SKIP = 10  # SDXL's smaller text encoder (CLIP ViT-L) has 12 layers: 10 skipped from its penultimate
 # A LoRA's name is its file's stem under LORA_DIR: no separators, no leading dot (so never `.` or `..`).
 LORA_NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
 
@@ -68,6 +69,12 @@ class JobInput(BaseModel):
         "png is lossless (written at zlib level 1: about half the time of Pillow's default, files ~11% larger)."))
     quality: int | None = Field(default=None, ge=1, le=100, description=(
         f"jpeg and webp only; null: {DEFAULT_QUALITY}."))
+    clip_skip: int | None = Field(default=None, ge=1, le=MAX_CLIP_SKIP, description=(
+        "Text-encoder layers skipped, counted as diffusers' SDXL pipelines do, on both encoders and long prompts: "
+        "null is SDXL's own penultimate layer, 1 the layer before it; at most the model's layers less 2."))
+    embeddings: bool = Field(default=True, description=(
+        "A word of a prompt equal to a file's name in `EMBEDDINGS_DIR` uses that textual-inversion embedding, as in "
+        "A1111 (weighting around it applies); false: every word is text."))
     prompt_weighting: bool = Field(default=True, description=(
         "A1111 weights in the prompts: `(word:1.3)`, `(word)` x1.1, `[word]` /1.1; false: parentheses are text."))
     image: str | None = Field(default=None, description=(
@@ -102,6 +109,10 @@ class JobInput(BaseModel):
                 f"width x height is {self.width}x{self.height} = {self.width * self.height:,} pixels, "
                 f"over this endpoint's limit of {max_pixels:,} (MAX_PIXELS)"
             )
+        max_clip_skip = (info.context or {}).get("max_clip_skip", MAX_CLIP_SKIP)
+        if self.clip_skip is not None and self.clip_skip > max_clip_skip:
+            raise ValueError(f"clip_skip {self.clip_skip} is past this model's text encoders: at most {max_clip_skip} "
+                             "(their layers less 2)")
         if len(self.loras) > max_loras:
             raise ValueError(f"{len(self.loras)} LoRAs, over this endpoint's limit of {max_loras} per job "
                              "(LORA_MAX_PER_JOB)")
@@ -131,14 +142,16 @@ class JobInput(BaseModel):
         return DEFAULT_QUALITY if self.quality is None else self.quality
 
 
-def parse_job_input(raw: Any, max_pixels: int = DEFAULT_MAX_PIXELS, max_loras: int = DEFAULT_MAX_LORAS) -> JobInput:
+def parse_job_input(raw: Any, max_pixels: int = DEFAULT_MAX_PIXELS, max_loras: int = DEFAULT_MAX_LORAS,
+                    max_clip_skip: int = MAX_CLIP_SKIP) -> JobInput:
     """Validate a job's `input`, raising JobInputError with one sentence on any breach."""
     if not isinstance(raw, dict):
         raise JobInputError(
             f"input must be a JSON object with at least a prompt, got {type(raw).__name__}"
         )
     try:
-        return JobInput.model_validate(raw, context={"max_pixels": max_pixels, "max_loras": max_loras})
+        return JobInput.model_validate(raw, context={"max_pixels": max_pixels, "max_loras": max_loras,
+                                                     "max_clip_skip": max_clip_skip})
     except ValidationError as exc:
         raise JobInputError(_sentence(exc)) from None
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sdxl_worker.contract.job_schema import LoraRequest
+from sdxl_worker.logs import libraries_quiet
 from sdxl_worker.sentences import bounded
 from sdxl_worker.speed.lora_merge import mergeable_layers, merged_unet
 from sdxl_worker.speed.plain import plain_module, plain_unet
@@ -129,7 +130,7 @@ class LoraAdapters:
     def _into_model(self, pipe: Any, lora: LoadedLora, tensors: dict[str, Any]) -> None:
         name = lora.file.name
         try:
-            with _libraries_quiet():
+            with libraries_quiet():
                 pipe.load_lora_weights(tensors, adapter_name=lora.adapter)
         # What diffusers and PEFT raise for weights that do not fit this model (shapes, names, formats they do
         # not convert): the job's answer, after removing whatever part of the adapter was added.
@@ -186,30 +187,6 @@ def _first_reason(exc: BaseException) -> str:
         first, more = lines[1], f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
     text = bounded(first, 260)
     return (text if text.endswith("...") else text.rstrip(".")) + more
-
-
-@contextmanager
-def _libraries_quiet() -> Iterator[None]:
-    """Without what every adapter load prints: transformers 5 reports the base weights as missing from the adapter's
-    state dict, PEFT lists other adapters' keys as missing (checked: every LoRA tensor loads), and diffusers logs a
-    refused adapter's whole error as ERROR before raising it (tens of thousands of characters; the job's answer is
-    the first line of it)."""
-    import logging
-    import warnings
-
-    import diffusers
-    import transformers
-
-    levels = transformers.utils.logging.get_verbosity(), diffusers.utils.logging.get_verbosity()
-    transformers.utils.logging.set_verbosity(logging.CRITICAL)
-    diffusers.utils.logging.set_verbosity(logging.CRITICAL)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        transformers.utils.logging.set_verbosity(levels[0])
-        diffusers.utils.logging.set_verbosity(levels[1])
 
 
 def _adapters(pipe: Any) -> set[str]:

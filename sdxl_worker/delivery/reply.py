@@ -71,6 +71,7 @@ class Reply(BaseModel):
     height: int = Field(description="Pixels generated.")
     mode: Literal["txt2img", "img2img", "inpaint"] = Field(description="Which pipeline ran.")
     loras: list[AppliedLora] = Field(description="The LoRAs applied, with their scales.")
+    embeddings: list[str] = Field(description="The textual-inversion embeddings the prompts used, by name.")
     prompt_tokens: PromptTokens = Field(description="How many tokens each prompt had; none dropped.")
     format: str = Field(description="`png`, `jpeg` or `webp`.")
     timings: Timings = Field(description="Seconds.")

@@ -35,7 +35,7 @@ _TINY_TEXT = {
     "max_position_embeddings": 77,
     "model_type": "clip_text_model",
     "num_attention_heads": 2,
-    "num_hidden_layers": 2,
+    "num_hidden_layers": 4,  # clip_skip needs layers to skip: up to 2 here
     "pad_token_id": 1,
     "projection_dim": 16,
     "vocab_size": 49408,

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sdxl_worker.contract.embeddings import PromptEmbeddings, PromptTexts
 from sdxl_worker.contract.generation import NonFiniteLatents, generate
 from sdxl_worker.contract.image_encoding import encode_image
 from sdxl_worker.contract.image_input import InputImages, load_inputs
@@ -35,6 +36,7 @@ from sdxl_worker.speed.cuda_graphs import graphed_forward
 from sdxl_worker.speed.options import SpeedReport, apply_speedups, freeze_compiled_shapes
 from sdxl_worker.volume.check import check_volume
 from sdxl_worker.volume.report import VolumeReport
+from sdxl_worker.weights.embeddings import EmbeddingFileError
 from sdxl_worker.weights.loras import LoraFileError
 
 log = logging.getLogger("worker")
@@ -80,6 +82,7 @@ class Worker:
         self.pipelines = image_pipelines(pipe) if pipe is not None else {}
         self.prompt_encoder = PromptEncoder(pipe) if pipe is not None else None
         self.loras = LoraAdapters(settings.loras, settings.speed.compile) if pipe is not None else None
+        self.embeddings = PromptEmbeddings(settings.embeddings)
         self.largest_fit: tuple[int, int, int] | None = None  # (images, width, height) of the largest job done
         self.start_timings: dict[str, float] = {}
 
@@ -187,7 +190,7 @@ class Worker:
             return reply
         try:
             params = parse_job_input(job.get("input") if isinstance(job, dict) else job, self.settings.max_pixels,
-                                     self.settings.loras.lora_max_per_job)
+                                     self.settings.loras.lora_max_per_job, self.prompt_encoder.max_clip_skip)
             inputs = load_inputs(params, self.settings.max_input_image_mb * 1_000_000, self.settings.max_pixels)
         except JobInputError as exc:
             log.info("job %s refused: %s", job_id, exc)
@@ -204,7 +207,7 @@ class Worker:
         try:
             with job_text(params.prompt, params.negative_prompt):
                 return self._run(job, job_id, params, inputs, started)
-        except LoraFileError as exc:
+        except (LoraFileError, EmbeddingFileError) as exc:
             log.info("job %s refused: %s", job_id, exc)
             return {"error": str(exc)}
         except NonFiniteLatents as exc:
@@ -236,8 +239,12 @@ class Worker:
         graphed = graphed_forward(pipe)
         graph_counts = dataclasses.replace(graphed.counts) if graphed is not None else None
         # The prompts are encoded inside too: a LoRA's text-encoder layers change the embeddings.
+        texts = (self.embeddings.substitute(pipe, params.prompt, params.negative_prompt) if params.embeddings else
+                 PromptTexts(params.prompt, params.negative_prompt, ()))
         with self.loras.applied(pipe, params.loras) as loras:
-            prompts = self.prompt_encoder.encode(params.prompt, params.negative_prompt, params.prompt_weighting)
+            prompts = self.prompt_encoder.encode(texts.prompt, texts.negative_prompt, params.prompt_weighting,
+                                                 params.clip_skip, text_encoders_changed=bool(params.loras),
+                                                 tokens_added=bool(texts.used))
             generated = generate(pipe, params, self.schedulers[params.scheduler], on_progress, inputs, prompts)
         width, height = job_size(params, inputs)
         encode_started = time.perf_counter()
@@ -266,6 +273,7 @@ class Worker:
             "height": height,
             "mode": params.mode,
             "loras": loras,
+            "embeddings": list(texts.used),
             # Every token is encoded (compel's 75-token chunks), up to the prompts' character caps: none dropped.
             "prompt_tokens": {**prompts.tokens, "dropped": 0},
             "format": params.output_format,

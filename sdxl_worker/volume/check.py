@@ -18,6 +18,7 @@ from sdxl_worker.sentences import bounded
 from sdxl_worker.volume.report import (
     ComponentKind,
     ComponentReport,
+    EmbeddingReport,
     LoraReport,
     PlanOption,
     VolumeReport,
@@ -26,6 +27,7 @@ from sdxl_worker.volume.report import (
 )
 from sdxl_worker.volume.sdxl import SDXL_CLASSES, SDXL_REQUIRED, SUPPORTED_PIPELINES
 from sdxl_worker.weights import architecture
+from sdxl_worker.weights.embeddings import scan as scan_embeddings
 from sdxl_worker.weights.files import present, read_text_bounded, special_kind
 from sdxl_worker.weights.layout import (
     VARIANTS,
@@ -508,3 +510,19 @@ def check_loras(folder: str | os.PathLike[str], max_mb: int) -> LoraReport:
     path = Path(folder)
     usable, broken = scan(path, max_mb * 1_000_000)
     return LoraReport(str(path), path.is_dir(), usable, broken)
+
+
+def check_embeddings(folder: str | os.PathLike[str], model_path: str | os.PathLike[str],
+                     max_vectors: int) -> EmbeddingReport | str:
+    """Every embedding in `folder`, from its header, against the text encoders' widths in `model_path`'s configs;
+    a sentence instead when those cannot be read. Never raises."""
+    path = Path(folder)
+    if not path.is_dir():
+        return EmbeddingReport(str(path), False, [], {})
+    try:
+        widths = tuple(int(json.loads(read_text_bounded(Path(model_path) / part / "config.json"))["hidden_size"])
+                       for part in ("text_encoder", "text_encoder_2"))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"Embeddings in {path} not checked: the text encoders' configs cannot be read ({bounded(exc, 200)})"
+    usable, broken = scan_embeddings(path, widths, max_vectors)  # type: ignore[arg-type]
+    return EmbeddingReport(str(path), True, usable, broken)

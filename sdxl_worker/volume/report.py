@@ -1,4 +1,4 @@
-"""What the volume check found: findings, weight sets, component and volume reports, the LoRA folder's report."""
+"""What the volume check found: findings, weight sets, component and volume reports, the LoRA and embeddings folders."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from sdxl_worker.weights.embeddings import EmbeddingFile
 from sdxl_worker.weights.layout import (
     VARIANTS,
     Variant,
@@ -189,6 +190,28 @@ class LoraReport:
         lines = [f"LoRAs in {self.folder}: {len(self.usable)} usable, {len(self.broken)} broken"]
         lines += [f"{ICONS['ok']} {f.name}: {f.format}, {', '.join(f.parts)}, rank {f.rank}, {format_bytes(f.bytes)}"
                   for f in self.usable]
+        lines += [f"{ICONS['fail']} {reason}" for reason in self.broken.values()]
+        return "\n".join(lines)
+
+
+@dataclass
+class EmbeddingReport:
+    """The embeddings folder, checked against the model's text-encoder widths: each usable one, each broken one."""
+
+    folder: str
+    present: bool
+    usable: list[EmbeddingFile]
+    broken: dict[str, str]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"folder": self.folder, "present": self.present, "broken": self.broken,
+                "usable": [{"name": f.name, "vectors": f.vectors} for f in self.usable]}
+
+    def render(self) -> str:
+        if not self.present:
+            return f"Embeddings: no folder {self.folder} (every prompt word is text)"
+        lines = [f"Embeddings in {self.folder}: {len(self.usable)} usable, {len(self.broken)} broken"]
+        lines += [f"{ICONS['ok']} {f.name}: {f.vectors} vector(s)" for f in self.usable]
         lines += [f"{ICONS['fail']} {reason}" for reason in self.broken.values()]
         return "\n".join(lines)
 

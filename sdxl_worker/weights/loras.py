@@ -100,12 +100,18 @@ def available(folder: Path) -> list[str]:
                   if e.name.endswith(SUFFIX) and not e.name.startswith(".") and len(e.name) > len(SUFFIX))
 
 
+def confined(folder: Path, file_name: str) -> Path | None:
+    """`folder`/`file_name` with every link resolved, or None when that leaves `folder` (a symlink out of it)."""
+    root = Path(os.path.realpath(folder))
+    real = Path(os.path.realpath(root / file_name))
+    return real if real.is_relative_to(root) else None
+
+
 def resolve(folder: Path, name: str) -> Path:
     """The file a job's LoRA name means, inside `folder`; LoraFileError naming the alternatives if none."""
     root = Path(os.path.realpath(folder))
-    candidate = root / f"{name}{SUFFIX}"
-    real = Path(os.path.realpath(candidate))
-    if not real.is_relative_to(root):
+    real = confined(root, f"{name}{SUFFIX}")
+    if real is None:
         raise LoraFileError(f"LoRA {name!r} links outside the LoRA folder; only files inside {folder} are read.")
     if not real.is_file():
         names = available(root)

@@ -86,7 +86,7 @@ def test_a_mask_of_another_size_and_an_image_too_small() -> None:
     ((2048, 96), {"width": 1024}, "image would be generated at 1024x96 (width from the job, the rest from the image): "
                                   "each side must be 256-2048 pixels"),
     ((96, 2048), {"height": 1024}, "image would be generated at 96x1024 (height from the job"),
-    ((1536, 1536), {"width": 2048, "height": 1536}, "width x height is 2048x1536 = 3,145,728 pixels"),
+    ((1536, 1536), {"width": 2048, "height": 1536}, "image would be generated at 2048x1536 = 3,145,728 pixels"),
 ])
 def test_one_side_from_the_job_keeps_every_bound(size: tuple[int, int], fields: dict, words: str) -> None:
     """A side the job gives and a side the image gives make the size generated: MAX_PIXELS and the minimum side

@@ -34,7 +34,7 @@ def encoder(worker: Worker) -> PromptEncoder:
 
 def test_a_plain_prompt_under_77_tokens_goes_to_the_pipeline_as_text(encoder: PromptEncoder) -> None:
     encoded = encoder.encode("a lighthouse at dusk", "blurry", weighting=True)
-    assert encoded.kwargs == {"prompt": "a lighthouse at dusk", "negative_prompt": "blurry"}
+    assert encoded.kwargs == {"prompt": "a lighthouse at dusk", "negative_prompt": "blurry", "clip_skip": None}
     assert encoded.tokens == {"prompt": 4, "negative_prompt": 1}
 
 
@@ -74,7 +74,7 @@ def test_weights_move_the_embedding_further_the_further_they_are_from_1(encoder:
 
 def test_weighting_off_keeps_parentheses_as_text(encoder: PromptEncoder) -> None:
     encoded = encoder.encode("a (red:1.5) car", None, weighting=False)
-    assert encoded.kwargs == {"prompt": "a (red:1.5) car", "negative_prompt": None}
+    assert encoded.kwargs == {"prompt": "a (red:1.5) car", "negative_prompt": None, "clip_skip": None}
     assert encoded.tokens["prompt"] > encoder.encode("a (red:1.5) car", None, weighting=True).tokens["prompt"]
 
 
@@ -111,3 +111,44 @@ def test_every_combination_encodes_to_one_length_without_weighting(encoder: Prom
         assert encoded.kwargs["prompt_embeds"].shape == encoded.kwargs["negative_prompt_embeds"].shape
     else:
         assert encoded.kwargs.get("prompt", prompt) == prompt
+
+
+def _diffusers_embeds(worker: Worker, prompt: str, clip_skip: int | None) -> torch.Tensor:
+    with torch.inference_mode():
+        return worker.pipe.encode_prompt(prompt, do_classifier_free_guidance=False, clip_skip=clip_skip)[0]
+
+
+@pytest.mark.parametrize("clip_skip", [None, 1, 2])
+def test_clip_skip_through_compel_is_diffusers_own(worker: Worker, encoder: PromptEncoder, clip_skip: int | None,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A weighted or long prompt goes through compel, which has no clip_skip: the layers it reads must be the ones
+    diffusers' SDXL pipeline reads for the same clip_skip, on both encoders."""
+    monkeypatch.setattr("sdxl_worker.contract.prompts.CHUNK_TOKENS", 0)  # this short prompt through compel too
+    prompt = "a lighthouse at dusk"
+    embeds = encoder.encode(prompt, None, weighting=True, clip_skip=clip_skip).kwargs["prompt_embeds"]
+    torch.testing.assert_close(embeds, _diffusers_embeds(worker, prompt, clip_skip))
+
+
+def test_clip_skip_changes_a_long_prompt_and_leaves_the_next_job_as_it_was(encoder: PromptEncoder) -> None:
+    before = encoder.encode(f"(a lighthouse:1.3), {LONG}", None, weighting=True).kwargs
+    skipped = encoder.encode(f"(a lighthouse:1.3), {LONG}", None, weighting=True, clip_skip=2).kwargs
+    after = encoder.encode(f"(a lighthouse:1.3), {LONG}", None, weighting=True).kwargs
+    assert skipped["prompt_embeds"].shape == before["prompt_embeds"].shape
+    assert (skipped["prompt_embeds"] - before["prompt_embeds"]).abs().mean() > 1e-3
+    torch.testing.assert_close(skipped["pooled_prompt_embeds"], before["pooled_prompt_embeds"])  # the last layer's
+    torch.testing.assert_close(after["prompt_embeds"], before["prompt_embeds"], rtol=0, atol=0)
+
+
+def test_clip_skip_reaches_the_pipeline_for_a_plain_prompt_and_changes_the_image(worker: Worker) -> None:
+    job = {"prompt": "a lighthouse at dusk", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 4}
+    plain, skipped = (worker.handle({"id": "t", "input": {**job, **extra}}) for extra in ({}, {"clip_skip": 1}))
+    assert plain["images"] != skipped["images"]
+    assert worker.prompt_encoder.encode(job["prompt"], None, weighting=True, clip_skip=1).kwargs["clip_skip"] == 1
+
+
+def test_clip_skip_past_the_model_s_layers_is_one_sentence(worker: Worker) -> None:
+    reply = worker.handle({"id": "t", "input": {"prompt": "a lighthouse", "clip_skip": 3}})
+    assert reply == {"error": "Invalid input: input: clip_skip 3 is past this model's text encoders: at most 2 "
+                              "(their layers less 2)."}
+    over = worker.handle({"id": "t", "input": {"prompt": "a lighthouse", "clip_skip": 11}})
+    assert over["error"].startswith("Invalid input: clip_skip: Input should be less than or equal to 10")

@@ -1,0 +1,139 @@
+"""A job's textual-inversion embeddings: a word of a prompt that names a file in EMBEDDINGS_DIR, as in A1111.
+
+Each embedding used is loaded once into both text encoders (diffusers' `load_textual_inversion`, one vector per
+new token) and stays loaded, the least recently used unloaded past EMBEDDINGS_CACHE, loaded again when its file
+changes. Its tokens are placeholders no prompt contains by chance (`<ti-3>`, `<ti-3>_1`, ...; the tokenizers
+match added tokens anywhere in the text, so the file's own stem would also match inside longer words), and only
+a whole word equal to the stem is replaced by them, so A1111's weighting around the word, `(bad-hands:1.2)`,
+weights the embedding's tokens. A job with `embeddings: false` leaves every word as text.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdxl_worker.logs import libraries_quiet
+from sdxl_worker.sentences import bounded
+from sdxl_worker.weights.embeddings import EmbeddingFile, EmbeddingFileError, EmbeddingSettings, inspect, names
+from sdxl_worker.weights.loras import confined, signature_of
+from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError
+from sdxl_worker.weights.safetensors_io import read_tensors
+
+# A word as an embedding's name may be one (LoRA names' characters): dots only inside, so "grain." is "grain".
+WORD = re.compile(r"(?<![A-Za-z0-9_.-])[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*(?![A-Za-z0-9_-]|\.[A-Za-z0-9_-])")
+
+
+@dataclass
+class LoadedEmbedding:
+    file: EmbeddingFile
+    token: str  # the first placeholder; the others are token_1, token_2, ... (diffusers' multi-vector names)
+
+    @property
+    def tokens(self) -> list[str]:
+        return [self.token] + [f"{self.token}_{i}" for i in range(1, self.file.vectors)]
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.tokens)
+
+
+@dataclass(frozen=True)
+class PromptTexts:
+    """A job's prompts with each embedding's word replaced by its tokens, and the embeddings used, by name."""
+
+    prompt: str
+    negative_prompt: str | None
+    used: tuple[str, ...]
+
+
+class PromptEmbeddings:
+    """The embeddings a worker has loaded into its text encoders, applied to each job's prompts (`substitute`)."""
+
+    def __init__(self, settings: EmbeddingSettings) -> None:
+        self.settings = settings
+        self.folder = Path(settings.embeddings_dir)
+        self.loaded: OrderedDict[str, LoadedEmbedding] = OrderedDict()  # least recently used first
+        self._ids = itertools.count()
+
+    def substitute(self, pipe: Any, prompt: str, negative_prompt: str | None) -> PromptTexts:
+        """The prompts with every word that names an embedding in the folder replaced by its loaded tokens."""
+        available = set(names(self.folder))
+        texts = [text for text in (prompt, negative_prompt) if text is not None]
+        used = sorted({word.group(0) for text in texts for word in WORD.finditer(text)} & available)
+        if not used:
+            return PromptTexts(prompt, negative_prompt, ())
+        limit = self.settings.embeddings_max_per_job
+        if len(used) > limit:
+            listed = ", ".join(used[:5]) + (f" and {len(used) - 5} more" if len(used) > 5 else "")
+            raise EmbeddingFileError(f"The prompts use {len(used)} embeddings ({listed}), over this endpoint's limit "
+                                     f"of {limit} per job (EMBEDDINGS_MAX_PER_JOB); send embeddings: false to use "
+                                     "the words as text.")
+        loaded = {name: self._load(pipe, name, keep=set(used)) for name in used}
+
+        def replaced(text: str | None) -> str | None:
+            if text is None:
+                return None
+            return WORD.sub(lambda word: loaded[word.group(0)].text if word.group(0) in loaded else word.group(0),
+                            text)
+
+        return PromptTexts(replaced(prompt) or prompt, replaced(negative_prompt), tuple(used))
+
+    def _load(self, pipe: Any, name: str, keep: set[str]) -> LoadedEmbedding:
+        cached = self.loaded.get(name)
+        if cached is not None and cached.file.path == confined(self.folder, f"{name}.safetensors") and \
+                cached.file.signature == signature_of(cached.file.path):
+            self.loaded.move_to_end(name)
+            return cached
+        widths = (_width(pipe.text_encoder), _width(pipe.text_encoder_2))
+        file = inspect(self.folder, name, widths, self.settings.embedding_max_vectors)
+        if cached is not None:  # changed on the volume since it was loaded
+            self._unload(pipe, self.loaded.pop(name))
+        vectors = _read_finite(file)
+        embedding = LoadedEmbedding(file, f"<ti-{next(self._ids)}>")
+        added = []
+        try:
+            for part, tokenizer, encoder in zip(vectors, (pipe.tokenizer, pipe.tokenizer_2),
+                                                (pipe.text_encoder, pipe.text_encoder_2), strict=True):
+                with libraries_quiet():
+                    pipe.load_textual_inversion(part, token=embedding.token, tokenizer=tokenizer,
+                                                text_encoder=encoder)
+                added.append((tokenizer, encoder))
+        # What diffusers raises for a vector it cannot place: the job's answer, after removing any half-added part.
+        except (ValueError, RuntimeError) as exc:
+            for tokenizer, encoder in added:
+                pipe.unload_textual_inversion(embedding.tokens, tokenizer=tokenizer, text_encoder=encoder)
+            raise EmbeddingFileError(f"Embedding {name!r} does not fit this model: {bounded(exc, 200)}.") from exc
+        self.loaded[name] = embedding
+        for old in [old for old in self.loaded if old not in keep]:
+            if len(self.loaded) <= self.settings.embeddings_cache:
+                break
+            self._unload(pipe, self.loaded.pop(old))
+        return embedding
+
+    @staticmethod
+    def _unload(pipe: Any, embedding: LoadedEmbedding) -> None:
+        for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
+            pipe.unload_textual_inversion(embedding.tokens, tokenizer=tokenizer, text_encoder=encoder)
+
+
+def _width(encoder: Any) -> int:
+    return int(encoder.get_input_embeddings().weight.shape[-1])
+
+
+def _read_finite(file: EmbeddingFile) -> tuple[Any, Any]:
+    """The embedding's clip_l and clip_g vectors; EmbeddingFileError if the file changed since its header was read
+    or a vector is NaN or Inf."""
+    import torch
+
+    try:
+        tensors = dict(read_tensors(file.info, ("clip_l", "clip_g")))
+    except (SafetensorsHeaderError, OSError) as exc:
+        raise EmbeddingFileError(f"Embedding {file.name!r} cannot be read: {bounded(exc, 200)}.") from exc
+    if not all(torch.isfinite(tensor).all() for tensor in tensors.values()):
+        raise EmbeddingFileError(f"Embedding {file.name!r} holds vectors that are not finite (NaN or Inf).")
+    return tensors["clip_l"], tensors["clip_g"]
