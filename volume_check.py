@@ -8,13 +8,14 @@ refuses what the loader would refuse, down to each tensor's name and shape (sdxl
 architecture.py). Without --tensors it never imports torch, so the container's HEALTHCHECK and the
 operator's shell can run it cheaply.
 
-    python volume_check.py [PATH] [--json] [--tensors] [--lora-dir DIR] [--embeddings-dir DIR]
+    python volume_check.py [PATH] [--json] [--tensors] [--lora-dir DIR] [--embeddings-dir DIR] [--controlnet-dir DIR]
 
 PATH defaults to $MODEL_PATH, else /runpod-volume/photonicfusion-sdxl. Exit 0: loadable; 1:
 incomplete or corrupt; 2: the volume or the model folder is missing. The LoRAs in $LORA_DIR (else
-/runpod-volume/loras) and the textual-inversion embeddings in $EMBEDDINGS_DIR (else /runpod-volume/embeddings)
-are listed after the model, a broken one with its reason; they never change the exit code: a job that uses a
-broken one gets that reason, and every other job is served.
+/runpod-volume/loras), the textual-inversion embeddings in $EMBEDDINGS_DIR (else /runpod-volume/embeddings) and
+the ControlNets in $CONTROLNET_DIR (else /runpod-volume/controlnets) are listed after the model, a broken one with
+its reason; they never change the exit code: a job that uses a broken one gets that reason, and every other job
+is served.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import json
 import sys
 
 from sdxl_worker.settings import DEFAULT_MODEL_PATH, SettingsError, setting_from_env
-from sdxl_worker.volume.check import check_embeddings, check_loras, check_volume
-from sdxl_worker.volume.report import EmbeddingReport, LoraReport
+from sdxl_worker.volume.check import check_controlnets, check_embeddings, check_loras, check_volume
+from sdxl_worker.volume.report import ControlNetReport, EmbeddingReport, LoraReport
+from sdxl_worker.weights.controlnets import DEFAULT_CONTROLNET_DIR
 from sdxl_worker.weights.embeddings import DEFAULT_EMBEDDINGS_DIR
 from sdxl_worker.weights.loras import DEFAULT_LORA_DIR
 
@@ -39,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora-dir", help=f"LoRA folder (default: $LORA_DIR or {DEFAULT_LORA_DIR})")
     parser.add_argument("--embeddings-dir", help=f"embeddings folder (default: $EMBEDDINGS_DIR or "
                                                  f"{DEFAULT_EMBEDDINGS_DIR})")
+    parser.add_argument("--controlnet-dir", help=f"ControlNet folder (default: $CONTROLNET_DIR or "
+                                                 f"{DEFAULT_CONTROLNET_DIR})")
     args = parser.parse_args(argv)
     model_path = args.path or setting_from_env("model_path")
     report = check_volume(model_path, tensors=args.tensors)
@@ -53,7 +57,12 @@ def main(argv: list[str] | None = None) -> int:
             setting_from_env("embedding_max_vectors"))
     except SettingsError as exc:
         embeddings = f"Embeddings not checked: {exc}"
-    folders = {"loras": loras, "embeddings": embeddings}
+    try:
+        controlnets: ControlNetReport | str = check_controlnets(
+            args.controlnet_dir or setting_from_env("controlnet_dir"), model_path)
+    except SettingsError as exc:
+        controlnets = f"ControlNets not checked: {exc}"
+    folders = {"loras": loras, "embeddings": embeddings, "controlnets": controlnets}
     if args.json:
         print(json.dumps({**report.to_dict(), **{key: value if isinstance(value, str) else value.to_dict()
                                                  for key, value in folders.items()}}, indent=2))

@@ -31,10 +31,11 @@ PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")
 # What a lent GPU machine brings itself (Python 3.12, torch 2.11.0+cu130, as the H200 runs recorded): torch's CUDA
 # build and what installing torch brings, plus the largest wheels the carry (64 MiB with the tree) cannot also hold
 # and the GPU check does not import (boto3's set: bucket delivery; cryptography, uvloop: runpod's pod and HTTP
-# extras; hf-xet: downloads). `--versions` prints the device's version of each beside the lock's.
+# extras; hf-xet: downloads; opencv, 64 MB alone: a ControlNet job's canny edges). `--versions` prints the device's
+# version of each beside the lock's.
 DEVICE_PROVIDES = re.compile(r"^(numpy|scipy|pillow|sympy|mpmath|networkx|jinja2|markupsafe|filelock|fsspec|"
                              r"typing-extensions|setuptools|boto3|botocore|s3transfer|jmespath|cryptography|"
-                             r"uvloop|hf-xet)$")
+                             r"uvloop|hf-xet|opencv-python-headless)$")
 SOURCE_HASH = re.compile(r"^# requirements\.txt sha256: ([0-9a-f]{64})$", re.M)
 
 

@@ -21,6 +21,7 @@ from pydantic.fields import FieldInfo
 from sdxl_worker.contract.job_schema import DEFAULT_MAX_PIXELS, MAX_SIDE, MIN_PIXELS, MIN_SIDE
 from sdxl_worker.delivery.bucket import BucketSettings
 from sdxl_worker.speed.options import SpeedOptions
+from sdxl_worker.weights.controlnets import ControlNetSettings
 from sdxl_worker.weights.embeddings import EmbeddingSettings
 from sdxl_worker.weights.loras import LoraSettings
 
@@ -29,7 +30,7 @@ DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 # Groups of settings whose variables are their fields' names, not the group's.
-NESTED = ("speed", "bucket", "loras", "embeddings")
+NESTED = ("speed", "bucket", "loras", "embeddings", "controlnets")
 
 
 class SettingsError(ValueError):
@@ -67,6 +68,7 @@ class Settings(BaseModel):
     bucket: BucketSettings = Field(default_factory=BucketSettings)
     loras: LoraSettings = Field(default_factory=LoraSettings)
     embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    controlnets: ControlNetSettings = Field(default_factory=ControlNetSettings)
 
     @model_validator(mode="after")
     def _graph_shapes_are_job_sizes(self) -> Settings:

@@ -1,5 +1,5 @@
-"""volume_check.py, the HEALTHCHECK's command: its exit codes, JSON, LoRA and embeddings listings, no torch, and a
-read error anywhere as a line naming the file."""
+"""volume_check.py, the HEALTHCHECK's command: its exit codes, JSON, the LoRA, embeddings and ControlNet listings,
+no torch, and a read error anywhere as a line naming the file."""
 
 from __future__ import annotations
 
@@ -15,6 +15,16 @@ import pytest
 from sdxl_worker.volume.check import check_volume
 from tests.helpers import ROOT, drop_variant
 from volume_check import main
+
+FOLDERS = ("LoRAs", "Embeddings", "ControlNets")
+
+
+def section(out: str, title: str) -> list[str]:
+    """The lines of one folder's listing: from the line starting with `title` to the next folder's."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(title))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith(FOLDERS)), len(lines))
+    return lines[start:end]
 
 
 def test_cli_json_and_exit_codes(volume: Path, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
@@ -34,18 +44,17 @@ def test_cli_lists_the_loras_without_changing_the_verdict(volume: Path, tmp_path
     write_lora(volume, folder / "photonic-style.safetensors", fmt="kohya")
     (folder / "cut.safetensors").write_bytes((folder / "photonic-style.safetensors").read_bytes()[:-500])
     assert main([str(volume), "--lora-dir", str(folder)]) == 0
-    out = capsys.readouterr().out.splitlines()[:-1]  # the embeddings folder's line last
-    assert out[-3:] == [f"LoRAs in {folder}: 1 usable, 1 broken",
-                        "✅ photonic-style: kohya, unet, text_encoder, text_encoder_2, rank 4, 0.1 MB",
-                        out[-1]]
+    out = section(capsys.readouterr().out, "LoRAs")
+    assert out == [f"LoRAs in {folder}: 1 usable, 1 broken",
+                   "✅ photonic-style: kohya, unet, text_encoder, text_encoder_2, rank 4, 0.1 MB", out[-1]]
     assert out[-1].startswith("❌ LoRA 'cut' is not a readable safetensors file: truncated")
     assert main([str(volume), "--json", "--lora-dir", str(tmp_path / "none")]) == 0
     assert json.loads(capsys.readouterr().out)["loras"] == {"folder": str(tmp_path / "none"), "present": False,
                                                            "broken": {}, "usable": []}
     monkeypatch.setenv("LORA_MAX_MB", "lots")
     assert main([str(volume)]) == 0
-    assert capsys.readouterr().out.splitlines()[-2] == ("LoRAs not checked: LORA_MAX_MB must be a whole number of at "
-                                                        "most 18 digits, not 'lots'")
+    assert section(capsys.readouterr().out, "LoRAs") == [
+        "LoRAs not checked: LORA_MAX_MB must be a whole number of at most 18 digits, not 'lots'"]
 
 
 def test_cli_lists_the_embeddings_checked_against_the_model_s_text_encoders(volume: Path, tmp_path: Path, capsys,
@@ -59,7 +68,7 @@ def test_cli_lists_the_embeddings_checked_against_the_model_s_text_encoders(volu
     write_embedding(volume, folder / "grainy.safetensors", vectors=3)
     save_file({"clip_l": torch.zeros(1, 768), "clip_g": torch.zeros(1, 1280)}, folder / "other-model.safetensors")
     assert main([str(volume), "--embeddings-dir", str(folder)]) == 0
-    assert capsys.readouterr().out.splitlines()[-3:] == [
+    assert section(capsys.readouterr().out, "Embeddings") == [
         f"Embeddings in {folder}: 1 usable, 1 broken", "✅ grainy: 3 vector(s)",
         "❌ Embedding 'other-model' is for text encoders 768 and 1280 wide; this model's are 16 and 32 (an embedding "
         "for another model)."]
@@ -69,11 +78,31 @@ def test_cli_lists_the_embeddings_checked_against_the_model_s_text_encoders(volu
     assert listed["usable"] == [{"name": "grainy", "vectors": 3}] and list(listed["broken"]) == ["other-model"]
     (volume / "text_encoder_2" / "config.json").write_text("{")  # the model's verdict says why; this line too
     assert main([str(volume)]) == 1
-    assert capsys.readouterr().out.splitlines()[-1].startswith(
+    assert section(capsys.readouterr().out, "Embeddings")[0].startswith(
         f"Embeddings in {folder} not checked: the text encoders' configs cannot be read")
     assert main([str(volume), "--embeddings-dir", str(tmp_path / "none")]) == 1
-    assert capsys.readouterr().out.splitlines()[-1] == (f"Embeddings: no folder {tmp_path / 'none'} (every prompt "
-                                                        "word is text)")
+    assert section(capsys.readouterr().out, "Embeddings") == [f"Embeddings: no folder {tmp_path / 'none'} (every "
+                                                              "prompt word is text)"]
+
+
+def test_cli_lists_the_controlnets_checked_against_the_model_s_unet(volume: Path, tmp_path: Path, capsys) -> None:
+    from dev.controlnet import write_controlnet
+
+    folder = tmp_path / "controlnets"
+    write_controlnet(volume, folder / "edges", fp16=True)
+    write_controlnet(volume, folder / "sd15")
+    config = folder / "sd15" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "cross_attention_dim": 768,
+                                         "addition_embed_type": None}))
+    assert main([str(volume), "--controlnet-dir", str(folder)]) == 0
+    out = section(capsys.readouterr().out, "ControlNets")
+    assert out[:2] == [f"ControlNets in {folder}: 1 usable, 1 broken", "✅ edges: fp16, 1.9 MB"]
+    assert out[2] == "❌ ControlNet 'sd15' is an SD 1.5 ControlNet; this model is SDXL (an SDXL ControlNet reads " \
+                     "48-wide text)."
+    assert main([str(volume), "--json", "--controlnet-dir", str(folder)]) == 0
+    assert json.loads(capsys.readouterr().out)["controlnets"]["usable"] == [
+        {"name": "edges", "bytes": (folder / "edges" / "diffusion_pytorch_model.fp16.safetensors").stat().st_size,
+         "variants": ["fp16"]}]
 
 
 def test_cli_does_not_import_torch(volume: Path) -> None:

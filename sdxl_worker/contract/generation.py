@@ -8,6 +8,7 @@ expects.
 
 from __future__ import annotations
 
+import inspect
 import secrets
 import time
 from collections.abc import Callable
@@ -49,9 +50,10 @@ def progress_interval(steps: int) -> int:
 
 
 def generate(pipe: Any, job: JobInput, scheduler: Any, on_progress: ProgressFn | None = None,
-             inputs: InputImages | None = None, prompts: EncodedPrompts | None = None) -> Generated:
+             inputs: InputImages | None = None, prompts: EncodedPrompts | None = None,
+             control: dict[str, Any] | None = None) -> Generated:
     """Generate `job.num_images` images with `pipe` (text-to-image, image-to-image or inpainting, as `inputs`
-    say); the caller owns validation and encoding."""
+    say; `control`: a ControlNet pipeline's arguments); the caller owns validation and encoding."""
     import torch
 
     seeds = job_seeds(job.seed, job.num_images)
@@ -88,6 +90,7 @@ def generate(pipe: Any, job: JobInput, scheduler: Any, on_progress: ProgressFn |
         images = pipe(
             **text,
             **shape,
+            **(control or {}),
             num_inference_steps=steps,
             guidance_scale=job.guidance_scale,
             num_images_per_prompt=job.num_images,
@@ -95,3 +98,18 @@ def generate(pipe: Any, job: JobInput, scheduler: Any, on_progress: ProgressFn |
             callback_on_step_end=step_end,
         ).images
     return Generated(images=images, seeds=seeds, inference_s=time.perf_counter() - started)
+
+
+def pipeline_on(cls: Any, pipe: Any, **modules: Any) -> Any:
+    """A `cls` pipeline built on `pipe`'s components (no weight copied), with `modules` added or replaced.
+
+    Built directly rather than with `from_pipe`: diffusers 0.42's from_pipe ends in `.to(dtype=float32)` when no
+    dtype is given (and `.to(dtype)` with one), casting the shared UNet and text encoders in place, which undoes
+    the float16 load and the bf16 VAE for every pipeline and copies the fused q/k/v views apart.
+    """
+    accepted = inspect.signature(cls.__init__).parameters
+    components = {name: module for name, module in {**pipe.components, **modules}.items() if name in accepted}
+    options = {key: value for key, value in pipe.config.items() if key in accepted and key not in components}
+    built = cls(**components, **options)
+    built.set_progress_bar_config(disable=True)
+    return built

@@ -27,6 +27,7 @@ DEFAULT_QUALITY = 90
 DEFAULT_STRENGTH = 0.75
 MAX_NAMED = 3  # breaches named in a refusal; the rest are counted, so that a refusal stays a sentence
 DEFAULT_MAX_LORAS = 4
+DEFAULT_MAX_CONTROLNETS = 3
 MAX_CLIP_SKIP = 10  # SDXL's smaller text encoder (CLIP ViT-L) has 12 layers: 10 skipped from its penultimate
 # A LoRA's name is its file's stem under LORA_DIR: no separators, no leading dot (so never `.` or `..`).
 LORA_NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
@@ -45,6 +46,32 @@ class LoraRequest(BaseModel):
         "The file's stem under `LORA_DIR` (`NAME.safetensors`): letters, digits, `._-`, no leading dot."))
     scale: float = Field(default=1.0, ge=-2.0, le=2.0, allow_inf_nan=False, description=(
         "How strongly it applies; 0 is the base model, negative inverts it."))
+
+
+class ControlNetRequest(BaseModel):
+    """One ControlNet a job applies: which one, its control image, how strongly and over which part of sampling."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    name: str = Field(pattern=LORA_NAME_PATTERN, description=(
+        "The folder's name under `CONTROLNET_DIR` (`NAME/config.json` and its weights)."))
+    image: str = Field(description=(
+        "The control image (pose, depth, edges, ...), encoded as `image` is; resized to the job's size."))
+    scale: float = Field(default=1.0, ge=0.0, le=2.0, allow_inf_nan=False, description=(
+        "How strongly it steers; 0 is the job without it."))
+    start: float = Field(default=0.0, ge=0.0, le=1.0, allow_inf_nan=False, description=(
+        "The fraction of the steps where it starts steering."))
+    end: float = Field(default=1.0, ge=0.0, le=1.0, allow_inf_nan=False, description=(
+        "The fraction of the steps where it stops; above `start`."))
+    preprocess: Literal["none", "canny"] = Field(default="none", description=(
+        "`canny`: the worker draws the image's edges (OpenCV, thresholds 100 and 200) for a canny ControlNet; "
+        "other preprocessing is the caller's."))
+
+    @model_validator(mode="after")
+    def _steering_window(self) -> ControlNetRequest:
+        if self.start >= self.end:
+            raise ValueError(f"start {self.start:g} must be below end {self.end:g}")
+        return self
 
 
 class JobInput(BaseModel):
@@ -72,6 +99,9 @@ class JobInput(BaseModel):
     clip_skip: int | None = Field(default=None, ge=1, le=MAX_CLIP_SKIP, description=(
         "Text-encoder layers skipped, counted as diffusers' SDXL pipelines do, on both encoders and long prompts: "
         "null is SDXL's own penultimate layer, 1 the layer before it; at most the model's layers less 2."))
+    controlnets: list[ControlNetRequest] = Field(default_factory=list, description=(
+        "ControlNets to steer with, at most `CONTROLNET_MAX_PER_JOB`, each name once; with text to image, image to "
+        "image and inpainting alike."))
     embeddings: bool = Field(default=True, description=(
         "A word of a prompt equal to a file's name in `EMBEDDINGS_DIR` uses that textual-inversion embedding, as in "
         "A1111 (weighting around it applies); false: every word is text."))
@@ -116,6 +146,14 @@ class JobInput(BaseModel):
         if len(self.loras) > max_loras:
             raise ValueError(f"{len(self.loras)} LoRAs, over this endpoint's limit of {max_loras} per job "
                              "(LORA_MAX_PER_JOB)")
+        max_controlnets = (info.context or {}).get("max_controlnets", DEFAULT_MAX_CONTROLNETS)
+        if len(self.controlnets) > max_controlnets:
+            raise ValueError(f"{len(self.controlnets)} ControlNets, over this endpoint's limit of {max_controlnets} "
+                             "per job (CONTROLNET_MAX_PER_JOB)")
+        controlnets = [controlnet.name for controlnet in self.controlnets]
+        if len(set(controlnets)) < len(controlnets):
+            twice = next(name for name in controlnets if controlnets.count(name) > 1)
+            raise ValueError(f"ControlNet {twice!r} is named twice: give each ControlNet once")
         names = [lora.name for lora in self.loras]
         if len(set(names)) < len(names):
             twice = next(name for name in names if names.count(name) > 1)
@@ -142,8 +180,13 @@ class JobInput(BaseModel):
         return DEFAULT_QUALITY if self.quality is None else self.quality
 
 
+# Job fields whose items are objects: their model, and what an item is called in a sentence.
+NESTED_ITEMS: dict[str, tuple[type[BaseModel], str]] = {"loras": (LoraRequest, "LoRA"),
+                                                       "controlnets": (ControlNetRequest, "ControlNet")}
+
+
 def parse_job_input(raw: Any, max_pixels: int = DEFAULT_MAX_PIXELS, max_loras: int = DEFAULT_MAX_LORAS,
-                    max_clip_skip: int = MAX_CLIP_SKIP) -> JobInput:
+                    max_clip_skip: int = MAX_CLIP_SKIP, max_controlnets: int = DEFAULT_MAX_CONTROLNETS) -> JobInput:
     """Validate a job's `input`, raising JobInputError with one sentence on any breach."""
     if not isinstance(raw, dict):
         raise JobInputError(
@@ -151,7 +194,8 @@ def parse_job_input(raw: Any, max_pixels: int = DEFAULT_MAX_PIXELS, max_loras: i
         )
     try:
         return JobInput.model_validate(raw, context={"max_pixels": max_pixels, "max_loras": max_loras,
-                                                     "max_clip_skip": max_clip_skip})
+                                                     "max_clip_skip": max_clip_skip,
+                                                     "max_controlnets": max_controlnets})
     except ValidationError as exc:
         raise JobInputError(_sentence(exc)) from None
 
@@ -165,9 +209,9 @@ def _sentence(exc: ValidationError) -> str:
     if unknown:
         names = ", ".join(repr(_cut(name)) for name in unknown[:MAX_NAMED])
         more = f" and {len(unknown) - MAX_NAMED} more" if len(unknown) > MAX_NAMED else ""
-        nested = next(e for e in errors if e["type"] == "extra_forbidden")["loc"][0] == "loras"
-        allowed = ", ".join(LoraRequest.model_fields if nested else JobInput.model_fields)
-        where = " in a LoRA" if nested else ""
+        nested = NESTED_ITEMS.get(str(next(e for e in errors if e["type"] == "extra_forbidden")["loc"][0]))
+        allowed = ", ".join(nested[0].model_fields if nested else JobInput.model_fields)
+        where = f" in a {nested[1]}" if nested else ""
         parts.append(f"unknown field{'s' * (len(unknown) > 1)} {names}{more}{where} (allowed: {allowed})")
     for error in others[:MAX_NAMED]:
         field = _cut(".".join(str(p) for p in error["loc"])) or "input"
@@ -178,6 +222,9 @@ def _sentence(exc: ValidationError) -> str:
             if error["type"] == "string_pattern_mismatch" and error["loc"][0] == "loras":
                 message = "a LoRA name is its file's name without .safetensors: letters, digits, '.', '_', '-', " \
                           "not starting with a dot"
+            elif error["type"] == "string_pattern_mismatch" and error["loc"][0] == "controlnets":
+                message = "a ControlNet name is its folder's name: letters, digits, '.', '_', '-', not starting " \
+                          "with a dot"
             got = "" if field == "input" else f" (got {_cut(repr(error.get('input')))})"
             parts.append(f"{field}: {message}{got}")
     if len(others) > MAX_NAMED:

@@ -35,6 +35,14 @@ class AppliedLora(BaseModel):
     scale: float = Field(description="The scale it was applied at.")
 
 
+class AppliedControlNet(BaseModel):
+    name: str = Field(description="The ControlNet's name, as the job gave it.")
+    scale: float = Field(description="How strongly it steered.")
+    start: float = Field(description="The fraction of the steps where it started.")
+    end: float = Field(description="The fraction of the steps where it stopped.")
+    preprocess: str = Field(description="`none`, or `canny`: the worker drew the control image's edges.")
+
+
 class PromptTokens(BaseModel):
     prompt: int = Field(description="Tokens of the prompt, every one encoded (75-token chunks past CLIP's 77).")
     negative_prompt: int | None = Field(None, description="Tokens of the negative prompt, when the job has one.")
@@ -71,6 +79,7 @@ class Reply(BaseModel):
     height: int = Field(description="Pixels generated.")
     mode: Literal["txt2img", "img2img", "inpaint"] = Field(description="Which pipeline ran.")
     loras: list[AppliedLora] = Field(description="The LoRAs applied, with their scales.")
+    controlnets: list[AppliedControlNet] = Field(description="The ControlNets that steered the job.")
     embeddings: list[str] = Field(description="The textual-inversion embeddings the prompts used, by name.")
     prompt_tokens: PromptTokens = Field(description="How many tokens each prompt had; none dropped.")
     format: str = Field(description="`png`, `jpeg` or `webp`.")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import inspect
 import logging
 import math
 import os
@@ -16,8 +15,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sdxl_worker.contract.controlnets import ControlNets, control_images
 from sdxl_worker.contract.embeddings import PromptEmbeddings, PromptTexts
-from sdxl_worker.contract.generation import NonFiniteLatents, generate
+from sdxl_worker.contract.generation import NonFiniteLatents, generate, pipeline_on
 from sdxl_worker.contract.image_encoding import encode_image
 from sdxl_worker.contract.image_input import InputImages, load_inputs
 from sdxl_worker.contract.job_schema import JobInput, JobInputError, parse_job_input
@@ -36,6 +36,7 @@ from sdxl_worker.speed.cuda_graphs import graphed_forward
 from sdxl_worker.speed.options import SpeedReport, apply_speedups, freeze_compiled_shapes
 from sdxl_worker.volume.check import check_volume
 from sdxl_worker.volume.report import VolumeReport
+from sdxl_worker.weights.controlnets import ControlNetFileError
 from sdxl_worker.weights.embeddings import EmbeddingFileError
 from sdxl_worker.weights.loras import LoraFileError
 
@@ -83,6 +84,7 @@ class Worker:
         self.prompt_encoder = PromptEncoder(pipe) if pipe is not None else None
         self.loras = LoraAdapters(settings.loras, settings.speed.compile) if pipe is not None else None
         self.embeddings = PromptEmbeddings(settings.embeddings)
+        self.controlnets = ControlNets(settings.controlnets)
         self.largest_fit: tuple[int, int, int] | None = None  # (images, width, height) of the largest job done
         self.start_timings: dict[str, float] = {}
 
@@ -190,12 +192,15 @@ class Worker:
             return reply
         try:
             params = parse_job_input(job.get("input") if isinstance(job, dict) else job, self.settings.max_pixels,
-                                     self.settings.loras.lora_max_per_job, self.prompt_encoder.max_clip_skip)
-            inputs = load_inputs(params, self.settings.max_input_image_mb * 1_000_000, self.settings.max_pixels)
+                                     self.settings.loras.lora_max_per_job, self.prompt_encoder.max_clip_skip,
+                                     self.settings.controlnets.controlnet_max_per_job)
+            limits = (self.settings.max_input_image_mb * 1_000_000, self.settings.max_pixels)
+            inputs = load_inputs(params, *limits)
+            width, height = job_size(params, inputs)
+            controls = control_images(params.controlnets, width, height, *limits)
         except JobInputError as exc:
             log.info("job %s refused: %s", job_id, exc)
             return {"error": str(exc)}
-        width, height = job_size(params, inputs)
         refusal = refusal_ahead(params.output, params.output_format, params.num_images, width, height,
                                 self.settings.result_max_mb, self.bucket)
         if refusal is not None:
@@ -206,8 +211,8 @@ class Worker:
 
         try:
             with job_text(params.prompt, params.negative_prompt):
-                return self._run(job, job_id, params, inputs, started)
-        except (LoraFileError, EmbeddingFileError) as exc:
+                return self._run(job, job_id, params, inputs, controls, started)
+        except (LoraFileError, EmbeddingFileError, ControlNetFileError) as exc:
             log.info("job %s refused: %s", job_id, exc)
             return {"error": str(exc)}
         except NonFiniteLatents as exc:
@@ -231,21 +236,27 @@ class Worker:
         return self._out_of_memory(job_id, params, inputs)
 
     def _run(self, job: dict[str, Any], job_id: str, params: JobInput, inputs: InputImages | None,
-             started: float) -> dict[str, Any]:
+             controls: list[Any], started: float) -> dict[str, Any]:
         def on_progress(step: int, steps: int) -> None:
             self.progress(job, {"step": step, "steps": steps, "percent": round(100 * step / steps)})
 
-        pipe = self.pipelines.get(params.mode, self.pipe)
+        pipe, control = self.pipelines.get(params.mode, self.pipe), None
+        if params.controlnets:
+            pipe, control = self.controlnets.pipeline(self.pipe, params.mode, params.controlnets, controls)
         graphed = graphed_forward(pipe)
         graph_counts = dataclasses.replace(graphed.counts) if graphed is not None else None
-        # The prompts are encoded inside too: a LoRA's text-encoder layers change the embeddings.
         texts = (self.embeddings.substitute(pipe, params.prompt, params.negative_prompt) if params.embeddings else
                  PromptTexts(params.prompt, params.negative_prompt, ()))
-        with self.loras.applied(pipe, params.loras) as loras:
-            prompts = self.prompt_encoder.encode(texts.prompt, texts.negative_prompt, params.prompt_weighting,
-                                                 params.clip_skip, text_encoders_changed=bool(params.loras),
-                                                 tokens_added=bool(texts.used))
-            generated = generate(pipe, params, self.schedulers[params.scheduler], on_progress, inputs, prompts)
+        try:
+            # The prompts are encoded inside too: a LoRA's text-encoder layers change the embeddings.
+            with self.loras.applied(pipe, params.loras) as loras:
+                prompts = self.prompt_encoder.encode(texts.prompt, texts.negative_prompt, params.prompt_weighting,
+                                                     params.clip_skip, text_encoders_changed=bool(params.loras),
+                                                     tokens_added=bool(texts.used))
+                generated = generate(pipe, params, self.schedulers[params.scheduler], on_progress, inputs, prompts,
+                                     control)
+        finally:
+            self.controlnets.trim()
         width, height = job_size(params, inputs)
         encode_started = time.perf_counter()
         images = [encode_image(image, params.output_format, params.encode_quality) for image in generated.images]
@@ -273,6 +284,7 @@ class Worker:
             "height": height,
             "mode": params.mode,
             "loras": loras,
+            "controlnets": [controlnet.model_dump(exclude={"image"}) for controlnet in params.controlnets],
             "embeddings": list(texts.used),
             # Every token is encoded (compel's 75-token chunks), up to the prompts' character caps: none dropped.
             "prompt_tokens": {**prompts.tokens, "dropped": 0},
@@ -305,12 +317,7 @@ def job_size(params: JobInput, inputs: InputImages | None) -> tuple[int, int]:
 
 
 def image_pipelines(pipe: Any) -> dict[str, Any]:
-    """The loaded text-to-image pipeline and its image-to-image and inpainting twins, built on its components.
-
-    Built directly rather than with `from_pipe`: diffusers 0.42's from_pipe ends in `.to(dtype=float32)` when no
-    dtype is given (and `.to(dtype)` with one), casting the shared UNet and text encoders in place, which undoes
-    the float16 load and the bf16 VAE for every pipeline and copies the fused q/k/v views apart.
-    """
+    """The loaded text-to-image pipeline and its image-to-image and inpainting twins, built on its components."""
     import torch
     from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline
 
@@ -318,14 +325,8 @@ def image_pipelines(pipe: Any) -> dict[str, Any]:
         # force_upcast protects a float16 VAE from overflow. Image to image would honour it by casting the VAE to
         # float32 and back to the job's dtype at every job, undoing VAE_DTYPE; bfloat16 and float32 need no upcast.
         pipe.vae.register_to_config(force_upcast=False)
-    pipelines = {"txt2img": pipe}
-    for mode, cls in (("img2img", StableDiffusionXLImg2ImgPipeline), ("inpaint", StableDiffusionXLInpaintPipeline)):
-        accepted = inspect.signature(cls.__init__).parameters
-        components = {name: module for name, module in pipe.components.items() if name in accepted}
-        options = {key: value for key, value in pipe.config.items() if key in accepted and key not in components}
-        pipelines[mode] = cls(**components, **options)
-        pipelines[mode].set_progress_bar_config(disable=True)
-    return pipelines
+    return {"txt2img": pipe, "img2img": pipeline_on(StableDiffusionXLImg2ImgPipeline, pipe),
+            "inpaint": pipeline_on(StableDiffusionXLInpaintPipeline, pipe)}
 
 
 def _cuda_unusable(exc: BaseException, device: str | None) -> bool:

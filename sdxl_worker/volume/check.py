@@ -18,6 +18,7 @@ from sdxl_worker.sentences import bounded
 from sdxl_worker.volume.report import (
     ComponentKind,
     ComponentReport,
+    ControlNetReport,
     EmbeddingReport,
     LoraReport,
     PlanOption,
@@ -27,6 +28,7 @@ from sdxl_worker.volume.report import (
 )
 from sdxl_worker.volume.sdxl import SDXL_CLASSES, SDXL_REQUIRED, SUPPORTED_PIPELINES
 from sdxl_worker.weights import architecture
+from sdxl_worker.weights.controlnets import scan as scan_controlnets
 from sdxl_worker.weights.embeddings import scan as scan_embeddings
 from sdxl_worker.weights.files import present, read_text_bounded, special_kind
 from sdxl_worker.weights.layout import (
@@ -520,9 +522,29 @@ def check_embeddings(folder: str | os.PathLike[str], model_path: str | os.PathLi
     if not path.is_dir():
         return EmbeddingReport(str(path), False, [], {})
     try:
-        widths = tuple(int(json.loads(read_text_bounded(Path(model_path) / part / "config.json"))["hidden_size"])
-                       for part in ("text_encoder", "text_encoder_2"))
+        widths = tuple(int(_config(model_path, part)["hidden_size"]) for part in ("text_encoder", "text_encoder_2"))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"Embeddings in {path} not checked: the text encoders' configs cannot be read ({bounded(exc, 200)})"
     usable, broken = scan_embeddings(path, widths, max_vectors)  # type: ignore[arg-type]
     return EmbeddingReport(str(path), True, usable, broken)
+
+
+def check_controlnets(folder: str | os.PathLike[str], model_path: str | os.PathLike[str]) -> ControlNetReport | str:
+    """Every ControlNet in `folder`, from its config and headers, against `model_path`'s UNet config; a sentence
+    instead when that cannot be read. Never raises."""
+    path = Path(folder)
+    if not path.is_dir():
+        return ControlNetReport(str(path), False, [], {})
+    try:
+        unet = _config(model_path, "unet")
+    except (OSError, ValueError) as exc:
+        return f"ControlNets in {path} not checked: the UNet's config cannot be read ({bounded(exc, 200)})"
+    usable, broken = scan_controlnets(path, unet)
+    return ControlNetReport(str(path), True, usable, broken)
+
+
+def _config(model_path: str | os.PathLike[str], component: str) -> dict:
+    config = json.loads(read_text_bounded(Path(model_path) / component / "config.json"))
+    if not isinstance(config, dict):
+        raise ValueError(f"{component}/config.json is not a JSON object")
+    return config

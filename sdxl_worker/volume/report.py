@@ -1,4 +1,5 @@
-"""What the volume check found: findings, weight sets, component and volume reports, the LoRA and embeddings folders."""
+"""What the volume check found: findings, weight sets, component and volume reports, the LoRA, embeddings and
+ControlNet folders."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from sdxl_worker.weights.controlnets import ControlNetFolder
 from sdxl_worker.weights.embeddings import EmbeddingFile
 from sdxl_worker.weights.layout import (
     VARIANTS,
@@ -212,6 +214,29 @@ class EmbeddingReport:
             return f"Embeddings: no folder {self.folder} (every prompt word is text)"
         lines = [f"Embeddings in {self.folder}: {len(self.usable)} usable, {len(self.broken)} broken"]
         lines += [f"{ICONS['ok']} {f.name}: {f.vectors} vector(s)" for f in self.usable]
+        lines += [f"{ICONS['fail']} {reason}" for reason in self.broken.values()]
+        return "\n".join(lines)
+
+
+@dataclass
+class ControlNetReport:
+    """The ControlNet folder, checked against the model's UNet config: each usable one, each broken one."""
+
+    folder: str
+    present: bool
+    usable: list[ControlNetFolder]
+    broken: dict[str, str]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"folder": self.folder, "present": self.present, "broken": self.broken,
+                "usable": [{"name": f.name, "bytes": f.bytes, "variants": list(f.weights)} for f in self.usable]}
+
+    def render(self) -> str:
+        if not self.present:
+            return (f"ControlNets: no folder {self.folder} (jobs that name a ControlNet are refused; the rest are "
+                    "served)")
+        lines = [f"ControlNets in {self.folder}: {len(self.usable)} usable, {len(self.broken)} broken"]
+        lines += [f"{ICONS['ok']} {f.name}: {', '.join(f.weights)}, {format_bytes(f.bytes)}" for f in self.usable]
         lines += [f"{ICONS['fail']} {reason}" for reason in self.broken.values()]
         return "\n".join(lines)
 

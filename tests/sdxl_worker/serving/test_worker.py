@@ -26,8 +26,8 @@ def pixels(b64: str) -> np.ndarray:
 
 def test_output_contract(worker: Worker) -> None:
     reply = run(worker, seed=11, width=320, height=256)
-    assert set(reply) == {"images", "output", "seed", "seeds", "width", "height", "mode", "loras", "embeddings",
-                          "prompt_tokens", "format", "timings", "model"}
+    assert set(reply) == {"images", "output", "seed", "seeds", "width", "height", "mode", "loras", "controlnets",
+                          "embeddings", "prompt_tokens", "format", "timings", "model"}
     assert reply["output"] == "base64" and reply["mode"] == "txt2img"
     assert reply["prompt_tokens"] == {"prompt": 4, "dropped": 0}  # a, pho, tonic, lighthouse
     assert (reply["seed"], reply["seeds"], reply["width"], reply["height"], reply["format"]) == (11, [11], 320, 256,
