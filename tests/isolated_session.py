@@ -42,8 +42,8 @@ def _png(mode: str, size: tuple[int, int], color: object) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-# Image to image, inpainting, a long weighted prompt (compel) and a LoRA (LORA_DIR's `style`), under the same
-# isolation.
+# Image to image, inpainting, a long weighted prompt (compel), a LoRA (LORA_DIR's `style`), an embedding
+# (EMBEDDINGS_DIR's `grainy`) and a ControlNet with canny edges (CONTROLNET_DIR's `edges`), under the same isolation.
 FEATURE_JOBS = [
     {"prompt": "a lighthouse", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 5,
      "loras": [{"name": "style", "scale": 0.7}]},
@@ -53,6 +53,9 @@ FEATURE_JOBS = [
      "num_inference_steps": 2, "seed": 3},
     {"prompt": "(a lighthouse:1.3), [fog], " + ", ".join(f"detail {i}" for i in range(80)), "width": 256,
      "height": 256, "num_inference_steps": 2, "seed": 4},
+    {"prompt": "a lighthouse, (grainy:1.2)", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 6},
+    {"prompt": "a lighthouse", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 7,
+     "controlnets": [{"name": "edges", "image": _png("RGB", (320, 320), (200, 40, 40)), "preprocess": "canny"}]},
 ]
 
 

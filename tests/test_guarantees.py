@@ -28,6 +28,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from dev.controlnet import write_controlnet
+from dev.embedding import write_embedding
 from dev.lora import write_lora
 from sdxl_worker.contract.job_schema import JobInput, JobInputError, parse_job_input
 from sdxl_worker.serving.worker import Worker
@@ -100,7 +102,11 @@ def test_worker_serves_offline_and_writes_nothing_outside_tmp(tiny_volume_source
     volume = tmp_path / "runpod-volume" / "photonicfusion-sdxl"
     shutil.copytree(tiny_volume_source, volume)
     write_lora(tiny_volume_source, tmp_path / "runpod-volume" / "loras" / "style.safetensors")
-    env["LORA_DIR"] = str(tmp_path / "runpod-volume" / "loras")
+    write_embedding(tiny_volume_source, tmp_path / "runpod-volume" / "embeddings" / "grainy.safetensors")
+    write_controlnet(tiny_volume_source, tmp_path / "runpod-volume" / "controlnets" / "edges")
+    for variable, folder in (("LORA_DIR", "loras"), ("EMBEDDINGS_DIR", "embeddings"),
+                             ("CONTROLNET_DIR", "controlnets")):
+        env[variable] = str(tmp_path / "runpod-volume" / folder)
     trace = tmp_path / "trace.log"
     session = [sys.executable, "tests/isolated_session.py", str(volume), str(dirs["out"])]
     if shutil.which("strace"):
@@ -120,8 +126,8 @@ def test_worker_serves_offline_and_writes_nothing_outside_tmp(tiny_volume_source
     assert summary["self_test"]["returncode"] == 0, summary["self_test"]["stdout"]
     assert decode(__import__("base64").b64encode((dirs["out"] / "self-test.png").read_bytes())).size == (256, 256)
     jobs = summary["jobs"]
-    assert [j["http"] for j in jobs] == [200] * 9
-    assert [(j["status"], j["images"]) for j in jobs[:3] + jobs[5:]] == [("COMPLETED", 1)] * 7  # 5-8: features
+    assert [j["http"] for j in jobs] == [200] * 11
+    assert [(j["status"], j["images"]) for j in jobs[:3] + jobs[5:]] == [("COMPLETED", 1)] * 9  # 5-10: features
     assert [j["status"] for j in jobs[3:5]] == ["FAILED", "FAILED"]
     assert all(isinstance(j["error"], str) for j in jobs[3:5])
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal so the exit status says why.
