@@ -1,8 +1,8 @@
 """The jobs beyond text to image, through the worker as a scenario sets it up: image to image, inpainting, a
-long weighted prompt and a LoRA, each timed warm beside a text-to-image job of the same size, with how the UNet
-served it (graph replays or eager calls, where CUDA graphs are on), whether its image has any content at all (a
-NaN in the decode comes out flat black), and a hash of it: the text-to-image job run again after the LoRA job
-must draw the same image as before it.
+long weighted prompt, a LoRA, a textual-inversion embedding and one and two ControlNets, each timed warm beside a
+text-to-image job of the same size, with how the UNet served it (graph replays or eager calls, where CUDA graphs
+are on), whether its image has any content at all (a NaN in the decode comes out flat black), and a hash of it:
+the text-to-image job run again after the others must draw the same image as before them.
 """
 
 from __future__ import annotations
@@ -16,10 +16,14 @@ from typing import Any
 from benchmarks.results import FeatureJob, FeaturesResult, Spread
 from benchmarks.stages.common import PROMPT, SEED, timed
 from sdxl_worker.settings import Settings
+from sdxl_worker.weights.controlnets import ControlNetSettings
+from sdxl_worker.weights.embeddings import EmbeddingSettings
 from sdxl_worker.weights.loras import LoraSettings
 
 LORA = "bench-style"
 LORA_RANK = 32
+EMBEDDING = "bench-grain"
+CONTROLNETS = ("bench-edges", "bench-edges-again")  # the second a link to the first: the same weights, loaded twice
 
 
 def feature_jobs(size: int, steps: int, image_b64: str) -> dict[str, dict[str, Any]]:
@@ -31,6 +35,10 @@ def feature_jobs(size: int, steps: int, image_b64: str) -> dict[str, dict[str, A
     buffer = io.BytesIO()
     mask.save(buffer, format="PNG")
     base = {"width": size, "height": size, "num_inference_steps": steps, "seed": SEED}
+
+    def control(name: str) -> dict[str, Any]:
+        return {"name": name, "image": image_b64, "scale": 0.8, "preprocess": "canny"}
+
     details = ", ".join(f"detail {i}" for i in range(60))
     return {
         "text to image": {"prompt": PROMPT, **base},
@@ -40,17 +48,31 @@ def feature_jobs(size: int, steps: int, image_b64: str) -> dict[str, dict[str, A
         "long weighted prompt": {"prompt": f"({PROMPT}:1.2), [fog], {details}", **base},
         f"LoRA (rank {LORA_RANK}, UNet and text encoders)": {"prompt": PROMPT, "loras": [{"name": LORA, "scale": 0.8}],
                                                             **base},
-        "text to image after the LoRA job": {"prompt": PROMPT, **base},
+        "textual-inversion embedding": {"prompt": f"{PROMPT}, {EMBEDDING}", **base},
+        "one ControlNet, canny": {"prompt": PROMPT, "controlnets": [control(CONTROLNETS[0])], **base},
+        "two ControlNets": {"prompt": PROMPT, "controlnets": [control(name) for name in CONTROLNETS], **base},
+        "text to image after the others": {"prompt": PROMPT, **base},
     }
 
 
 def measure_features(settings: Settings, size: int, steps: int, runs: int, lora_dir: Path) -> FeaturesResult:
+    from dev.controlnet import write_controlnet
+    from dev.embedding import write_embedding
     from dev.lora import write_lora
     from sdxl_worker.serving.worker import Worker
 
+    model = Path(settings.model_path)
     if not (lora_dir / f"{LORA}.safetensors").is_file():
-        write_lora(Path(settings.model_path), lora_dir / f"{LORA}.safetensors", rank=LORA_RANK)
-    settings = settings.model_copy(update={"loras": LoraSettings(lora_dir=str(lora_dir))})
+        write_lora(model, lora_dir / f"{LORA}.safetensors", rank=LORA_RANK)
+    embeddings, controlnets = lora_dir.parent / "embeddings", lora_dir.parent / "controlnets"
+    if not (embeddings / f"{EMBEDDING}.safetensors").is_file():
+        write_embedding(model, embeddings / f"{EMBEDDING}.safetensors", vectors=4)
+    if not (controlnets / CONTROLNETS[1]).exists():
+        write_controlnet(model, controlnets / CONTROLNETS[0], fp16=True)
+        (controlnets / CONTROLNETS[1]).symlink_to(CONTROLNETS[0])
+    settings = settings.model_copy(update={
+        "loras": LoraSettings(lora_dir=str(lora_dir)), "embeddings": EmbeddingSettings(embeddings_dir=str(embeddings)),
+        "controlnets": ControlNetSettings(controlnet_dir=str(controlnets))})
     device = settings.device
     worker = Worker.start(settings)
     if worker.pipe is None:
