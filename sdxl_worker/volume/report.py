@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from sdxl_worker.weights.controlnets import ControlNetFolder
 from sdxl_worker.weights.embeddings import EmbeddingFile
@@ -173,72 +173,60 @@ class VolumeReport:
 
 
 @dataclass
-class LoraReport:
-    """The LoRA folder: each usable LoRA, each broken one with its reason."""
+class FolderReport:
+    """A folder of add-ons a job may name (LoRAs, embeddings, ControlNets): each usable one, each broken one with its
+    reason. Subclasses say what the folder is called, what its absence means and how one usable item reads."""
 
     folder: str
     present: bool
-    usable: list[LoraFile]
+    usable: list[Any]
     broken: dict[str, str]
+
+    title: ClassVar[str]
+    absent: ClassVar[str]  # what a missing folder means for jobs
+
+    def item(self, found: Any) -> tuple[str, dict[str, object]]:
+        """One usable item: its line after the name, and its JSON fields beside the name."""
+        raise NotImplementedError
 
     def to_dict(self) -> dict[str, object]:
         return {"folder": self.folder, "present": self.present, "broken": self.broken,
-                "usable": [{"name": f.name, "bytes": f.bytes, "format": f.format, "parts": list(f.parts),
-                            "rank": f.rank} for f in self.usable]}
+                "usable": [{"name": found.name, **self.item(found)[1]} for found in self.usable]}
 
     def render(self) -> str:
         if not self.present:
-            return f"LoRAs: no folder {self.folder} (jobs that name a LoRA are refused; the rest are served)"
-        lines = [f"LoRAs in {self.folder}: {len(self.usable)} usable, {len(self.broken)} broken"]
-        lines += [f"{ICONS['ok']} {f.name}: {f.format}, {', '.join(f.parts)}, rank {f.rank}, {format_bytes(f.bytes)}"
-                  for f in self.usable]
+            return f"{self.title}: no folder {self.folder} ({self.absent})"
+        lines = [f"{self.title} in {self.folder}: {len(self.usable)} usable, {len(self.broken)} broken"]
+        lines += [f"{ICONS['ok']} {found.name}: {self.item(found)[0]}" for found in self.usable]
         lines += [f"{ICONS['fail']} {reason}" for reason in self.broken.values()]
         return "\n".join(lines)
 
 
-@dataclass
-class EmbeddingReport:
-    """The embeddings folder, checked against the model's text-encoder widths: each usable one, each broken one."""
+class LoraReport(FolderReport):
+    title, absent = "LoRAs", "jobs that name a LoRA are refused; the rest are served"
 
-    folder: str
-    present: bool
-    usable: list[EmbeddingFile]
-    broken: dict[str, str]
-
-    def to_dict(self) -> dict[str, object]:
-        return {"folder": self.folder, "present": self.present, "broken": self.broken,
-                "usable": [{"name": f.name, "vectors": f.vectors} for f in self.usable]}
-
-    def render(self) -> str:
-        if not self.present:
-            return f"Embeddings: no folder {self.folder} (every prompt word is text)"
-        lines = [f"Embeddings in {self.folder}: {len(self.usable)} usable, {len(self.broken)} broken"]
-        lines += [f"{ICONS['ok']} {f.name}: {f.vectors} vector(s)" for f in self.usable]
-        lines += [f"{ICONS['fail']} {reason}" for reason in self.broken.values()]
-        return "\n".join(lines)
+    def item(self, found: LoraFile) -> tuple[str, dict[str, object]]:
+        return (f"{found.format}, {', '.join(found.parts)}, rank {found.rank}, {format_bytes(found.bytes)}",
+                {"bytes": found.bytes, "format": found.format, "parts": list(found.parts), "rank": found.rank})
 
 
-@dataclass
-class ControlNetReport:
-    """The ControlNet folder, checked against the model's UNet config: each usable one, each broken one."""
+class EmbeddingReport(FolderReport):
+    """Checked against the model's text-encoder widths."""
 
-    folder: str
-    present: bool
-    usable: list[ControlNetFolder]
-    broken: dict[str, str]
+    title, absent = "Embeddings", "every prompt word is text"
 
-    def to_dict(self) -> dict[str, object]:
-        return {"folder": self.folder, "present": self.present, "broken": self.broken,
-                "usable": [{"name": f.name, "bytes": f.bytes, "variants": list(f.weights)} for f in self.usable]}
+    def item(self, found: EmbeddingFile) -> tuple[str, dict[str, object]]:
+        return f"{found.vectors} vector(s)", {"vectors": found.vectors}
 
-    def render(self) -> str:
-        if not self.present:
-            return (f"ControlNets: no folder {self.folder} (jobs that name a ControlNet are refused; the rest are "
-                    "served)")
-        lines = [f"ControlNets in {self.folder}: {len(self.usable)} usable, {len(self.broken)} broken"]
-        lines += [f"{ICONS['ok']} {f.name}: {', '.join(f.weights)}, {format_bytes(f.bytes)}" for f in self.usable]
-        lines += [f"{ICONS['fail']} {reason}" for reason in self.broken.values()]
-        return "\n".join(lines)
+
+class ControlNetReport(FolderReport):
+    """Checked against the model's UNet config."""
+
+    title, absent = "ControlNets", "jobs that name a ControlNet are refused; the rest are served"
+
+    def item(self, found: ControlNetFolder) -> tuple[str, dict[str, object]]:
+        return (f"{', '.join(found.weights)}, {format_bytes(found.bytes)}",
+                {"bytes": found.bytes, "variants": list(found.weights)})
 
 
 def format_bytes(n: int) -> str:
