@@ -34,26 +34,30 @@ BLOCK = re.compile(r"(<!-- generated: (?P<name>[a-z ]+) -->\n).*?(<!-- end gener
 def contract_table() -> str:
     rows = ["| field | type | default | bounds / choices | meaning |", "| --- | --- | --- | --- | --- |"]
     for name, field in JobInput.model_fields.items():
-        item = _item_model(field.annotation)
-        if item is None:
+        nested = _nested_model(field.annotation)
+        if nested is None:
             default = "required" if field.is_required() else _value(field.default)
             rows.append(f"| `{name}` | {_type(field.annotation)} | {default} | {_bounds(field)} | "
                         f"{field.description} |")
             continue
-        # A list of objects: its row, then one row per field of its items.
-        rows.append(f"| `{name}` | array of objects | `[]` | {_bounds(field)} | {field.description} |")
-        for sub, subfield in item.model_fields.items():
+        # An object, or a list of them: its row, then one row per field of the object.
+        model, many = nested
+        kind = "array of objects" if many else "object or null"
+        rows.append(f"| `{name}` | {kind} | {_value(field.get_default(call_default_factory=True))} | "
+                    f"{_bounds(field)} | {field.description} |")
+        for sub, subfield in model.model_fields.items():
             default = "required" if subfield.is_required() else _value(subfield.default)
-            rows.append(f"| `{name}[].{sub}` | {_type(subfield.annotation)} | {default} | {_bounds(subfield)} | "
-                        f"{subfield.description} |")
+            rows.append(f"| `{name}{'[]' if many else ''}.{sub}` | {_type(subfield.annotation)} | {default} | "
+                        f"{_bounds(subfield)} | {subfield.description} |")
     return "\n".join(rows)
 
 
-def _item_model(annotation: Any) -> type[BaseModel] | None:
-    """The model of a `list[Model]` field's items; None for any other field."""
-    args = get_args(annotation)
-    if get_origin(annotation) is list and args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
-        return args[0]
+def _nested_model(annotation: Any) -> tuple[type[BaseModel], bool] | None:
+    """The model of a `list[Model]` field's items (True) or of a `Model` or `Model | None` field (False); None
+    otherwise."""
+    args = [a for a in get_args(annotation) if a is not type(None)] or [annotation]
+    if isinstance(args[0], type) and issubclass(args[0], BaseModel):
+        return args[0], get_origin(annotation) is list
     return None
 
 
@@ -76,14 +80,12 @@ def reply_table() -> str:
 
     def add(prefix: str, model: type[BaseModel]) -> None:
         for name, field in model.model_fields.items():
-            annotation = field.annotation
-            nested = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-            item = _item_model(annotation)
+            nested = _nested_model(field.annotation)
             optional = "Only when set: " if not field.is_required() and field.default is None else ""
-            kind = "object" if nested else "array of objects" if item else _reply_type(annotation)
+            kind = _reply_type(field.annotation) if nested is None else "array of objects" if nested[1] else "object"
             rows.append(f"| `{prefix}{name}` | {kind} | {optional}{field.description} |")
-            if nested or item:
-                add(f"{prefix}{name}{'[]' if item else ''}.", nested or item)
+            if nested is not None:
+                add(f"{prefix}{name}{'[]' if nested[1] else ''}.", nested[0])
 
     add("", Reply)
     return "\n".join(rows)

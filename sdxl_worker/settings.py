@@ -23,6 +23,7 @@ from sdxl_worker.delivery.bucket import BucketSettings
 from sdxl_worker.speed.options import SpeedOptions
 from sdxl_worker.weights.controlnets import ControlNetSettings
 from sdxl_worker.weights.embeddings import EmbeddingSettings
+from sdxl_worker.weights.ip_adapters import IpAdapterSettings
 from sdxl_worker.weights.loras import LoraSettings
 
 DEFAULT_MODEL_PATH = "/runpod-volume/photonicfusion-sdxl"
@@ -30,7 +31,7 @@ DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 # Groups of settings whose variables are their fields' names, not the group's.
-NESTED = ("speed", "bucket", "loras", "embeddings", "controlnets")
+NESTED = ("speed", "bucket", "loras", "embeddings", "controlnets", "ip_adapter")
 
 
 class SettingsError(ValueError):
@@ -69,6 +70,7 @@ class Settings(BaseModel):
     loras: LoraSettings = Field(default_factory=LoraSettings)
     embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     controlnets: ControlNetSettings = Field(default_factory=ControlNetSettings)
+    ip_adapter: IpAdapterSettings = Field(default_factory=IpAdapterSettings)
 
     @model_validator(mode="after")
     def _graph_shapes_are_job_sizes(self) -> Settings:

@@ -74,6 +74,18 @@ class ControlNetRequest(BaseModel):
         return self
 
 
+class IpAdapterRequest(BaseModel):
+    """A job's image prompt: which IP-Adapter, the image, how strongly."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    name: str = Field(pattern=LORA_NAME_PATTERN, description=(
+        "The adapter file's stem under `IP_ADAPTER_DIR` (`ip-adapter_sdxl`, `ip-adapter-plus_sdxl_vit-h`, ...)."))
+    image: str = Field(description="The image prompt, encoded as `image` is.")
+    scale: float = Field(default=0.6, ge=0.0, le=2.0, allow_inf_nan=False, description=(
+        "How strongly the image prompts; 0 is the job without it."))
+
+
 class JobInput(BaseModel):
     """What a caller may put in a job's `input`; anything else is refused."""
 
@@ -102,6 +114,8 @@ class JobInput(BaseModel):
     controlnets: list[ControlNetRequest] = Field(default_factory=list, description=(
         "ControlNets to steer with, at most `CONTROLNET_MAX_PER_JOB`, each name once; with text to image, image to "
         "image and inpainting alike."))
+    ip_adapter: IpAdapterRequest | None = Field(default=None, description=(
+        "An image prompt through an IP-Adapter, beside the text prompt."))
     embeddings: bool = Field(default=True, description=(
         "A word of a prompt equal to a file's name in `EMBEDDINGS_DIR` uses that textual-inversion embedding, as in "
         "A1111 (weighting around it applies); false: every word is text."))
@@ -180,9 +194,10 @@ class JobInput(BaseModel):
         return DEFAULT_QUALITY if self.quality is None else self.quality
 
 
-# Job fields whose items are objects: their model, and what an item is called in a sentence.
-NESTED_ITEMS: dict[str, tuple[type[BaseModel], str]] = {"loras": (LoraRequest, "LoRA"),
-                                                       "controlnets": (ControlNetRequest, "ControlNet")}
+# Job fields whose values are objects: their model, and where a sentence says an unknown field stood.
+NESTED_ITEMS: dict[str, tuple[type[BaseModel], str]] = {"loras": (LoraRequest, "a LoRA"),
+                                                       "controlnets": (ControlNetRequest, "a ControlNet"),
+                                                       "ip_adapter": (IpAdapterRequest, "the IP-Adapter request")}
 
 
 def parse_job_input(raw: Any, max_pixels: int = DEFAULT_MAX_PIXELS, max_loras: int = DEFAULT_MAX_LORAS,
@@ -211,7 +226,7 @@ def _sentence(exc: ValidationError) -> str:
         more = f" and {len(unknown) - MAX_NAMED} more" if len(unknown) > MAX_NAMED else ""
         nested = NESTED_ITEMS.get(str(next(e for e in errors if e["type"] == "extra_forbidden")["loc"][0]))
         allowed = ", ".join(nested[0].model_fields if nested else JobInput.model_fields)
-        where = f" in a {nested[1]}" if nested else ""
+        where = f" in {nested[1]}" if nested else ""
         parts.append(f"unknown field{'s' * (len(unknown) > 1)} {names}{more}{where} (allowed: {allowed})")
     for error in others[:MAX_NAMED]:
         field = _cut(".".join(str(p) for p in error["loc"])) or "input"
@@ -222,6 +237,9 @@ def _sentence(exc: ValidationError) -> str:
             if error["type"] == "string_pattern_mismatch" and error["loc"][0] == "loras":
                 message = "a LoRA name is its file's name without .safetensors: letters, digits, '.', '_', '-', " \
                           "not starting with a dot"
+            elif error["type"] == "string_pattern_mismatch" and error["loc"][0] == "ip_adapter":
+                message = "an IP-Adapter name is its file's name without .safetensors: letters, digits, '.', '_', " \
+                          "'-', not starting with a dot"
             elif error["type"] == "string_pattern_mismatch" and error["loc"][0] == "controlnets":
                 message = "a ControlNet name is its folder's name: letters, digits, '.', '_', '-', not starting " \
                           "with a dot"

@@ -43,6 +43,11 @@ class AppliedControlNet(BaseModel):
     preprocess: str = Field(description="`none`, or `canny`: the worker drew the control image's edges.")
 
 
+class AppliedIpAdapter(BaseModel):
+    name: str = Field(description="The IP-Adapter's name, as the job gave it.")
+    scale: float = Field(description="How strongly the image prompted.")
+
+
 class PromptTokens(BaseModel):
     prompt: int = Field(description="Tokens of the prompt, every one encoded (75-token chunks past CLIP's 77).")
     negative_prompt: int | None = Field(None, description="Tokens of the negative prompt, when the job has one.")
@@ -81,6 +86,7 @@ class Reply(BaseModel):
     loras: list[AppliedLora] = Field(description="The LoRAs applied, with their scales.")
     controlnets: list[AppliedControlNet] = Field(description="The ControlNets that steered the job.")
     embeddings: list[str] = Field(description="The textual-inversion embeddings the prompts used, by name.")
+    ip_adapter: AppliedIpAdapter | None = Field(None, description="The image prompt's adapter, when the job had one.")
     prompt_tokens: PromptTokens = Field(description="How many tokens each prompt had; none dropped.")
     format: str = Field(description="`png`, `jpeg` or `webp`.")
     timings: Timings = Field(description="Seconds.")

@@ -19,7 +19,8 @@ from sdxl_worker.contract.controlnets import ControlNets, control_images
 from sdxl_worker.contract.embeddings import PromptEmbeddings, PromptTexts
 from sdxl_worker.contract.generation import NonFiniteLatents, generate, pipeline_on
 from sdxl_worker.contract.image_encoding import encode_image
-from sdxl_worker.contract.image_input import InputImages, load_inputs
+from sdxl_worker.contract.image_input import InputImages, decode_image, load_inputs
+from sdxl_worker.contract.ip_adapters import IpAdapters
 from sdxl_worker.contract.job_schema import JobInput, JobInputError, parse_job_input
 from sdxl_worker.contract.loras import LoraAdapters
 from sdxl_worker.contract.prompts import PromptEncoder
@@ -38,6 +39,7 @@ from sdxl_worker.volume.check import check_volume
 from sdxl_worker.volume.report import VolumeReport
 from sdxl_worker.weights.controlnets import ControlNetFileError
 from sdxl_worker.weights.embeddings import EmbeddingFileError
+from sdxl_worker.weights.ip_adapters import IpAdapterFileError
 from sdxl_worker.weights.loras import LoraFileError
 
 log = logging.getLogger("worker")
@@ -85,6 +87,7 @@ class Worker:
         self.loras = LoraAdapters(settings.loras, settings.speed.compile) if pipe is not None else None
         self.embeddings = PromptEmbeddings(settings.embeddings)
         self.controlnets = ControlNets(settings.controlnets)
+        self.ip_adapters = IpAdapters(settings.ip_adapter)
         self.largest_fit: tuple[int, int, int] | None = None  # (images, width, height) of the largest job done
         self.start_timings: dict[str, float] = {}
 
@@ -198,6 +201,8 @@ class Worker:
             inputs = load_inputs(params, *limits)
             width, height = job_size(params, inputs)
             controls = control_images(params.controlnets, width, height, *limits)
+            image_prompt = (decode_image("ip_adapter.image", params.ip_adapter.image, *limits).convert("RGB")
+                            if params.ip_adapter is not None else None)
         except JobInputError as exc:
             log.info("job %s refused: %s", job_id, exc)
             return {"error": str(exc)}
@@ -211,8 +216,8 @@ class Worker:
 
         try:
             with job_text(params.prompt, params.negative_prompt):
-                return self._run(job, job_id, params, inputs, controls, started)
-        except (LoraFileError, EmbeddingFileError, ControlNetFileError) as exc:
+                return self._run(job, job_id, params, inputs, controls, image_prompt, started)
+        except (LoraFileError, EmbeddingFileError, ControlNetFileError, IpAdapterFileError) as exc:
             log.info("job %s refused: %s", job_id, exc)
             return {"error": str(exc)}
         except NonFiniteLatents as exc:
@@ -236,7 +241,7 @@ class Worker:
         return self._out_of_memory(job_id, params, inputs)
 
     def _run(self, job: dict[str, Any], job_id: str, params: JobInput, inputs: InputImages | None,
-             controls: list[Any], started: float) -> dict[str, Any]:
+             controls: list[Any], image_prompt: Any, started: float) -> dict[str, Any]:
         def on_progress(step: int, steps: int) -> None:
             self.progress(job, {"step": step, "steps": steps, "percent": round(100 * step / steps)})
 
@@ -249,12 +254,13 @@ class Worker:
                  PromptTexts(params.prompt, params.negative_prompt, ()))
         try:
             # The prompts are encoded inside too: a LoRA's text-encoder layers change the embeddings.
-            with self.loras.applied(pipe, params.loras) as loras:
+            with self.loras.applied(pipe, params.loras) as loras, \
+                    self.ip_adapters.applied(self.pipe, pipe, params.ip_adapter, image_prompt) as image_prompting:
                 prompts = self.prompt_encoder.encode(texts.prompt, texts.negative_prompt, params.prompt_weighting,
                                                      params.clip_skip, text_encoders_changed=bool(params.loras),
                                                      tokens_added=bool(texts.used))
                 generated = generate(pipe, params, self.schedulers[params.scheduler], on_progress, inputs, prompts,
-                                     control)
+                                     {**(control or {}), **image_prompting})
         finally:
             self.controlnets.trim()
         width, height = job_size(params, inputs)
@@ -286,6 +292,7 @@ class Worker:
             "loras": loras,
             "controlnets": [controlnet.model_dump(exclude={"image"}) for controlnet in params.controlnets],
             "embeddings": list(texts.used),
+            "ip_adapter": params.ip_adapter.model_dump(exclude={"image"}) if params.ip_adapter is not None else None,
             # Every token is encoded (compel's 75-token chunks), up to the prompts' character caps: none dropped.
             "prompt_tokens": {**prompts.tokens, "dropped": 0},
             "format": params.output_format,

@@ -1,0 +1,103 @@
+"""A job's IP-Adapter image prompt: the adapter loaded once, switched in for the job, switched out after.
+
+diffusers' `load_ip_adapter` puts an adapter into the UNet for good: its attention processors on every
+cross-attention, and an image projection the UNet then requires for every call. Here it loads once (with the CLIP
+image encoder, from IP_ADAPTER_DIR, nothing downloaded) and is taken out again at once; what is kept are its
+processors and projection, installed for a job that asks for it and removed after, so the next plain job is the
+one before, bit for bit. An image-prompt job runs the eager, unfused UNet (speed/plain.py): the captured graphs
+and compiled code hold the UNet without the adapter's processors.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdxl_worker.contract.job_schema import IpAdapterRequest
+from sdxl_worker.logs import libraries_quiet
+from sdxl_worker.sentences import bounded
+from sdxl_worker.speed.plain import plain_unet
+from sdxl_worker.weights.ip_adapters import ENCODER, IpAdapterFile, IpAdapterFileError, IpAdapterSettings, inspect
+from sdxl_worker.weights.loras import signature_of
+
+KEPT = 4  # adapters' processors kept between jobs (a published SDXL adapter is 0.7-1.0 GB)
+
+
+@dataclass
+class LoadedIpAdapter:
+    file: IpAdapterFile
+    processors: dict[str, Any]  # the cross-attention processors, by the UNet's processor names
+    projection: Any
+
+
+class IpAdapters:
+    """The IP-Adapters a worker has loaded and their image encoder, applied per job (`applied`)."""
+
+    def __init__(self, settings: IpAdapterSettings) -> None:
+        self.folder = Path(settings.ip_adapter_dir)
+        self.loaded: OrderedDict[str, LoadedIpAdapter] = OrderedDict()
+        self.encoder: tuple[Any, Any] | None = None  # (image encoder, feature extractor), loaded with the first
+
+    @contextmanager
+    def applied(self, base: Any, pipe: Any, request: IpAdapterRequest | None, image: Any) -> Iterator[dict[str, Any]]:
+        """Within: `pipe` (built on `base`'s components) draws with the image prompt; yields the call's arguments."""
+        if request is None:
+            yield {}
+            return
+        adapter = self._load(base, request.name)
+        encoder, extractor = self.encoder  # type: ignore[misc]
+        with plain_unet(pipe) as unet:
+            before = dict(unet.attn_processors)
+            projection, kind = unet.encoder_hid_proj, unet.config.encoder_hid_dim_type
+            unet.set_attn_processor({name: adapter.processors.get(name, processor) for name, processor in
+                                     before.items()})
+            unet.encoder_hid_proj = adapter.projection
+            unet.config.encoder_hid_dim_type = "ip_image_proj"
+            for processor in adapter.processors.values():
+                processor.scale = [request.scale]
+            pipe.register_modules(image_encoder=encoder, feature_extractor=extractor)
+            try:
+                yield {"ip_adapter_image": image}
+            finally:
+                pipe.register_modules(image_encoder=None, feature_extractor=None)
+                unet.set_attn_processor(before)
+                unet.encoder_hid_proj = projection
+                unet.config.encoder_hid_dim_type = kind
+
+    def _load(self, base: Any, name: str) -> LoadedIpAdapter:
+        cached = self.loaded.get(name)
+        if cached is not None and cached.file.signature == signature_of(cached.file.path):
+            self.loaded.move_to_end(name)
+            return cached
+        file = inspect(self.folder, name, dict(base.unet.config))
+        with plain_unet(base) as unet:
+            before = dict(unet.attn_processors)
+            projection, kind = unet.encoder_hid_proj, unet.config.encoder_hid_dim_type
+            if self.encoder is not None:
+                base.register_modules(image_encoder=self.encoder[0], feature_extractor=self.encoder[1])
+            try:
+                with libraries_quiet():
+                    base.load_ip_adapter(str(self.folder), subfolder="", weight_name=file.path.name,
+                                         image_encoder_folder=ENCODER, local_files_only=True)
+                loaded = LoadedIpAdapter(file, {key: processor for key, processor in unet.attn_processors.items()
+                                                if not key.endswith("attn1.processor")}, unet.encoder_hid_proj)
+                # The pipeline loads it in its first module's dtype (the VAE's bfloat16 on CUDA): the UNet's instead.
+                weight = next(unet.parameters())
+                self.encoder = (base.image_encoder.to(dtype=weight.dtype).requires_grad_(False),
+                                base.feature_extractor)
+            # What diffusers, transformers and torch raise for weights that do not fit the model or cannot be read.
+            except (OSError, ValueError, RuntimeError, KeyError) as exc:
+                raise IpAdapterFileError(f"IP-Adapter {name!r} does not fit this model: {bounded(exc, 200)}.") from exc
+            finally:  # the UNet and the pipeline as they were, whatever happened
+                unet.set_attn_processor(before)
+                unet.encoder_hid_proj = projection
+                unet.config.encoder_hid_dim_type = kind
+                base.register_modules(image_encoder=None, feature_extractor=None)
+        self.loaded[name] = loaded
+        while len(self.loaded) > KEPT:
+            self.loaded.popitem(last=False)
+        return loaded
