@@ -43,7 +43,8 @@ def _png(mode: str, size: tuple[int, int], color: object) -> str:
 
 
 # Image to image, inpainting, a long weighted prompt (compel), a LoRA (LORA_DIR's `style`), an embedding
-# (EMBEDDINGS_DIR's `grainy`) and a ControlNet with canny edges (CONTROLNET_DIR's `edges`), under the same isolation.
+# (EMBEDDINGS_DIR's `grainy`), a ControlNet with canny edges (CONTROLNET_DIR's `edges`) and an image prompt
+# (IP_ADAPTER_DIR's `ip-adapter_sdxl`), under the same isolation.
 FEATURE_JOBS = [
     {"prompt": "a lighthouse", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 5,
      "loras": [{"name": "style", "scale": 0.7}]},
@@ -56,6 +57,8 @@ FEATURE_JOBS = [
     {"prompt": "a lighthouse, (grainy:1.2)", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 6},
     {"prompt": "a lighthouse", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 7,
      "controlnets": [{"name": "edges", "image": _png("RGB", (320, 320), (200, 40, 40)), "preprocess": "canny"}]},
+    {"prompt": "a lighthouse", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 8,
+     "ip_adapter": {"name": "ip-adapter_sdxl", "image": _png("RGB", (300, 200), (200, 60, 30))}},
 ]
 
 

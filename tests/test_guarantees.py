@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 from dev.controlnet import write_controlnet
 from dev.embedding import write_embedding
+from dev.ip_adapter import write_ip_adapter
 from dev.lora import write_lora
 from sdxl_worker.contract.job_schema import JobInput, JobInputError, parse_job_input
 from sdxl_worker.serving.worker import Worker
@@ -104,8 +105,9 @@ def test_worker_serves_offline_and_writes_nothing_outside_tmp(tiny_volume_source
     write_lora(tiny_volume_source, tmp_path / "runpod-volume" / "loras" / "style.safetensors")
     write_embedding(tiny_volume_source, tmp_path / "runpod-volume" / "embeddings" / "grainy.safetensors")
     write_controlnet(tiny_volume_source, tmp_path / "runpod-volume" / "controlnets" / "edges")
+    write_ip_adapter(tiny_volume_source, tmp_path / "runpod-volume" / "ip-adapter")
     for variable, folder in (("LORA_DIR", "loras"), ("EMBEDDINGS_DIR", "embeddings"),
-                             ("CONTROLNET_DIR", "controlnets")):
+                             ("CONTROLNET_DIR", "controlnets"), ("IP_ADAPTER_DIR", "ip-adapter")):
         env[variable] = str(tmp_path / "runpod-volume" / folder)
     trace = tmp_path / "trace.log"
     session = [sys.executable, "tests/isolated_session.py", str(volume), str(dirs["out"])]
@@ -126,8 +128,8 @@ def test_worker_serves_offline_and_writes_nothing_outside_tmp(tiny_volume_source
     assert summary["self_test"]["returncode"] == 0, summary["self_test"]["stdout"]
     assert decode(__import__("base64").b64encode((dirs["out"] / "self-test.png").read_bytes())).size == (256, 256)
     jobs = summary["jobs"]
-    assert [j["http"] for j in jobs] == [200] * 11
-    assert [(j["status"], j["images"]) for j in jobs[:3] + jobs[5:]] == [("COMPLETED", 1)] * 9  # 5-10: features
+    assert [j["http"] for j in jobs] == [200] * 12
+    assert [(j["status"], j["images"]) for j in jobs[:3] + jobs[5:]] == [("COMPLETED", 1)] * 10  # 5-11: features
     assert [j["status"] for j in jobs[3:5]] == ["FAILED", "FAILED"]
     assert all(isinstance(j["error"], str) for j in jobs[3:5])
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal so the exit status says why.
