@@ -12,8 +12,9 @@ environment, so a run measures what it says). Stages:
   same seeds, first job, peak memory, and how far its output is from stock's;
 - `profile`: one warm job of the scenario under torch.profiler (kernel time, top kernels);
 - `features`: the worker started with `settings` serving image to image, inpainting, a long weighted prompt, a
-  LoRA, an embedding and one and two ControlNets beside text to image: warm times, how the UNet served each (graph
-  replays, eager calls), a blank-image check, and the same text-to-image image after them as before;
+  LoRA, an embedding, one and two ControlNets and an IP-Adapter image prompt beside text to image: warm times, how
+  the UNet served each (graph replays, eager calls), a blank-image check, and the same text-to-image image after
+  them as before;
 - `workload`: a realistic job mix (stages/workload.py: sizes, image counts, LoRAs, long prompts, image to image,
   samplers), stock diffusers and the worker interleaved job by job: per kind, warm seconds on each side, the
   worker's first time (a new shape's capture), how its UNet ran, peak memory; the mix's images per hour;

@@ -1,8 +1,9 @@
 """The jobs beyond text to image, through the worker as a scenario sets it up: image to image, inpainting, a
-long weighted prompt, a LoRA, a textual-inversion embedding and one and two ControlNets, each timed warm beside a
-text-to-image job of the same size, with how the UNet served it (graph replays or eager calls, where CUDA graphs
-are on), whether its image has any content at all (a NaN in the decode comes out flat black), and a hash of it:
-the text-to-image job run again after the others must draw the same image as before them.
+long weighted prompt, a LoRA, a textual-inversion embedding, one and two ControlNets and an IP-Adapter image
+prompt, each timed warm beside a text-to-image job of the same size, with how the UNet served it (graph replays
+or eager calls, where CUDA graphs are on), whether its image has any content at all (a NaN in the decode comes
+out flat black), and a hash of it: the text-to-image job run again after the others must draw the same image as
+before them.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from benchmarks.stages.common import PROMPT, SEED, timed
 from sdxl_worker.settings import Settings
 from sdxl_worker.weights.controlnets import ControlNetSettings
 from sdxl_worker.weights.embeddings import EmbeddingSettings
+from sdxl_worker.weights.ip_adapters import IpAdapterSettings
 from sdxl_worker.weights.loras import LoraSettings
 
 LORA = "bench-style"
 LORA_RANK = 32
 EMBEDDING = "bench-grain"
 CONTROLNETS = ("bench-edges", "bench-edges-again")  # the second a link to the first: the same weights, loaded twice
+IP_ADAPTER = "ip-adapter_sdxl"
 
 
 def feature_jobs(size: int, steps: int, image_b64: str) -> dict[str, dict[str, Any]]:
@@ -51,6 +54,7 @@ def feature_jobs(size: int, steps: int, image_b64: str) -> dict[str, dict[str, A
         "textual-inversion embedding": {"prompt": f"{PROMPT}, {EMBEDDING}", **base},
         "one ControlNet, canny": {"prompt": PROMPT, "controlnets": [control(CONTROLNETS[0])], **base},
         "two ControlNets": {"prompt": PROMPT, "controlnets": [control(name) for name in CONTROLNETS], **base},
+        "IP-Adapter image prompt": {"prompt": PROMPT, "ip_adapter": {"name": IP_ADAPTER, "image": image_b64}, **base},
         "text to image after the others": {"prompt": PROMPT, **base},
     }
 
@@ -58,6 +62,7 @@ def feature_jobs(size: int, steps: int, image_b64: str) -> dict[str, dict[str, A
 def measure_features(settings: Settings, size: int, steps: int, runs: int, lora_dir: Path) -> FeaturesResult:
     from dev.controlnet import write_controlnet
     from dev.embedding import write_embedding
+    from dev.ip_adapter import write_ip_adapter
     from dev.lora import write_lora
     from sdxl_worker.serving.worker import Worker
 
@@ -70,9 +75,13 @@ def measure_features(settings: Settings, size: int, steps: int, runs: int, lora_
     if not (controlnets / CONTROLNETS[1]).exists():
         write_controlnet(model, controlnets / CONTROLNETS[0], fp16=True)
         (controlnets / CONTROLNETS[1]).symlink_to(CONTROLNETS[0])
+    ip_adapters = lora_dir.parent / "ip-adapter"
+    if not (ip_adapters / f"{IP_ADAPTER}.safetensors").is_file():
+        write_ip_adapter(model, ip_adapters, IP_ADAPTER)
     settings = settings.model_copy(update={
         "loras": LoraSettings(lora_dir=str(lora_dir)), "embeddings": EmbeddingSettings(embeddings_dir=str(embeddings)),
-        "controlnets": ControlNetSettings(controlnet_dir=str(controlnets))})
+        "controlnets": ControlNetSettings(controlnet_dir=str(controlnets)),
+        "ip_adapter": IpAdapterSettings(ip_adapter_dir=str(ip_adapters))})
     device = settings.device
     worker = Worker.start(settings)
     if worker.pipe is None:

@@ -99,9 +99,9 @@ def test_smoke_suite_runs_every_stage_at_tiny_scale(tmp_path: Path) -> None:
     cached = by_name["ours compiled blocks", "CachedStart"]
     assert cached["first_call_s"] > cached["second_call_s"] and cached["priming_compile_s"] > 0
     features = {job["job"]: job for job in by_name["ours", "FeaturesResult"]["jobs"]}
-    assert [job["mode"] for job in features.values()] == ["txt2img", "img2img", "inpaint"] + ["txt2img"] * 6
+    assert [job["mode"] for job in features.values()] == ["txt2img", "img2img", "inpaint"] + ["txt2img"] * 7
     assert features["text to image after the others"]["image_sha"] == features["text to image"]["image_sha"]
-    assert len({job["image_sha"] for job in features.values()}) == 8  # each feature drew its own image
+    assert len({job["image_sha"] for job in features.values()}) == 9  # each feature drew its own image
     assert features["LoRA (rank 32, UNet and text encoders)"]["image_sha"] != features["text to image"]["image_sha"]
     assert features["long weighted prompt"]["prompt_tokens"] > 77 and all(
         job["image_std"] > 0 and len(job["warm"]["runs"]) == 2 for job in features.values())
