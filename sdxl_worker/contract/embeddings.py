@@ -11,6 +11,7 @@ weights the embedding's tokens. A job with `embeddings: false` leaves every word
 from __future__ import annotations
 
 import itertools
+import os
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -59,10 +60,11 @@ class PromptEmbeddings:
         self.folder = Path(settings.embeddings_dir)
         self.loaded: OrderedDict[str, LoadedEmbedding] = OrderedDict()  # least recently used first
         self._ids = itertools.count()
+        self._listing: tuple[int, set[str]] | None = None  # (the folder's modification time, its names)
 
     def substitute(self, pipe: Any, prompt: str, negative_prompt: str | None) -> PromptTexts:
         """The prompts with every word that names an embedding in the folder replaced by its loaded tokens."""
-        available = set(names(self.folder))
+        available = self._names()
         texts = [text for text in (prompt, negative_prompt) if text is not None]
         used = sorted({word.group(0) for text in texts for word in WORD.finditer(text)} & available)
         if not used:
@@ -82,6 +84,17 @@ class PromptEmbeddings:
                             text)
 
         return PromptTexts(replaced(prompt) or prompt, replaced(negative_prompt), tuple(used))
+
+    def _names(self) -> set[str]:
+        """The folder's embedding names, listed again only when the folder changed (its modification time moves
+        when a file is added, removed or renamed): no listing of a network volume at every job."""
+        try:
+            stamp = os.stat(self.folder).st_mtime_ns
+        except OSError:
+            return set()
+        if self._listing is None or self._listing[0] != stamp:
+            self._listing = (stamp, set(names(self.folder)))
+        return self._listing[1]
 
     def _load(self, pipe: Any, name: str, keep: set[str]) -> LoadedEmbedding:
         cached = self.loaded.get(name)

@@ -51,9 +51,10 @@ def progress_interval(steps: int) -> int:
 
 def generate(pipe: Any, job: JobInput, scheduler: Any, on_progress: ProgressFn | None = None,
              inputs: InputImages | None = None, prompts: EncodedPrompts | None = None,
-             control: dict[str, Any] | None = None) -> Generated:
+             conditioning: dict[str, Any] | None = None) -> Generated:
     """Generate `job.num_images` images with `pipe` (text-to-image, image-to-image or inpainting, as `inputs`
-    say; `control`: a ControlNet pipeline's arguments); the caller owns validation and encoding."""
+    say; `conditioning`: the ControlNets' and the image prompt's arguments); the caller owns validation and
+    encoding."""
     import torch
 
     seeds = job_seeds(job.seed, job.num_images)
@@ -90,7 +91,7 @@ def generate(pipe: Any, job: JobInput, scheduler: Any, on_progress: ProgressFn |
         images = pipe(
             **text,
             **shape,
-            **(control or {}),
+            **(conditioning or {}),
             num_inference_steps=steps,
             guidance_scale=job.guidance_scale,
             num_images_per_prompt=job.num_images,
