@@ -3,6 +3,10 @@ an ellipsis, so a refusal or a log line never carries a library's page of text."
 
 from __future__ import annotations
 
+import difflib
+
+NAMES_LISTED = 10  # names a refusal of an unknown name lists; the rest are counted
+
 
 def bounded(value: object, limit: int = 80) -> str:
     """`value` as one line of at most `limit` characters."""
@@ -14,3 +18,11 @@ def describe(exc: BaseException, limit: int = 300) -> str:
     """`Type: message`, the message bounded: what went wrong, in a reply or a refusal."""
     text = bounded(exc, limit)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def alternatives(name: str, names: list[str]) -> str:
+    """What a refusal of an unknown `name` offers instead: ` Did you mean 'x'? Available: a, b and 3 more.`"""
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    more = f" and {len(names) - NAMES_LISTED} more" if len(names) > NAMES_LISTED else ""
+    return f"{hint} Available: {', '.join(names[:NAMES_LISTED])}{more}."

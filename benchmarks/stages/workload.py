@@ -17,8 +17,7 @@ from __future__ import annotations
 import base64
 import io
 import random
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 from benchmarks.results import Spread, WorkloadKind, WorkloadResult
 from benchmarks.stages.common import PROMPT, SEED, memory_gib, peak_gib, release_cached, reset_peak, stock_load, timed
 from sdxl_worker.contract.job_schema import MIN_SIDE
+from sdxl_worker.logs import libraries_quiet
 from sdxl_worker.settings import Settings
 from sdxl_worker.weights.loras import LoraSettings
 
@@ -161,7 +161,7 @@ def measure_workload(settings: Settings, size: int, steps: int, runs: int, lora_
                 pipe.set_adapters([LORA], adapter_weights=[LORA_SCALE])
             else:
                 pipe.disable_lora()
-            with torch.inference_mode(), _truncation_quiet():
+            with torch.inference_mode(), libraries_quiet():  # diffusers' notice of the tokens past 77 it drops
                 return pipe(LONG_PROMPT if kind.long_prompt else PROMPT, **shape, num_images_per_prompt=kind.images,
                             num_inference_steps=steps, guidance_scale=7.0,
                             generator=[torch.Generator("cpu").manual_seed(seed + i) for i in range(kind.images)])
@@ -227,16 +227,3 @@ def _less(a: tuple[float, float] | None, b: tuple[float, float] | None) -> tuple
     if a is None or b is None:
         return None
     return a[0] - b[0], a[1] - b[1]
-
-
-@contextmanager
-def _truncation_quiet() -> Iterator[None]:
-    """Without diffusers' warning, at every stock call with the long prompt, that it dropped the tokens past 77."""
-    import diffusers
-
-    level = diffusers.utils.logging.get_verbosity()
-    diffusers.utils.logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        diffusers.utils.logging.set_verbosity(level)

@@ -50,9 +50,7 @@ class IpAdapters:
             return
         adapter = self._load(base, request.name)
         encoder, extractor = self.encoder  # type: ignore[misc]
-        with plain_unet(pipe) as unet:
-            before = dict(unet.attn_processors)
-            projection, kind = unet.encoder_hid_proj, unet.config.encoder_hid_dim_type
+        with plain_unet(pipe) as unet, _attention_restored(unet) as before:
             unet.set_attn_processor({name: adapter.processors.get(name, processor) for name, processor in
                                      before.items()})
             unet.encoder_hid_proj = adapter.projection
@@ -64,9 +62,6 @@ class IpAdapters:
                 yield {"ip_adapter_image": image}
             finally:
                 pipe.register_modules(image_encoder=None, feature_extractor=None)
-                unet.set_attn_processor(before)
-                unet.encoder_hid_proj = projection
-                unet.config.encoder_hid_dim_type = kind
 
     def _load(self, base: Any, name: str) -> LoadedIpAdapter:
         cached = self.loaded.get(name)
@@ -74,9 +69,7 @@ class IpAdapters:
             self.loaded.move_to_end(name)
             return cached
         file = inspect(self.folder, name, dict(base.unet.config))
-        with plain_unet(base) as unet:
-            before = dict(unet.attn_processors)
-            projection, kind = unet.encoder_hid_proj, unet.config.encoder_hid_dim_type
+        with plain_unet(base) as unet, _attention_restored(unet):
             if self.encoder is not None:
                 base.register_modules(image_encoder=self.encoder[0], feature_extractor=self.encoder[1])
             try:
@@ -92,12 +85,23 @@ class IpAdapters:
             # What diffusers, transformers and torch raise for weights that do not fit the model or cannot be read.
             except (OSError, ValueError, RuntimeError, KeyError) as exc:
                 raise IpAdapterFileError(f"IP-Adapter {name!r} does not fit this model: {bounded(exc, 200)}.") from exc
-            finally:  # the UNet and the pipeline as they were, whatever happened
-                unet.set_attn_processor(before)
-                unet.encoder_hid_proj = projection
-                unet.config.encoder_hid_dim_type = kind
+            finally:  # the pipeline as it was, whatever happened (the UNet too, on the way out of the with)
                 base.register_modules(image_encoder=None, feature_extractor=None)
         self.loaded[name] = loaded
         while len(self.loaded) > KEPT:
             self.loaded.popitem(last=False)
         return loaded
+
+
+@contextmanager
+def _attention_restored(unet: Any) -> Iterator[dict[str, Any]]:
+    """Within: whatever an adapter does to `unet`'s attention processors and image projection; yields the
+    processors as they were, which go back on the way out with the projection and its config entry."""
+    before = dict(unet.attn_processors)
+    projection, kind = unet.encoder_hid_proj, unet.config.encoder_hid_dim_type
+    try:
+        yield before
+    finally:
+        unet.set_attn_processor(before)
+        unet.encoder_hid_proj = projection
+        unet.config.encoder_hid_dim_type = kind

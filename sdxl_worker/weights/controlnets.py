@@ -10,7 +10,6 @@ check lists the folder; a resolved path must stay inside the folder, as a LoRA's
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 from collections.abc import Mapping
@@ -20,9 +19,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sdxl_worker.sentences import bounded
+from sdxl_worker.sentences import alternatives, bounded
 from sdxl_worker.weights.files import read_text_bounded
-from sdxl_worker.weights.loras import NAMES_LISTED, confined
+from sdxl_worker.weights.loras import confined
 from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError, SafetensorsInfo, read_safetensors_header
 
 DEFAULT_CONTROLNET_DIR = "/runpod-volume/controlnets"
@@ -100,11 +99,7 @@ def resolve(folder: Path, name: str) -> Path:
         if not others:
             raise ControlNetFileError(f"ControlNet {name!r} not found: {folder} holds no ControlNet folders "
                                       "(CONTROLNET_DIR).")
-        close = difflib.get_close_matches(name, others, n=1, cutoff=0.6)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        listed = ", ".join(others[:NAMES_LISTED]) + (f" and {len(others) - NAMES_LISTED} more"
-                                                      if len(others) > NAMES_LISTED else "")
-        raise ControlNetFileError(f"ControlNet {name!r} not found.{hint} Available: {listed}.")
+        raise ControlNetFileError(f"ControlNet {name!r} not found.{alternatives(name, others)}")
     return real
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sdxl_worker.sentences import bounded
+from sdxl_worker.sentences import alternatives, bounded
 from sdxl_worker.weights.files import read_text_bounded
 from sdxl_worker.weights.loras import available, confined, signature_of
 from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError, SafetensorsInfo, read_safetensors_header
@@ -81,8 +81,9 @@ def inspect(folder: Path, name: str, unet_config: Mapping[str, Any]) -> IpAdapte
         raise IpAdapterFileError(f"IP-Adapter {name!r} links outside the IP-Adapter folder; only files inside "
                                  f"{folder} are read.")
     if not path.is_file():
-        listed = ", ".join(names(folder)) or "none"
-        raise IpAdapterFileError(f"IP-Adapter {name!r} not found in {folder} (IP_ADAPTER_DIR); available: {listed}.")
+        others = names(folder)
+        offered = alternatives(name, others) if others else " It holds no IP-Adapters."
+        raise IpAdapterFileError(f"IP-Adapter {name!r} not found in {folder} (IP_ADAPTER_DIR).{offered}")
     signature = signature_of(path)
     if signature is None or signature[0] > MAX_FILE_BYTES:
         raise IpAdapterFileError(f"IP-Adapter {name!r} cannot be read or is over {MAX_FILE_BYTES // 2**30} GB.")

@@ -10,7 +10,6 @@ Everything is decided from the header alone, so the volume check lists the folde
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sdxl_worker.sentences import bounded
+from sdxl_worker.sentences import alternatives, bounded
 from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError, SafetensorsInfo, read_safetensors_header
 
 DEFAULT_LORA_DIR = "/runpod-volume/loras"
@@ -30,7 +29,6 @@ PARTS = {"unet": "unet", "text_encoder": "text_encoder", "text_encoder_2": "text
          "lora_unet": "unet", "lora_te1": "text_encoder", "lora_te": "text_encoder", "lora_te2": "text_encoder_2"}
 # Kinds of adapter files diffusers' SDXL loader does not convert: said as such rather than "not a LoRA".
 LYCORIS_MARKS = ("hada_w1", "lokr_w1", ".oft_", "lora_mid.weight")
-NAMES_LISTED = 10  # names an unknown-LoRA answer lists; the rest are counted
 # safetensors' floating-point dtypes: what a LoRA's weights are (an integer or bool tensor fits no layer).
 FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
 
@@ -121,11 +119,7 @@ def resolve(folder: Path, name: str) -> Path:
         if not names:
             raise LoraFileError(f"LoRA {name!r} not found: the LoRA folder {folder} holds no .safetensors files "
                                 "(LORA_DIR).")
-        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        listed = ", ".join(names[:NAMES_LISTED]) + (f" and {len(names) - NAMES_LISTED} more"
-                                                     if len(names) > NAMES_LISTED else "")
-        raise LoraFileError(f"LoRA {name!r} not found.{hint} Available: {listed}.")
+        raise LoraFileError(f"LoRA {name!r} not found.{alternatives(name, names)}")
     return real
 
 
