@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Lock the image's Python packages after a change to requirements.txt: the lock of a CUDA flavour (every package,
 # with hashes, for the image's Python 3.12 on x86_64 Linux, resolved by uv; dev/cuda_flavours.py) and, for the
-# default flavour, constraints-cpu.txt (the same versions for the CPU venv). Needs PyPI (and download.pytorch.org
-# for a flavour other than cu130); about 10 s.
+# default flavour, requirements-dev.lock (the test tools resolved under it: python -m dev.lock). Needs PyPI (and
+# download.pytorch.org for a flavour other than cu130); about 10 s. Then bash scripts/setup_venv.sh.
 #   bash scripts/lock.sh          # cu130: requirements.lock
 #   bash scripts/lock.sh cu128    # requirements-cu128.lock
 set -euo pipefail

@@ -29,10 +29,26 @@ hypothesis.settings.load_profile("no-database")
 set_hypothesis_home_dir(str(SESSION / "hypothesis"))
 
 
+def is_xdist_worker(config: pytest.Config) -> bool:
+    """A test process of pytest-xdist: the process that started it guards the whole run, and set HOME, the temp
+    folder and the caches before it started the workers, which inherit them."""
+    return hasattr(config, "workerinput")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    workers = getattr(config.option, "numprocesses", None)
+    if not is_xdist_worker(config) and isinstance(workers, int) and workers > 1:
+        # One torch thread a test process (and the processes it starts): as many processes as cores, none
+        # oversubscribed. Set before the workers start, which inherit it.
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     factory = getattr(session.config, "_tmp_path_factory", None)
     if factory is not None:
         factory.getbasetemp()  # pytest's folders stay where its retention finds them
+    if is_xdist_worker(session.config):
+        return
     (SESSION / "tmp").mkdir()
     os.environ["TMPDIR"] = tempfile.tempdir = str(SESSION / "tmp")
     guard = WriteGuard(ROOT, home=SESSION / "home")

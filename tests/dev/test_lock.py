@@ -1,13 +1,14 @@
-"""The image's lock, requirements.txt and the CPU test venv in step: the tests run the image's versions of every
-package the two share (torch's CPU build aside)."""
+"""The image's lock, requirements.txt, the test tools' lock and the test venv in step: the tests run exactly the
+packages the image ships, torch's CUDA build included, on its Python 3.12."""
 
 from __future__ import annotations
 
-import importlib.metadata
+import importlib.util
 import os
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,34 +16,58 @@ import pytest
 from dev import lock
 
 
-def test_requirements_lock_and_constraints_agree() -> None:
+def test_the_requirements_and_both_locks_agree() -> None:
     assert lock.problems() == []
     locked = lock.pins(lock.LOCK.read_text())
     assert len(locked) > 100, "every package the image installs, transitive ones included"
-    for floating in ("huggingface-hub", "tokenizers", "botocore", "triton"):
+    for floating in ("huggingface-hub", "tokenizers", "botocore", "triton", "torch"):
         assert floating in locked, floating
+    tools = lock.pins(lock.DEV_LOCK.read_text())
+    assert {"pytest", "pytest-xdist", "moto", "uv"} <= set(tools) and not set(tools) & set(locked)
 
 
-def test_the_test_venv_runs_the_images_versions() -> None:
-    wanted = lock.pins(lock.CONSTRAINTS.read_text())
-    cpu = lock.pins((lock.ROOT / "requirements-cpu.txt").read_text())
-    assert {name: version for name, version in cpu.items() if name != "torch"} == \
-        {name: wanted[name] for name in cpu if name != "torch"}, "requirements-cpu.txt pins what the image locks"
-    drift = {}
-    for name, version in wanted.items():
-        try:
-            installed = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue  # needed only on the image's Python (a marker), or by a part the tests do not install
-        if installed != version:
-            drift[name] = (version, installed)
-    assert drift == {}, f"the venv differs from the lock (locked, installed): {drift}; run bash scripts/setup_venv.sh"
+def test_the_test_venv_is_exactly_the_two_locks_on_the_images_python() -> None:
+    """Every installed package at its locked version, torch 2.11.0's CUDA build included, and nothing else."""
+    import torch
+
+    assert lock.venv_drift() == [], "the venv differs from the locks: run bash scripts/setup_venv.sh"
+    assert torch.__version__.split("+")[0] == lock.pins(lock.LOCK.read_text())["torch"] and torch.version.cuda
 
 
-@pytest.mark.parametrize("change", ["requirements", "lock pin", "hash", "constraints"])
+def test_the_venv_and_the_image_run_compiled_bytecode() -> None:
+    """PYTHONDONTWRITEBYTECODE (the image sets it) caches nothing at run time: without bytecode compiled at install
+    every process would compile torch and diffusers from source at each start."""
+    import diffusers
+    import torch
+
+    for module in (torch, diffusers):
+        assert Path(importlib.util.cache_from_source(module.__file__)).is_file(), module.__name__
+    dockerfile = (lock.ROOT / "Dockerfile.volume_optimized").read_text()
+    assert re.search(r"uv pip install [^\n]*--compile-bytecode", dockerfile)
+    assert re.search(r"^RUN python -m compileall -q sdxl_worker ", dockerfile, re.M)
+
+
+def test_the_venv_drift_names_each_kind(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    locked = tmp_path / "image.lock"
+    locked.write_text(lock.LOCK.read_text().replace("\npeft==0.21.0", "\npeft==0.20.0")
+                      + "no-such-package==1.0 \\\n    --hash=sha256:" + "0" * 64 + "\n")
+    dev_lock = tmp_path / "dev.lock"
+    dev_lock.write_text(re.sub(r"^hypothesis==.*?(?=^\S)", "", lock.DEV_LOCK.read_text(), flags=re.S | re.M))
+    monkeypatch.setattr(lock, "LOCK", locked)
+    monkeypatch.setattr(lock, "DEV_LOCK", dev_lock)
+    monkeypatch.setattr(sys, "version_info", (3, 11, 7))
+    drift = lock.venv_drift()
+    assert drift[0].startswith("Python ") and drift[0].endswith("not the image's 3.12")
+    assert "peft is 0.21.0, the lock has 0.20.0" in drift
+    assert "no-such-package==1.0 is locked but not installed" in drift
+    assert any(line.startswith("hypothesis ") and line.endswith("installed but in neither lock") for line in drift)
+
+
+@pytest.mark.parametrize("change", ["requirements", "lock pin", "hash", "dev requirements", "dev lock stale",
+                                    "dev lock repeats"])
 def test_each_kind_of_drift_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str) -> None:
-    files = {name: tmp_path / path.name for name, path in
-             (("REQUIREMENTS", lock.REQUIREMENTS), ("LOCK", lock.LOCK), ("CONSTRAINTS", lock.CONSTRAINTS))}
+    files = {name: tmp_path / getattr(lock, name).name for name in ("REQUIREMENTS", "LOCK", "DEV_REQUIREMENTS",
+                                                                      "DEV_LOCK")}
     for name, path in files.items():
         path.write_text(getattr(lock, name).read_text())
         monkeypatch.setattr(lock, name, path)
@@ -51,20 +76,37 @@ def test_each_kind_of_drift_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyP
         expected = ["requirements.lock was not made from this requirements.txt",
                     "requirements.txt pins peft==0.22.0, the lock has 0.21.0"]
     elif change == "lock pin":
-        text = files["LOCK"].read_text().replace("\npeft==0.21.0", "\npeft==0.20.0")
-        files["LOCK"].write_text(text)
-        expected = ["requirements.txt pins peft==0.21.0, the lock has 0.20.0", "constraints-cpu.txt differs"]
+        # The dev lock was resolved under the image's lock: changing that lock makes the dev lock stale too.
+        files["LOCK"].write_text(files["LOCK"].read_text().replace("\npeft==0.21.0", "\npeft==0.20.0"))
+        expected = ["requirements.txt pins peft==0.21.0, the lock has 0.20.0",
+                    "requirements-dev.lock was not made from this requirements.lock"]
     elif change == "hash":
         text = files["LOCK"].read_text()
         start = text.index("\npeft==0.21.0")
         block_end = text.index("\n    # via", start)
         files["LOCK"].write_text(text[:start] + "\npeft==0.21.0" + text[block_end:])
         expected = ["requirements.lock has a package without a hash"]
+    elif change == "dev requirements":
+        files["DEV_REQUIREMENTS"].write_text(files["DEV_REQUIREMENTS"].read_text() + "pytest-sugar==1.0.0\n")
+        expected = ["requirements-dev.lock was not made from this requirements-dev.txt",
+                    "requirements-dev.txt pins pytest-sugar==1.0.0, the lock has nothing"]
+    elif change == "dev lock stale":
+        files["DEV_LOCK"].write_text(files["DEV_LOCK"].read_text().replace("\npytest==9.2.0", "\npytest==9.1.0"))
+        expected = ["requirements-dev.txt pins pytest==9.2.0, the lock has 9.1.0"]
     else:
-        files["CONSTRAINTS"].write_text(files["CONSTRAINTS"].read_text().replace("peft==0.21.0", "peft==0.20.0"))
-        expected = ["constraints-cpu.txt differs from requirements.lock"]
+        files["DEV_LOCK"].write_text(files["DEV_LOCK"].read_text() + lock.blocks(files["LOCK"].read_text())["peft"])
+        expected = ["requirements-dev.lock repeats the image's packages ['peft']"]
     found = lock.problems()
     assert all(any(problem.startswith(words) for problem in found) for words in expected), found
+
+
+def test_the_dev_lock_keeps_only_what_the_image_lacks_and_refuses_a_moved_package() -> None:
+    image = lock.LOCK.read_text()
+    compiled = lock.blocks(image)["peft"] + lock.blocks(lock.DEV_LOCK.read_text())["pytest"]
+    made = lock.dev_lock_text(compiled, image)
+    assert set(lock.pins(made)) == {"pytest"} and lock.SOURCE_HASH.findall(made)
+    with pytest.raises(ValueError, match="other versions of the image's packages: {'peft': '0.20.0'}"):
+        lock.dev_lock_text(compiled.replace("peft==0.21.0", "peft==0.20.0"), image)
 
 
 def _dockerfile_install(lock_file: Path, venv: Path) -> subprocess.CompletedProcess:
