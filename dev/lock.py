@@ -150,7 +150,8 @@ def venv_drift() -> list[str]:
             found.append(f"{name}=={version} is locked but not installed")
         elif installed[name].split("+")[0] != version:
             found.append(f"{name} is {installed[name]}, the lock has {version}")
-    found += [f"{name} {installed[name]} is installed but in neither lock" for name in sorted(set(installed) - set(wanted))]
+    found += [f"{name} {installed[name]} is installed but in neither lock"
+              for name in sorted(set(installed) - set(wanted))]
     return found
 
 
