@@ -4,6 +4,7 @@
     python -m benchmarks --suite loads --suite compile-full
     python -m benchmarks --scale tiny --device cpu --suite smoke     # every stage kind, tiny, on a CPU
     python -m benchmarks --suite meta --scale full # FLOPs and Dynamo tracing from SDXL's configs, any machine
+    python -m benchmarks --scale tiny --device cpu --suite smoke --scenario "UNet FLOPs"   # one scenario of it
     python -m benchmarks --list                    # the suites and their scenarios
 
 The suites are data (benchmarks/scenarios.py). A full-size random-weight volume is built once under
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the synthetic volume is built or reused")
     parser.add_argument("--no-drop-caches", dest="drop_caches", action="store_false",
                         help="evict only the benchmark's files (fadvise), not the whole page cache")
+    parser.add_argument("--scenario", action="append", metavar="NAME",
+                        help="repeatable; run only these scenarios of the suites (names as --list prints them)")
     parser.add_argument("--list", action="store_true", help="print the suites and their scenarios, run nothing")
     args = parser.parse_args(argv)
     if args.list:
@@ -46,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
                                           f"{', ' + str(dict(s.settings)) if s.settings else ''})" for s in scenarios))
         return 0
     suites = args.suite or ["gpu-check"]
+    scenarios = [s for suite in suites for s in SUITES[suite] if not args.scenario or s.name in args.scenario]
+    if unknown := sorted(set(args.scenario or ()) - {s.name for suite in suites for s in SUITES[suite]}):
+        parser.error(f"no scenario {', '.join(map(repr, unknown))} in the suites {', '.join(suites)} (see --list)")
     size, steps = DEFAULTS[args.scale]
     args.size, args.steps = args.size or size, args.steps or steps
 
@@ -61,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     settings = {**{k: str(v) for k, v in vars(args).items()}, "suite": suites, "device": device}
     bench = Bench(args.out, settings)
-    run_scenarios(bench, [s for suite in suites for s in SUITES[suite]], scale=args.scale, device=device,
+    run_scenarios(bench, scenarios, scale=args.scale, device=device,
                   size=args.size, steps=args.steps, runs=args.runs, volume_dir=args.volume_dir,
                   drop_caches=args.drop_caches, layout=args.layout)
     print((args.out / "benchmark.md").read_text())

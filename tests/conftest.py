@@ -68,6 +68,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 GUARD = pytest.StashKey[WriteGuard]()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests that start processes or servers first: the two test processes take the longest ones while the
+    many short ones are still left to even out their ends."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
     """In CI (.ci/run sets CI=true) a skip is a failure saying what was missing: a guarantee that needs a real

@@ -71,22 +71,42 @@ def test_the_chart_draws_each_scenario(tmp_path: Path) -> None:
     assert not draw_chart(Run(RUN_SETTINGS), tmp_path / "empty.png")
 
 
-@pytest.mark.slow
-def test_smoke_suite_runs_every_stage_at_tiny_scale(tmp_path: Path) -> None:
+# The smoke suite in three runs that the two test processes share out: each scenario in exactly one.
+SMOKE_PARTS = {
+    "jobs": ("loads", "attention kernels", "ours", "ours nofuse", "ours fp8"),
+    "compiled": ("ours compiled blocks",),
+    "meta and prepare": ("UNet FLOPs", "Dynamo tracing", "add-fp16"),
+}
+
+
+def test_the_smoke_parts_hold_every_scenario_of_the_suite_once() -> None:
+    parts = [name for names in SMOKE_PARTS.values() for name in names]
+    assert sorted(parts) == sorted(scenario.name for scenario in SUITES["smoke"])
+
+
+def run_smoke(tmp_path: Path, part: str) -> tuple[dict[tuple[str, str], dict], str, str]:
+    """One part of the smoke suite through the benchmark's command, at tiny scale on the CPU: its results by
+    (scenario, kind), its table, and what it printed."""
+    scenarios = [arg for name in SMOKE_PARTS[part] for arg in ("--scenario", name)]
     run = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--scale", "tiny", "--device", "cpu", "--suite", "smoke", "--runs", "2",
-         "--no-drop-caches", "--out", str(tmp_path / "out"), "--volume-dir", str(tmp_path / "vol")],
+         "--no-drop-caches", "--out", str(tmp_path / "out"), "--volume-dir", str(tmp_path / "vol"), *scenarios],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads((tmp_path / "out" / "benchmark.json").read_text())["results"]
-    kinds = {(r["scenario"], r["kind"]) for r in results}
+    table = (tmp_path / "out" / "benchmark.md").read_text()
+    assert table in run.stdout
+    return {(r["scenario"], r["kind"]): r for r in results}, table, run.stdout
+
+
+@pytest.mark.slow
+def test_smoke_jobs_loads_and_kernels_at_tiny_scale(tmp_path: Path) -> None:
+    by_name, table, _ = run_smoke(tmp_path, "jobs")
     assert {("loads: fp16", "LoadResult"), ("loads: standard", "LoadResult"), ("attention kernels", "AttentionResult"),
             ("stock diffusers", "StockGeneration"), ("ours", "GenerationResult"),
-            ("ours", "FeaturesResult"), ("ours nofuse", "GenerationResult"), ("ours fp8", "GenerationResult"),
-            ("ours compiled blocks", "GenerationResult"), ("ours compiled blocks", "CachedStart"),
-            ("UNet FLOPs", "FlopsResult"), ("Dynamo tracing", "TracingResult"), ("add-fp16", "PrepareResult")} == kinds
-    by_name = {(r["scenario"], r["kind"]): r for r in results}
+            ("ours", "FeaturesResult"), ("ours nofuse", "GenerationResult"),
+            ("ours fp8", "GenerationResult")} == set(by_name)
     ours = by_name["ours", "GenerationResult"]
     assert ours["profile"]["top"] and ours["profile"]["busy_s"] > 0
     assert len(ours["ours"]["runs"]) == len(ours["stock"]["runs"]) == 2  # interleaved, one each per round
@@ -94,10 +114,6 @@ def test_smoke_suite_runs_every_stage_at_tiny_scale(tmp_path: Path) -> None:
     # What each scenario ran with; an option the device cannot run says so instead of passing for measured.
     assert by_name["ours nofuse", "GenerationResult"]["applied"] == []
     assert by_name["ours fp8", "GenerationResult"]["applied"] == ["fuse_qkv", "QUANTIZE skipped"]
-    compiled = by_name["ours compiled blocks", "GenerationResult"]
-    assert "compile=default, compile_scope=blocks" in compiled["applied"]
-    cached = by_name["ours compiled blocks", "CachedStart"]
-    assert cached["first_call_s"] > cached["second_call_s"] and cached["priming_compile_s"] > 0
     features = {job["job"]: job for job in by_name["ours", "FeaturesResult"]["jobs"]}
     assert [job["mode"] for job in features.values()] == ["txt2img", "img2img", "inpaint"] + ["txt2img"] * 7
     assert features["text to image after the others"]["image_sha"] == features["text to image"]["image_sha"]
@@ -105,23 +121,40 @@ def test_smoke_suite_runs_every_stage_at_tiny_scale(tmp_path: Path) -> None:
     assert features["LoRA (rank 32, UNet and text encoders)"]["image_sha"] != features["text to image"]["image_sha"]
     assert features["long weighted prompt"]["prompt_tokens"] > 77 and all(
         job["image_std"] > 0 and len(job["warm"]["runs"]) == 2 for job in features.values())
-    assert "| image to image, strength 0.6 | img2img | 15 |" in (tmp_path / "out" / "benchmark.md").read_text()
+    assert "| image to image, strength 0.6 | img2img | 15 |" in table
     loads = by_name["loads: fp16", "LoadResult"]
     assert loads["cache_drop"] == "fadvise DONTNEED" and loads["streamed_cold_s"] > 0
     assert loads["ours_streams"] == 16  # on the CPU LOAD_STREAMS=auto is the read-once loader
+    assert "| ours nofuse | none |" in table and "| ours fp8 | fuse_qkv, QUANTIZE skipped |" in table
+    assert "One warm job under the profiler (ours): CPU ops (self time) busy" in table
+    assert "| self 640ch |" in table
+    assert decode(__import__("base64").b64encode((tmp_path / "out" / "benchmark.png").read_bytes())).size[0] == 900
+
+
+@pytest.mark.slow
+def test_smoke_compiled_blocks_and_their_cached_start_at_tiny_scale(tmp_path: Path) -> None:
+    by_name, _, _ = run_smoke(tmp_path, "compiled")
+    assert {("stock diffusers", "StockGeneration"), ("ours compiled blocks", "GenerationResult"),
+            ("ours compiled blocks", "CachedStart")} == set(by_name)
+    compiled = by_name["ours compiled blocks", "GenerationResult"]
+    assert "compile=default, compile_scope=blocks" in compiled["applied"]
+    cached = by_name["ours compiled blocks", "CachedStart"]
+    assert cached["first_call_s"] > cached["second_call_s"] and cached["priming_compile_s"] > 0
+
+
+@pytest.mark.slow
+def test_smoke_flops_tracing_and_prepare_at_tiny_scale(tmp_path: Path) -> None:
+    by_name, table, _ = run_smoke(tmp_path, "meta and prepare")
+    assert {("UNet FLOPs", "FlopsResult"), ("Dynamo tracing", "TracingResult"), ("add-fp16", "PrepareResult")} == \
+        set(by_name)
     tracing = by_name["Dynamo tracing", "TracingResult"]["scopes"]
     assert tracing["blocks"]["traced_nodes"] < tracing["full"]["traced_nodes"]
     flops = by_name["UNet FLOPs", "FlopsResult"]
     assert sum(flops["share_by_op"].values()) == pytest.approx(1, abs=1e-3)
-    table = (tmp_path / "out" / "benchmark.md").read_text()
-    assert "| ours nofuse | none |" in table and "| ours fp8 | fuse_qkv, QUANTIZE skipped |" in table
-    assert "One warm job under the profiler (ours): CPU ops (self time) busy" in table
-    assert "| self 640ch |" in table and "| blocks |" in table
+    assert "| blocks |" in table
     prepared = by_name["add-fp16", "PrepareResult"]
     assert prepared["bytes_written"] * 2 == pytest.approx(prepared["bytes_read"], rel=0.01)
     assert prepared["peak_rss_gib"] > 0 and "| add-fp16 (cache: fadvise DONTNEED) |" in table
-    assert table in run.stdout
-    assert decode(__import__("base64").b64encode((tmp_path / "out" / "benchmark.png").read_bytes())).size[0] == 900
 
 
 @pytest.mark.slow
