@@ -71,25 +71,30 @@ def test_the_chart_draws_each_scenario(tmp_path: Path) -> None:
     assert not draw_chart(Run(RUN_SETTINGS), tmp_path / "empty.png")
 
 
-# The smoke suite in three runs that the two test processes share out: each scenario in exactly one.
+# The smoke suite in runs that the two test processes share out, each of its scenarios in exactly one: a suite and
+# the scenarios of it to run (none: all). Its FLOPs and Dynamo tracing are the meta suite.
 SMOKE_PARTS = {
-    "jobs": ("loads", "attention kernels", "ours", "ours nofuse", "ours fp8"),
-    "compiled": ("ours compiled blocks",),
-    "meta and prepare": ("UNet FLOPs", "Dynamo tracing", "add-fp16"),
+    "jobs": ("smoke", ("loads", "attention kernels", "ours", "ours nofuse", "ours fp8")),
+    "compiled": ("smoke", ("ours compiled blocks",)),
+    "prepare": ("smoke", ("add-fp16",)),
+    "meta": ("meta", ()),
 }
 
 
 def test_the_smoke_parts_hold_every_scenario_of_the_suite_once() -> None:
-    parts = [name for names in SMOKE_PARTS.values() for name in names]
+    parts = [name for suite, names in SMOKE_PARTS.values()
+             for name in (names or [scenario.name for scenario in SUITES[suite]])]
     assert sorted(parts) == sorted(scenario.name for scenario in SUITES["smoke"])
+    assert set(SUITES["meta"]) <= set(SUITES["smoke"])
 
 
 def run_smoke(tmp_path: Path, part: str) -> tuple[dict[tuple[str, str], dict], str, str]:
     """One part of the smoke suite through the benchmark's command, at tiny scale on the CPU: its results by
     (scenario, kind), its table, and what it printed."""
-    scenarios = [arg for name in SMOKE_PARTS[part] for arg in ("--scenario", name)]
+    suite, names = SMOKE_PARTS[part]
+    scenarios = [arg for name in names for arg in ("--scenario", name)]
     run = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--scale", "tiny", "--device", "cpu", "--suite", "smoke", "--runs", "2",
+        [sys.executable, "-m", "benchmarks", "--scale", "tiny", "--device", "cpu", "--suite", suite, "--runs", "2",
          "--no-drop-caches", "--out", str(tmp_path / "out"), "--volume-dir", str(tmp_path / "vol"), *scenarios],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )
@@ -143,15 +148,9 @@ def test_smoke_compiled_blocks_and_their_cached_start_at_tiny_scale(tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_smoke_flops_tracing_and_prepare_at_tiny_scale(tmp_path: Path) -> None:
-    by_name, table, _ = run_smoke(tmp_path, "meta and prepare")
-    assert {("UNet FLOPs", "FlopsResult"), ("Dynamo tracing", "TracingResult"), ("add-fp16", "PrepareResult")} == \
-        set(by_name)
-    tracing = by_name["Dynamo tracing", "TracingResult"]["scopes"]
-    assert tracing["blocks"]["traced_nodes"] < tracing["full"]["traced_nodes"]
-    flops = by_name["UNet FLOPs", "FlopsResult"]
-    assert sum(flops["share_by_op"].values()) == pytest.approx(1, abs=1e-3)
-    assert "| blocks |" in table
+def test_smoke_prepare_at_tiny_scale(tmp_path: Path) -> None:
+    by_name, table, _ = run_smoke(tmp_path, "prepare")
+    assert set(by_name) == {("add-fp16", "PrepareResult")}
     prepared = by_name["add-fp16", "PrepareResult"]
     assert prepared["bytes_written"] * 2 == pytest.approx(prepared["bytes_read"], rel=0.01)
     assert prepared["peak_rss_gib"] > 0 and "| add-fp16 (cache: fadvise DONTNEED) |" in table
@@ -160,12 +159,14 @@ def test_smoke_flops_tracing_and_prepare_at_tiny_scale(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_meta_suite_needs_no_volume(tmp_path: Path) -> None:
     """FLOPs and Dynamo tracing from the configs on the meta device: no volume built, no weights."""
-    run = subprocess.run([sys.executable, "-m", "benchmarks", "--suite", "meta", "--scale", "tiny", "--out",
-                          str(tmp_path / "out"), "--volume-dir", str(tmp_path / "vol")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
+    by_name, table, stdout = run_smoke(tmp_path, "meta")
     assert not (tmp_path / "vol").exists()
-    assert "UNet FLOPs per call, batch 2" in run.stdout and "| full |" in run.stdout
+    assert set(by_name) == {("UNet FLOPs", "FlopsResult"), ("Dynamo tracing", "TracingResult")}
+    tracing = by_name["Dynamo tracing", "TracingResult"]["scopes"]
+    assert tracing["blocks"]["traced_nodes"] < tracing["full"]["traced_nodes"]
+    flops = by_name["UNet FLOPs", "FlopsResult"]
+    assert sum(flops["share_by_op"].values()) == pytest.approx(1, abs=1e-3)
+    assert "UNet FLOPs per call, batch 2" in stdout and "| full |" in table and "| blocks |" in table
 
 
 def test_sdxl_unet_flops_match_the_published_count_and_fp8_covers_its_linear_work() -> None:
