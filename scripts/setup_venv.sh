@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 is_312() { "$1" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null; }
 python=
-for candidate in "${PYTHON312:-}" python3.12 "$(pyenv root 2>/dev/null || echo /nonexistent)"/versions/3.12*/bin/python3.12; do
+for candidate in "${PYTHON312:-}" python3.12 "$(pyenv root 2>/dev/null || echo "${PYENV_ROOT:-$HOME/.pyenv}")"/versions/3.12*/bin/python3.12; do
   if [[ -n $candidate ]] && is_312 "$candidate"; then python=$(command -v "$candidate"); break; fi
 done
 if [[ -z $python ]]; then

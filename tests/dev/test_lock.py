@@ -165,3 +165,18 @@ def test_the_version_table_marks_what_differs_from_the_lock() -> None:
     rows = {name: running for name, _, running, _ in lock.version_rows(fake)}
     assert rows == {"pydantic": pydantic, "safetensors": f"{importlib.metadata.version('safetensors')} DIFFERS",
                     "no-such-package": "missing"}
+
+
+def test_without_python_312_the_venv_script_says_how_to_get_it(tmp_path: Path) -> None:
+    """The tests run the image's Python: on a machine without one, one sentence naming what to install, no venv."""
+    (tmp_path / "repo" / "scripts").mkdir(parents=True)
+    script = tmp_path / "repo" / "scripts" / "setup_venv.sh"
+    script.write_text((lock.ROOT / "scripts" / "setup_venv.sh").read_text())
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home")}
+    if any(Path(folder, "python3.12").exists() for folder in env["PATH"].split(":")):
+        pytest.skip("this machine has python3.12 in /usr/bin")
+    run = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=60)
+    assert run.returncode == 1 and run.stdout == ""
+    assert run.stderr.startswith("The tests run the image's Python 3.12 and none was found") and \
+        "pyenv install 3.12" in run.stderr and run.stderr.count("\n") == 1
+    assert not (tmp_path / "repo" / ".venv").exists()
