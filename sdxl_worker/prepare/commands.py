@@ -127,7 +127,7 @@ def finish(summary: Summary, report: VolumeReport) -> Summary:
 def add_fp16(model_path: Path, *, drop_standard: bool = False, dry_run: bool = False,
              progress: ProgressBar | None = None) -> Summary:
     """The `add-fp16` command (see the module docstring)."""
-    with _writing(model_path, dry_run):
+    with _writing(model_path, dry_run, creates=False):
         return _add_fp16(model_path, drop_standard, dry_run, progress)
 
 
@@ -212,7 +212,7 @@ def _drop_standard(summary: Summary, report: VolumeReport) -> list[str]:
 
 def convert_bin(model_path: Path, *, dry_run: bool = False, progress: ProgressBar | None = None) -> Summary:
     """The `convert-bin` command (see the module docstring)."""
-    with _writing(model_path, dry_run):
+    with _writing(model_path, dry_run, creates=False):
         return _convert_bin(model_path, dry_run, progress)
 
 
@@ -257,14 +257,16 @@ def from_single_file(checkpoint: Path, model_path: Path, *, config_dir: Path | N
                      vae_dir: Path | None = None, dry_run: bool = False,
                      progress: ProgressBar | None = None) -> Summary:
     """The `from-single-file` command (see the module docstring)."""
-    with _writing(model_path, dry_run):
+    with _writing(model_path, dry_run, creates=True):
         return _from_single_file(checkpoint, model_path, config_dir, vae_dir, dry_run, progress)
 
 
-def _writing(model_path: Path, dry_run: bool) -> AbstractContextManager[object]:
-    """The model folder's writer lock for a command that writes; none for a dry run, or where there is no volume
-    to lock on (the command then says what is missing)."""
-    return nullcontext() if dry_run or not model_path.parent.is_dir() else writer_lock(model_path)
+def _writing(model_path: Path, dry_run: bool, *, creates: bool) -> AbstractContextManager[object]:
+    """The model folder's writer lock for a command that writes. None for a dry run, nor where the command will
+    refuse for want of a folder (the model folder for a command that changes one, its parent for one that creates
+    it): a refused command writes nothing, and its sentence names what is there, not the lock."""
+    needed = model_path.parent if creates else model_path
+    return nullcontext() if dry_run or not needed.is_dir() else writer_lock(model_path)
 
 
 def _from_single_file(checkpoint: Path, model_path: Path, config_dir: Path | None, vae_dir: Path | None,

@@ -42,6 +42,10 @@ def writer_lock(model_path: Path) -> Iterator[Path]:
             who = f"process {holder[1]} on {bounded(holder[0], 60)} since {holder[2]}" if holder else "another run"
             raise PrepareError(f"{model_path} is being written by {who} (lock {path}): wait for it to finish, or "
                                "delete the lock if no prepare_volume run is active") from None
+        except OSError as error:  # a read-only volume, a folder this user may not write
+            raise PrepareError(f"cannot write next to {model_path} ({error.strerror}): prepare_volume writes the "
+                               "new files on the volume itself; run it where the volume is mounted read-write "
+                               "(a pod's /workspace)") from None
     else:
         raise PrepareError(f"{model_path}: the lock {path} could not be taken")
     with os.fdopen(fd, "w") as handle:

@@ -256,6 +256,38 @@ def test_a_missing_folder_is_bad_usage(tmp_path: Path, capsys: pytest.CaptureFix
     assert "is not a model folder" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["add-fp16", "convert-bin"])
+def test_a_missing_model_folder_on_a_volume_is_refused_writing_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str) -> None:
+    """The refusal names what the volume holds, never the command's own lock, and leaves the volume as it was."""
+    (tmp_path / "photonicfusion-sdxl").mkdir()
+    assert prepare_volume.main([command, str(tmp_path / "photonicfusion-sdl")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a model folder" in err and "prepare-lock" not in err
+    assert "Did you mean" in err and str(tmp_path / "photonicfusion-sdxl") in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photonicfusion-sdxl"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="a read-only mount needs root")
+def test_a_read_only_volume_is_one_sentence(fp32_volume_source: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)]).returncode != 0:
+        pytest.skip("tmpfs mount refused here")
+    try:
+        volume = mount / "photonicfusion-sdxl"
+        shutil.copytree(fp32_volume_source, volume)
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        before = tree_state(mount)
+        assert prepare_volume.main(["add-fp16", str(volume)]) == 1
+        err = capsys.readouterr().err
+        assert f"cannot write next to {volume} (Read-only file system)" in err and "Traceback" not in err
+        assert err.count("\n") == 1 and tree_state(mount) == before
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
 @pytest.fixture(scope="module")
 def checkpoints(fp32_volume_source: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("checkpoints")
