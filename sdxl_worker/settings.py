@@ -62,7 +62,8 @@ class Settings(BaseModel):
         "default fits both (19 for an endpoint called only with /runsync). Over it, images go to the bucket when "
         "one is set, else the job fails saying what to change."))
     stack_test: bool = Field(False, description=(
-        "With no volume at all (nothing at MODEL_PATH nor the folder above it): serve a tiny random-weight SDXL "
+        "With no volume at all (under /runpod-volume: it is no mount point and holds nothing; elsewhere: nothing "
+        "at MODEL_PATH nor the folder above it; never for a relative MODEL_PATH): serve a tiny random-weight SDXL "
         "built in memory, so RunPod's Hub tests check the image's stack; its images are noise and every reply's "
         "`model.variant` is `stack-test`. Ignored when a volume is there."))
     speed: SpeedOptions = Field(default_factory=SpeedOptions)

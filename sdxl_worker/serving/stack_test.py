@@ -4,7 +4,7 @@ RunPod's Hub tests a listing by starting the image on a test machine with no net
 in `.runpod/tests.json`. With `STACK_TEST=1` and no volume, the worker builds this pipeline instead of loading
 one, then runs the same start (speed options, warm-up) and the same handler, so a Hub test proves the image's
 libraries, CUDA and the job path work together. Its images are noise, and every reply says so: the model's
-`variant` is `stack-test`. It is never used when a volume is there (`no_volume`).
+`variant` is `stack-test`. It is never used when a volume is there (`volume_evidence`).
 
 `TINY_CONFIGS` is also the demo and test volumes' architecture (dev/synthetic_volume.py writes it to disk).
 """
@@ -21,6 +21,8 @@ from sdxl_worker.loading.loader import LoadRecord
 from sdxl_worker.prepare.pipeline_files import ASSETS, TOKENIZERS
 
 STACK_TEST_VARIANT = "stack-test"
+# Where RunPod mounts a serverless worker's network volume.
+RUNPOD_VOLUME = Path("/runpod-volume")
 
 _TINY_TEXT = {
     "attention_dropout": 0.0,
@@ -85,14 +87,31 @@ TINY_CONFIGS: dict[str, dict[str, object]] = {
 }
 
 
-def no_volume(model_path: str) -> bool:
-    """Nothing at MODEL_PATH nor at the folder above it (RunPod's mount point, /runpod-volume by default).
+def volume_evidence(model_path: str) -> str | None:
+    """Why a volume counts as attached for MODEL_PATH (a phrase for the log), or None when none is.
 
-    A volume that is attached but lacks the model is a user's mistake that the volume check must name, so the
-    folder above counts: only a machine with no volume at all gets the stack test.
+    A volume that is attached but lacks the model is a user's mistake that the volume check must name, never a
+    reason to serve noise. Under RunPod's mount point the mount decides, so a typo any levels below it is
+    reported; elsewhere the model folder or the folder above it existing does; a relative path is a folder of
+    this machine, never a missing volume.
     """
     path = Path(model_path)
-    return not os.path.lexists(path) and not os.path.lexists(path.parent)
+    if not path.is_absolute():
+        return f"MODEL_PATH {model_path} is a relative path"
+    if path.is_relative_to(RUNPOD_VOLUME):
+        if os.path.ismount(RUNPOD_VOLUME):
+            return f"{RUNPOD_VOLUME} is a mount point"
+        try:
+            with os.scandir(RUNPOD_VOLUME) as entries:
+                return f"{RUNPOD_VOLUME} holds files" if next(entries, None) is not None else None
+        except FileNotFoundError:
+            return None
+        except OSError as error:  # there but unreadable: the volume check says how
+            return f"{RUNPOD_VOLUME} is there ({error.strerror})"
+    for where in (path, path.parent):
+        if os.path.lexists(where):
+            return f"{where} exists"
+    return None
 
 
 def model_instance(component: str, config: dict[str, object]) -> Any:

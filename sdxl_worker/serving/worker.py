@@ -31,7 +31,7 @@ from sdxl_worker.loading.loader import LoadRecord, load_planned
 from sdxl_worker.loading.plan import plan_load, resolve_device
 from sdxl_worker.logs import PROMPT_LOG_CHARS, configure_logging, job_text, route_library_logs
 from sdxl_worker.sentences import describe
-from sdxl_worker.serving.stack_test import no_volume, stack_test_pipeline
+from sdxl_worker.serving.stack_test import RUNPOD_VOLUME, stack_test_pipeline, volume_evidence
 from sdxl_worker.settings import Settings, SettingsError
 from sdxl_worker.speed.cuda_graphs import graphed_forward
 from sdxl_worker.speed.options import SpeedReport, apply_speedups, freeze_compiled_shapes
@@ -103,19 +103,22 @@ class Worker:
         # crash-looping; the traceback goes to the log in full.
         report = None
         device: str | None = None  # known once the plan is made; a failure before it has no CUDA work to check
-        stack_test = settings.stack_test and no_volume(settings.model_path)
+        attached = volume_evidence(settings.model_path)
+        stack_test = settings.stack_test and attached is None
         try:
             if stack_test:
                 # 2-4 for a machine with no volume (RunPod's Hub tests): a tiny random-weight model instead.
-                log.warning("STACK_TEST=1 and no volume at %s: serving a tiny random-weight SDXL built in memory, "
-                            "a test of the image's stack, not the model", settings.model_path)
+                log.warning("STACK_TEST=1 and no volume for %s (%s neither mounted nor holding anything, or nothing "
+                            "at the model folder nor above it): serving a tiny random-weight SDXL built in memory, "
+                            "a test of the image's stack, not the model", settings.model_path, RUNPOD_VOLUME)
                 device = resolve_device(settings.device)
                 route_library_logs()
                 started = time.perf_counter()
                 pipe, record = stack_test_pipeline(device)
             else:
                 if settings.stack_test:
-                    log.info("STACK_TEST=1 ignored: a volume is there (%s), so it is served", settings.model_path)
+                    log.info("STACK_TEST=1 ignored: a volume is attached (%s), so %s is served or its problem "
+                             "reported", attached, settings.model_path)
                 # 2. Volume check, once, every tensor name and shape included: the load plan is made from its report.
                 report = check_volume(settings.model_path, tensors=True)
                 for line in report.render().splitlines():

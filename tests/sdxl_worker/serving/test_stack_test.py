@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
-from sdxl_worker.serving.stack_test import STACK_TEST_VARIANT, no_volume
+from sdxl_worker.serving import stack_test
+from sdxl_worker.serving.stack_test import STACK_TEST_VARIANT, volume_evidence
 from sdxl_worker.serving.worker import Worker
 from sdxl_worker.settings import Settings
 
@@ -19,10 +22,52 @@ def _worker(model_path: Path, **settings: object) -> Worker:
 
 
 def test_no_volume_means_neither_the_model_folder_nor_its_mount(tmp_path: Path) -> None:
-    assert no_volume(str(tmp_path / "runpod-volume" / "model"))
-    assert not no_volume(str(tmp_path / "model"))  # the mount is there, the model is not: the check must say so
+    assert volume_evidence(str(tmp_path / "runpod-volume" / "model")) is None
+    # the mount is there, the model is not: the check must say so
+    assert volume_evidence(str(tmp_path / "model")) == f"{tmp_path} exists"
     (tmp_path / "model").mkdir()
-    assert not no_volume(str(tmp_path / "model"))
+    assert volume_evidence(str(tmp_path / "model")) == f"{tmp_path / 'model'} exists"
+    assert volume_evidence("missing/model") == "MODEL_PATH missing/model is a relative path"
+
+
+@pytest.fixture
+def runpod_volume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """RunPod's mount point, in a temp folder."""
+    root = tmp_path / "runpod-volume"
+    monkeypatch.setattr(stack_test, "RUNPOD_VOLUME", root)
+    return root
+
+
+def test_under_runpods_mount_point_the_mount_decides(runpod_volume: Path) -> None:
+    typo = str(runpod_volume / "modles" / "photonicfusion-sdxl")  # two levels below the volume
+    assert volume_evidence(typo) is None  # no volume at all: the Hub's test machine
+    runpod_volume.mkdir()
+    assert volume_evidence(typo) is None  # an empty folder where a volume would be mounted
+    (runpod_volume / "photonicfusion-sdxl").mkdir()
+    assert volume_evidence(typo) == f"{runpod_volume} holds files"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_an_empty_mounted_volume_counts_as_attached(runpod_volume: Path) -> None:
+    import subprocess
+
+    runpod_volume.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(runpod_volume)]).returncode != 0:
+        pytest.skip("tmpfs mount refused here")
+    try:
+        assert volume_evidence(str(runpod_volume / "photonicfusion-sdxl")) == f"{runpod_volume} is a mount point"
+    finally:
+        subprocess.run(["umount", str(runpod_volume)], check=True)
+
+
+@pytest.mark.parametrize("where", ["typo below the volume", "relative"])
+def test_a_model_path_with_a_typo_is_reported_not_replaced_by_noise(runpod_volume: Path, where: str) -> None:
+    (runpod_volume / "photonicfusion-sdxl").mkdir(parents=True)
+    model_path = runpod_volume / "modles" / "photonicfusion-sdxl" if where != "relative" else Path("missing/model")
+    worker = _worker(model_path, stack_test=True)
+    reply = worker.handle({"id": "j", "input": {"prompt": "a fox"}})
+    assert worker.pipe is None and worker.record is None
+    assert f"model at {model_path} is not loadable" in reply["error"] and STACK_TEST_VARIANT not in str(reply)
 
 
 def test_without_a_volume_the_stack_test_serves_a_labelled_job(tmp_path: Path) -> None:
