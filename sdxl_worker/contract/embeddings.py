@@ -25,6 +25,10 @@ from sdxl_worker.weights.loras import confined, signature_of
 from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError
 from sdxl_worker.weights.safetensors_io import read_tensors
 
+# The start of a placeholder, in any case. The tokenizers match added tokens anywhere in a text, so a prompt that
+# spelled one would reach a loaded embedding's vectors, even with `embeddings: false`. A space after the "<" breaks
+# that match and changes no CLIP token: CLIP splits "<" from the letters after it either way.
+PLACEHOLDER_START = re.compile(r"<(?=ti-\d)", re.IGNORECASE)
 # A word as an embedding's name may be one (LoRA names' characters): dots only inside, so "grain." is "grain".
 WORD = re.compile(r"(?<![A-Za-z0-9_.-])[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*(?![A-Za-z0-9_-]|\.[A-Za-z0-9_-])")
 
@@ -62,9 +66,12 @@ class PromptEmbeddings:
         self._ids = itertools.count()
         self._listing: tuple[int, set[str]] | None = None  # (the folder's modification time, its names)
 
-    def substitute(self, pipe: Any, prompt: str, negative_prompt: str | None) -> PromptTexts:
-        """The prompts with every word that names an embedding in the folder replaced by its loaded tokens."""
-        available = self._names()
+    def substitute(self, pipe: Any, prompt: str, negative_prompt: str | None, enabled: bool = True) -> PromptTexts:
+        """The prompts with every word that names an embedding in the folder replaced by its loaded tokens (none
+        when not `enabled`), and no placeholder spelled by the job's own text."""
+        prompt = PLACEHOLDER_START.sub("< ", prompt)
+        negative_prompt = None if negative_prompt is None else PLACEHOLDER_START.sub("< ", negative_prompt)
+        available = self._names() if enabled else set()
         texts = [text for text in (prompt, negative_prompt) if text is not None]
         used = sorted({word.group(0) for text in texts for word in WORD.finditer(text)} & available)
         if not used:

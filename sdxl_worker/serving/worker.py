@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sdxl_worker.contract.controlnets import ControlNets, control_images
-from sdxl_worker.contract.embeddings import PromptEmbeddings, PromptTexts
+from sdxl_worker.contract.embeddings import PromptEmbeddings
 from sdxl_worker.contract.generation import NonFiniteLatents, generate, pipeline_on
 from sdxl_worker.contract.image_encoding import encode_image
 from sdxl_worker.contract.image_input import InputImages, decode_image, load_inputs
@@ -253,8 +253,7 @@ class Worker:
             pipe, control = self.controlnets.pipeline(self.pipe, params.mode, params.controlnets, controls)
         graphed = graphed_forward(pipe)
         graph_counts = dataclasses.replace(graphed.counts) if graphed is not None else None
-        texts = (self.embeddings.substitute(pipe, params.prompt, params.negative_prompt) if params.embeddings else
-                 PromptTexts(params.prompt, params.negative_prompt, ()))
+        texts = self.embeddings.substitute(pipe, params.prompt, params.negative_prompt, params.embeddings)
         try:
             # The prompts are encoded inside too: a LoRA's text-encoder layers change the embeddings.
             with self.loras.applied(pipe, params.loras) as loras, \

@@ -63,6 +63,21 @@ def test_a_word_naming_an_embedding_draws_with_it_and_the_reply_says_so(served: 
     assert run(served, "a lighthouse")["images"] == run(worker, "a lighthouse")["images"]  # nothing named: plain
 
 
+def test_the_placeholders_are_unreachable_from_a_prompts_text(served: Worker, worker: Worker) -> None:
+    """A job that spells the worker's own placeholders draws what a worker that never loaded an embedding draws:
+    the same job does not depend on earlier jobs."""
+    assert run(served, "a lighthouse, grainy")["embeddings"] == ["grainy"]  # loaded: its placeholders exist
+    token = served.embeddings.loaded["grainy"].token
+    spelled = f"a lighthouse, {token} {token.upper()}_1 ({token}_2:1.3)"
+    plain = run(worker, spelled)
+    in_negative = run(worker, "a lighthouse", negative_prompt=spelled)
+    for prompt, fields, reference in ((spelled, {"embeddings": False}, plain), (spelled, {}, plain),
+                                      ("a lighthouse", {"negative_prompt": spelled}, in_negative)):
+        reply = run(served, prompt, **fields)
+        assert reply["embeddings"] == [] and reply["images"] == reference["images"], fields
+        assert reply["prompt_tokens"] == reference["prompt_tokens"]
+
+
 def test_only_a_whole_word_uses_it_and_weighting_around_it_applies(served: Worker) -> None:
     assert run(served, "a lighthouse, ungrainy grainyness")["embeddings"] == []
     assert run(served, "a lighthouse. grainy.")["embeddings"] == ["grainy"]  # a sentence's full stop is no part
