@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdxl_worker.contract.job_schema import MAX_PROMPT_CHARS
 from sdxl_worker.logs import libraries_quiet
 from sdxl_worker.sentences import bounded
 from sdxl_worker.weights.embeddings import EmbeddingFile, EmbeddingFileError, EmbeddingSettings, inspect, names
@@ -90,7 +91,16 @@ class PromptEmbeddings:
             return WORD.sub(lambda word: loaded[word.group(0)].text if word.group(0) in loaded else word.group(0),
                             text)
 
-        return PromptTexts(replaced(prompt) or prompt, replaced(negative_prompt), tuple(used))
+        texts = PromptTexts(replaced(prompt) or prompt, replaced(negative_prompt), tuple(used))
+        for which, text in (("prompt", texts.prompt), ("negative prompt", texts.negative_prompt)):
+            # A token is at least a character of plain text, so only embeddings (up to EMBEDDING_MAX_VECTORS
+            # tokens a word) can take a prompt past its character cap in tokens, and the job's time with it.
+            if text is not None and (count := len(pipe.tokenizer(text, add_special_tokens=False).input_ids)) > \
+                    MAX_PROMPT_CHARS:
+                raise EmbeddingFileError(
+                    f"The {which} is {count:,} tokens with its embeddings expanded ({_vectors(loaded)}), over the "
+                    f"{MAX_PROMPT_CHARS:,} a prompt may have: use them fewer times, or send embeddings: false.")
+        return texts
 
     def _names(self) -> set[str]:
         """The folder's embedding names, listed again only when the folder changed (its modification time moves
@@ -139,6 +149,10 @@ class PromptEmbeddings:
     def _unload(pipe: Any, embedding: LoadedEmbedding) -> None:
         for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
             pipe.unload_textual_inversion(embedding.tokens, tokenizer=tokenizer, text_encoder=encoder)
+
+
+def _vectors(loaded: dict[str, LoadedEmbedding]) -> str:
+    return ", ".join(f"{name}: {embedding.file.vectors} tokens each" for name, embedding in sorted(loaded.items()))
 
 
 def _width(encoder: Any) -> int:

@@ -118,7 +118,8 @@ class JobInput(BaseModel):
         "An image prompt through an IP-Adapter, beside the text prompt."))
     embeddings: bool = Field(default=True, description=(
         "A word of a prompt equal to a file's name in `EMBEDDINGS_DIR` uses that textual-inversion embedding, as in "
-        "A1111 (weighting around it applies); false: every word is text."))
+        "A1111 (weighting around it applies); false: every word is text. Each prompt, its embeddings expanded, is at "
+        "most as many tokens as its character cap (2000)."))
     prompt_weighting: bool = Field(default=True, description=(
         "A1111 weights in the prompts: `(word:1.3)`, `(word)` x1.1, `[word]` /1.1; false: parentheses are text."))
     image: str | None = Field(default=None, description=(

@@ -25,6 +25,7 @@ def folder(tiny_volume_source: Path, tmp_path_factory: pytest.TempPathFactory) -
     folder = tmp_path_factory.mktemp("embeddings")
     write_embedding(tiny_volume_source, folder / "grainy.safetensors", vectors=3, seed=1)
     write_embedding(tiny_volume_source, folder / "bad-hands.safetensors", vectors=1, seed=2)
+    write_embedding(tiny_volume_source, folder / "wide.safetensors", vectors=75, seed=4)
     save_file({"emb_params": torch.randn(2, 768)}, folder / "sd15.safetensors")
     save_file({"clip_l": torch.randn(2, 768), "clip_g": torch.randn(2, 1280)}, folder / "full-size.safetensors")
     save_file({"clip_l": torch.full((1, 16), float("nan")), "clip_g": torch.zeros(1, 32)}, folder / "nan.safetensors")
@@ -76,6 +77,17 @@ def test_the_placeholders_are_unreachable_from_a_prompts_text(served: Worker, wo
         reply = run(served, prompt, **fields)
         assert reply["embeddings"] == [] and reply["images"] == reference["images"], fields
         assert reply["prompt_tokens"] == reference["prompt_tokens"]
+
+
+def test_a_prompt_expanded_past_its_character_cap_in_tokens_is_refused(served: Worker) -> None:
+    """One 75-vector embedding repeated: 2,025 tokens from a 135-character prompt would be a job many times the
+    plain one's time. Refused in one sentence, and the worker serves the next job."""
+    reply = run(served, "wide " * 27)
+    assert reply == {"error": "The prompt is 2,025 tokens with its embeddings expanded (wide: 75 tokens each), over "
+                              "the 2,000 a prompt may have: use them fewer times, or send embeddings: false."}
+    assert run(served, "a lighthouse", negative_prompt="wide " * 27)["error"].startswith("The negative prompt is ")
+    assert run(served, "wide " * 26)["prompt_tokens"]["prompt"] == 1950  # under the cap: served
+    assert run(served, "wide " * 27, embeddings=False)["prompt_tokens"]["prompt"] == 27
 
 
 def test_only_a_whole_word_uses_it_and_weighting_around_it_applies(served: Worker) -> None:
