@@ -107,6 +107,11 @@ def inspect(folder: Path, name: str, unet_config: Mapping[str, Any]) -> ControlN
     """Check a ControlNet folder from its config and headers against the model's UNet config: ControlNetFileError
     with the reason if it cannot steer this model."""
     path = resolve(folder, name)
+    for file in ("config.json", WEIGHTS, FP16_WEIGHTS):
+        # The folder is inside CONTROLNET_DIR; each file it holds must be too, not a link out of it.
+        if confined(folder, f"{name}/{file}") is None:
+            raise ControlNetFileError(f"ControlNet {name!r}: {file} links outside the ControlNet folder; only files "
+                                      f"inside {folder} are read.")
     try:
         config = json.loads(read_text_bounded(path / "config.json"))
     except (OSError, ValueError) as exc:

@@ -61,6 +61,10 @@ def folder(tiny_volume_source: Path, tmp_path_factory: pytest.TempPathFactory) -
     outside = tmp_path_factory.mktemp("outside")
     write_controlnet(tiny_volume_source, outside / "elsewhere", seed=3)
     os.symlink(outside / "elsewhere", folder / "escape")
+    (folder / "linked-weights").mkdir()  # a folder of its own whose weights file is a link out of CONTROLNET_DIR
+    shutil.copy(folder / "edges" / "config.json", folder / "linked-weights" / "config.json")
+    os.symlink(outside / "elsewhere" / "diffusion_pytorch_model.safetensors",
+               folder / "linked-weights" / "diffusion_pytorch_model.safetensors")
     return folder
 
 
@@ -142,6 +146,8 @@ def test_image_to_image_and_inpainting_take_controlnets_too(served: Worker, mode
     ({"controlnets": [steer("short")]}, "ControlNet 'short': diffusion_pytorch_model.safetensors: 1 tensor(s) the "
                                         "config needs are missing"),
     ({"controlnets": [steer("escape")]}, "ControlNet 'escape' links outside the ControlNet folder"),
+    ({"controlnets": [steer("linked-weights")]}, "ControlNet 'linked-weights': diffusion_pytorch_model.safetensors "
+                                                 "links outside the ControlNet folder; only files inside "),
     ({"controlnets": [steer("edgse")]}, "ControlNet 'edgse' not found. Did you mean 'edges'? Available:"),
     ({"controlnets": [steer("../edges")]}, "Invalid input: controlnets.0.name: a ControlNet name is its folder's "
                                            "name"),
