@@ -31,6 +31,7 @@ from sdxl_worker.weights.layout import (
     shard_file_name,
     single_file_name,
 )
+from sdxl_worker.weights.loras import confined
 from sdxl_worker.weights.safetensors_io import (
     SAFETENSORS_DTYPES,
     Progress,
@@ -128,6 +129,12 @@ def load_bin(path: Path) -> dict[str, Any]:
 def convert(work: BinWork, progress: Progress | None = None) -> list[Path]:
     """Write the work's safetensors files (and index); return them. Every pickle is read and checked first; on any
     error the files this call wrote are removed again and the error propagates."""
+    model_path = work.folder.parent
+    for source in work.sources:
+        # As every add-on's files: what a command reads is inside the folder it was given, not linked out of it.
+        if confined(model_path, f"{work.name}/{source.name}") is None:
+            raise BinRefused(f"{source}: links outside the model folder {model_path}; only files inside it are "
+                             "converted")
     shards = [load_bin(path) for path in work.sources]
     with removed_on_error() as written:
         for tensors, target in zip(shards, work.targets(), strict=True):

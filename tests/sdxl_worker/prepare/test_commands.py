@@ -506,6 +506,20 @@ def test_a_bin_that_is_not_plain_weights_is_refused_and_nothing_written(volume: 
     assert tree_state(volume) == before
 
 
+def test_a_bin_linked_out_of_the_model_folder_is_not_read(volume: Path, tmp_path: Path) -> None:
+    pickle_weights(volume, "vae")
+    path = volume / "vae" / "diffusion_pytorch_model.bin"
+    outside = tmp_path / "elsewhere.bin"
+    path.rename(outside)
+    path.symlink_to(outside)
+    before = tree_state(volume)
+    summary = commands.convert_bin(volume)
+    assert summary.exit_code == 1
+    assert summary.failures == [f"vae: {path}: links outside the model folder {volume}; only files inside it are "
+                                "converted; nothing written for it"], summary.failures
+    assert tree_state(volume) == before
+
+
 def test_convert_bin_dry_run_writes_nothing(volume: Path) -> None:
     pickle_weights(volume, "text_encoder")
     before = tree_state(volume)
