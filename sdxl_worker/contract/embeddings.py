@@ -22,6 +22,7 @@ from sdxl_worker.contract.job_schema import MAX_PROMPT_CHARS
 from sdxl_worker.logs import libraries_quiet
 from sdxl_worker.sentences import bounded
 from sdxl_worker.weights.embeddings import EmbeddingFile, EmbeddingFileError, EmbeddingSettings, inspect, names
+from sdxl_worker.weights.finite import first_non_finite
 from sdxl_worker.weights.loras import confined, signature_of
 from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError
 from sdxl_worker.weights.safetensors_io import read_tensors
@@ -162,12 +163,11 @@ def _width(encoder: Any) -> int:
 def _read_finite(file: EmbeddingFile) -> tuple[Any, Any]:
     """The embedding's clip_l and clip_g vectors; EmbeddingFileError if the file changed since its header was read
     or a vector is NaN or Inf."""
-    import torch
 
     try:
         tensors = dict(read_tensors(file.info, ("clip_l", "clip_g")))
     except (SafetensorsHeaderError, OSError) as exc:
         raise EmbeddingFileError(f"Embedding {file.name!r} cannot be read: {bounded(exc, 200)}.") from exc
-    if not all(torch.isfinite(tensor).all() for tensor in tensors.values()):
+    if first_non_finite(tensors.items()) is not None:
         raise EmbeddingFileError(f"Embedding {file.name!r} holds vectors that are not finite (NaN or Inf).")
     return tensors["clip_l"], tensors["clip_g"]

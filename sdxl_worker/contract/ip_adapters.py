@@ -21,6 +21,7 @@ from sdxl_worker.contract.job_schema import IpAdapterRequest
 from sdxl_worker.logs import libraries_quiet
 from sdxl_worker.sentences import bounded
 from sdxl_worker.speed.plain import plain_unet
+from sdxl_worker.weights.finite import first_non_finite
 from sdxl_worker.weights.ip_adapters import ENCODER, IpAdapterFile, IpAdapterFileError, IpAdapterSettings, inspect
 from sdxl_worker.weights.loras import signature_of
 
@@ -69,6 +70,7 @@ class IpAdapters:
             self.loaded.move_to_end(name)
             return cached
         file = inspect(self.folder, name, dict(base.unet.config))
+        fresh_encoder = self.encoder is None
         with plain_unet(base) as unet, _attention_restored(unet):
             if self.encoder is not None:
                 base.register_modules(image_encoder=self.encoder[0], feature_extractor=self.encoder[1])
@@ -87,6 +89,15 @@ class IpAdapters:
                 raise IpAdapterFileError(f"IP-Adapter {name!r} does not fit this model: {bounded(exc, 200)}.") from exc
             finally:  # the pipeline as it was, whatever happened (the UNet too, on the way out of the with)
                 base.register_modules(image_encoder=None, feature_extractor=None)
+        if fresh_encoder and (bad := first_non_finite(self.encoder[0].named_parameters())) is not None:
+            self.encoder = None
+            raise IpAdapterFileError(f"IP-Adapter {name!r}: the image encoder ({ENCODER}/model.safetensors) holds "
+                                     f"weights that are not finite (NaN or Inf), e.g. {bounded(bad, 60)!r}.")
+        adapter = [(f"{key}.{part}", tensor) for key, processor in loaded.processors.items()
+                   for part, tensor in processor.named_parameters()]
+        if (bad := first_non_finite([*adapter, *loaded.projection.named_parameters()])) is not None:
+            raise IpAdapterFileError(f"IP-Adapter {name!r}: {file.path.name} holds weights that are not finite (NaN "
+                                     f"or Inf), e.g. {bounded(bad, 60)!r}: it would draw a flat image.")
         self.loaded[name] = loaded
         while len(self.loaded) > KEPT:
             self.loaded.popitem(last=False)

@@ -31,6 +31,7 @@ from sdxl_worker.logs import libraries_quiet
 from sdxl_worker.sentences import bounded
 from sdxl_worker.speed.lora_merge import mergeable_layers, merged_unet
 from sdxl_worker.speed.plain import plain_module, plain_unet
+from sdxl_worker.weights.finite import first_non_finite
 from sdxl_worker.weights.loras import LoraFile, LoraFileError, LoraSettings, inspect, resolve, signature_of
 from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError
 from sdxl_worker.weights.safetensors_io import read_tensors
@@ -166,13 +167,12 @@ class LoraAdapters:
 def _read_finite(file: LoraFile) -> dict[str, Any]:
     """The LoRA's tensors; LoraFileError if the file changed since its header was read or a weight is NaN or Inf
     (applied, it would turn every latent non-finite: a flat image)."""
-    import torch
 
     try:
         tensors = dict(read_tensors(file.info))
     except (SafetensorsHeaderError, OSError) as exc:
         raise LoraFileError(f"LoRA {file.name!r} cannot be read: {bounded(exc, 200)}.") from exc
-    bad = next((name for name, tensor in tensors.items() if not torch.isfinite(tensor).all()), None)
+    bad = first_non_finite(tensors.items())
     if bad is not None:
         raise LoraFileError(f"LoRA {file.name!r} holds weights that are not finite (NaN or Inf), e.g. in "
                             f"{bounded(bad, 60)!r}: it would draw a flat image.")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file, save_file
 
@@ -61,6 +62,11 @@ def folder(tiny_volume_source: Path, tmp_path_factory: pytest.TempPathFactory) -
     outside = tmp_path_factory.mktemp("outside")
     write_controlnet(tiny_volume_source, outside / "elsewhere", seed=3)
     os.symlink(outside / "elsewhere", folder / "escape")
+    shutil.copytree(folder / "edges", folder / "nan")
+    tensors = load_file(folder / "nan" / "diffusion_pytorch_model.safetensors")
+    last = sorted(tensors)[-1]
+    save_file({**tensors, last: torch.full_like(tensors[last], float("nan"))},
+              folder / "nan" / "diffusion_pytorch_model.safetensors")
     (folder / "linked-weights").mkdir()  # a folder of its own whose weights file is a link out of CONTROLNET_DIR
     shutil.copy(folder / "edges" / "config.json", folder / "linked-weights" / "config.json")
     os.symlink(outside / "elsewhere" / "diffusion_pytorch_model.safetensors",
@@ -146,6 +152,8 @@ def test_image_to_image_and_inpainting_take_controlnets_too(served: Worker, mode
     ({"controlnets": [steer("short")]}, "ControlNet 'short': diffusion_pytorch_model.safetensors: 1 tensor(s) the "
                                         "config needs are missing"),
     ({"controlnets": [steer("escape")]}, "ControlNet 'escape' links outside the ControlNet folder"),
+    ({"controlnets": [steer("nan")]}, "ControlNet 'nan': diffusion_pytorch_model.safetensors holds weights that are "
+                                      "not finite (NaN or Inf), e.g. '"),
     ({"controlnets": [steer("linked-weights")]}, "ControlNet 'linked-weights': diffusion_pytorch_model.safetensors "
                                                  "links outside the ControlNet folder; only files inside "),
     ({"controlnets": [steer("edgse")]}, "ControlNet 'edgse' not found. Did you mean 'edges'? Available:"),

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from dev.controlnet import write_controlnet
 from dev.ip_adapter import adapter_tensors, write_ip_adapter
@@ -51,12 +51,19 @@ def folders(tiny_volume_source: Path, tmp_path_factory: pytest.TempPathFactory) 
     outside = root / "outside.safetensors"
     shutil.copy(folder / "ip-adapter_sdxl.safetensors", outside)
     os.symlink(outside, folder / "escape.safetensors")
+    save_file({**tensors, "image_proj.proj.weight": torch.full_like(tensors["image_proj.proj.weight"], float("nan"))},
+              folder / "nan.safetensors")
     write_ip_adapter(tiny_volume_source, root / "no-encoder", seed=3)
     shutil.rmtree(root / "no-encoder" / "image_encoder")
+    write_ip_adapter(tiny_volume_source, root / "nan-encoder", seed=6)
+    encoder_file = root / "nan-encoder" / "image_encoder" / "model.safetensors"
+    encoder = load_file(encoder_file)
+    first = sorted(encoder)[0]
+    save_file({**encoder, first: torch.full_like(encoder[first], float("inf"))}, encoder_file)
     write_lora(tiny_volume_source, root / "loras" / "style.safetensors", seed=4)
     write_controlnet(tiny_volume_source, root / "controlnets" / "edges", seed=5)
-    return {"ip": folder, "no-encoder": root / "no-encoder", "loras": root / "loras",
-            "controlnets": root / "controlnets"}
+    return {"ip": folder, "no-encoder": root / "no-encoder", "nan-encoder": root / "nan-encoder",
+            "loras": root / "loras", "controlnets": root / "controlnets"}
 
 
 def _worker(source: Path, folders: dict[str, Path], ip: str = "ip") -> Worker:
@@ -129,6 +136,9 @@ def test_an_image_prompt_job_runs_eagerly_and_the_graph_replays_after(tiny_volum
     ({"ip_adapter": prompt(name="not-one")}, "IP-Adapter 'not-one' is not an IP-Adapter"),
     ({"ip_adapter": prompt(name="cut")}, "IP-Adapter 'cut' is not a readable safetensors file"),
     ({"ip_adapter": prompt(name="escape")}, "IP-Adapter 'escape' links outside the IP-Adapter folder"),
+    ({"ip_adapter": prompt(name="nan")}, "IP-Adapter 'nan': nan.safetensors holds weights that are not finite (NaN "
+                                         "or Inf), e.g. 'image_projection_layers.0.image_embeds.weight': it would "
+                                         "draw a flat image."),
     ({"ip_adapter": prompt(name="nope")}, "IP-Adapter 'nope' not found in"),
     ({"ip_adapter": prompt(name="../x")}, "Invalid input: ip_adapter.name: an IP-Adapter name is its file's name"),
     ({"ip_adapter": prompt(image="http://example.com/a.png")}, "Invalid input: ip_adapter.image is a URL"),
@@ -139,6 +149,15 @@ def test_a_bad_image_prompt_is_one_sentence_and_the_worker_keeps_serving(served:
     reply = run(served, **fields)
     assert set(reply) == {"error"} and reply["error"].startswith(sentence), reply
     assert "images" in run(served, ip_adapter=prompt())
+
+
+def test_a_non_finite_image_encoder_is_named_and_not_kept(tiny_volume_source: Path, folders: dict[str, Path]) -> None:
+    worker = _worker(tiny_volume_source, folders, ip="nan-encoder")
+    for _ in range(2):  # refused again, not kept for the next job
+        error = run(worker, ip_adapter=prompt())["error"]
+        assert error.startswith("IP-Adapter 'ip-adapter_sdxl': the image encoder (image_encoder/model.safetensors) "
+                                "holds weights that are not finite (NaN or Inf), e.g. "), error
+    assert "images" in run(worker)
 
 
 def test_without_its_image_encoder_an_adapter_is_refused(tiny_volume_source: Path, folders: dict[str, Path]) -> None:
