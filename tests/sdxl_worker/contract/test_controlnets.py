@@ -114,6 +114,18 @@ def test_two_combine_and_start_end_and_canny_change_the_image(served: Worker) ->
     assert np.abs(edges - one).mean() > 0.5  # the ring's two outlines steer otherwise than the ring
 
 
+def test_each_controlnets_scale_and_end_reach_the_pipeline(served: Worker) -> None:
+    """Not only scale 0: each scale draws its own image (none clamped), `end` below 1 stops steering early, and a
+    second ControlNet's scale counts too."""
+    plain, one = pixels(run(served)), pixels(run(served, controlnets=[steer()]))
+    by_scale = {scale: pixels(run(served, controlnets=[steer(scale=scale)])) for scale in (0.5, 2.0)}
+    images = [plain, by_scale[0.5], one, by_scale[2.0]]
+    assert all(np.abs(a - b).mean() > 0.5 for i, a in enumerate(images) for b in images[i + 1:])
+    assert np.abs(pixels(run(served, controlnets=[steer(end=0.5)])) - one).mean() > 0.5
+    second = [pixels(run(served, controlnets=[steer(), steer("depth", scale=scale)])) for scale in (0.7, 1.4)]
+    assert np.abs(second[0] - second[1]).mean() > 0.5
+
+
 def test_canny_draws_the_edges_white_on_black() -> None:
     from sdxl_worker.contract.controlnets import canny
 
