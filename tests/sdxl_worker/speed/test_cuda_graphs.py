@@ -103,6 +103,20 @@ def test_inputs_of_another_memory_layout_replay_the_same_graph() -> None:
     assert len(graphed.graphs) == 1 and graphed.replays == 2
 
 
+def test_one_shape_in_two_dtypes_is_a_graph_each() -> None:
+    """A shape's float32 and bfloat16 calls (QUANTIZE=fp8 runs the UNet in bfloat16) capture a graph each, and
+    each call replays its own dtype's: copied into the other's buffers it would come back in the wrong dtype."""
+    layer = torch.nn.Linear(4, 3)
+    graphed = GraphedForward(lambda x: layer(x.float()).to(x.dtype), "cpu", RecordingCapture())
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        for dtype in (torch.float32, torch.bfloat16, torch.float32, torch.bfloat16):
+            out = graphed(x.to(dtype))
+            assert out.dtype == dtype
+            torch.testing.assert_close(out, layer(x.to(dtype).float()).to(dtype))
+    assert len(graphed.graphs) == 2 and graphed.replays == 4
+
+
 @pytest.mark.parametrize("call", [
     lambda f: f(torch.randn(2, 4), scale=0.5),  # a number would be baked into the graph
     lambda f: f(torch.randn(2, 4).to("meta")),  # not on the graph's device
