@@ -151,6 +151,21 @@ def test_a_bad_image_prompt_is_one_sentence_and_the_worker_keeps_serving(served:
     assert "images" in run(served, ip_adapter=prompt())
 
 
+def test_with_unfused_attention_the_processors_go_back_after_an_image_prompt(tiny_volume_source: Path,
+                                                                            folders: dict[str, Path]) -> None:
+    """FUSE_QKV=0: no fused-projection restore to hide a processor left in the UNet after the job."""
+    from sdxl_worker.speed.options import SpeedOptions
+
+    worker = Worker.start(cpu_settings(tiny_volume_source, speed=SpeedOptions(fuse_qkv=False),
+                                       ip_adapter=IpAdapterSettings(ip_adapter_dir=str(folders["ip"]))), warmup=False)
+    assert worker.pipe is not None, worker.startup_error
+    before = {name: type(processor) for name, processor in worker.pipe.unet.attn_processors.items()}
+    plain = run(worker)["images"]
+    assert "images" in run(worker, ip_adapter=prompt())
+    assert {name: type(processor) for name, processor in worker.pipe.unet.attn_processors.items()} == before
+    assert run(worker)["images"] == plain
+
+
 def test_a_non_finite_image_encoder_is_named_and_not_kept(tiny_volume_source: Path, folders: dict[str, Path]) -> None:
     worker = _worker(tiny_volume_source, folders, ip="nan-encoder")
     for _ in range(2):  # refused again, not kept for the next job
