@@ -146,6 +146,33 @@ def test_an_upload_failing_part_way_leaves_nothing_in_the_bucket(bucket_env: dic
     assert listed.get("KeyCount", 0) == 0
 
 
+def test_an_upload_abandoned_at_the_deadline_leaves_nothing_in_the_bucket(bucket_env: dict[str, str],
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first image stored, the second still going at BUCKET_UPLOAD_TIMEOUT_S: the job fails then, and once the
+    late request ends, both objects are deleted from the real server."""
+    bucket = bucket_for({**bucket_env, "BUCKET_UPLOAD_TIMEOUT_S": "5"})
+    put = bucket.client.put_object
+    stored = []
+
+    def second_late(**kwargs: object) -> object:
+        if kwargs["Key"].startswith("late/1-"):
+            time.sleep(6.5)
+        reply = put(**kwargs)
+        stored.append(kwargs["Key"])
+        return reply
+
+    monkeypatch.setattr(bucket.client, "put_object", second_late)
+    with pytest.raises(BucketError, match=r"not finished after BUCKET_UPLOAD_TIMEOUT_S=5 s"):
+        bucket.upload("late", [b"one", b"two"], [1, 2], "png")
+    deadline = time.monotonic() + 20  # the late request ends 1.5 s after the deadline; its clean-up follows
+    while time.monotonic() < deadline:
+        listed = bucket.client.list_objects_v2(Bucket=bucket_env["BUCKET_NAME"], Prefix="late/")
+        if len(stored) == 2 and listed.get("KeyCount", 0) == 0:
+            break
+        time.sleep(0.2)
+    assert stored == ["late/0-1.png", "late/1-2.png"] and listed.get("KeyCount", 0) == 0, listed.get("Contents")
+
+
 def test_a_server_that_trickles_bytes_cannot_hold_the_job_past_the_deadline() -> None:
     """boto3's read timeout is per read: a server sending a byte a second would hold an upload for ever."""
     import socket
