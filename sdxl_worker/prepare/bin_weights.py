@@ -107,9 +107,12 @@ def load_bin(path: Path) -> dict[str, Any]:
     """The tensors a pickled weight file holds, read with the unpickler that runs no code; refused otherwise."""
     import torch
 
+    is_zip = zipfile.is_zipfile(path)
+    if is_zip:
+        _refuse_inflation(path)
     try:
         # Files in torch's zip format are memory-mapped: memory holds what the writer is writing, not the file.
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as exc:
         raise BinRefused(f"{path}: refused: torch's weights-only loader, which runs no code, does not read it as "
                          f"plain tensors ({bounded(_refusal_detail(exc), MESSAGE_CHARS)}); nothing in it was run"
@@ -124,6 +127,24 @@ def load_bin(path: Path) -> dict[str, Any]:
         raise BinRefused(f"{path}: entry {bounded(repr(wrong), MESSAGE_CHARS)} is a {type(data[wrong]).__name__}, "
                          "not a dense tensor safetensors can hold")
     return dict(data)
+
+
+# What a zip's members may hold beyond the file's own size: torch.save stores them uncompressed, so a member that
+# inflates (a compressed bomb: 1 MB on disk, 1 GiB read) is no file torch wrote.
+INFLATION_ALLOWANCE = 1 << 20
+
+
+def _refuse_inflation(path: Path) -> None:
+    """BinRefused when the zip's directory says its members hold more than the file itself (before any is read)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            inflated = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise BinRefused(f"{path}: cannot be read as PyTorch weights ({describe(exc, MESSAGE_CHARS)})") from None
+    on_disk = path.stat().st_size
+    if inflated > on_disk + INFLATION_ALLOWANCE:
+        raise BinRefused(f"{path}: refused: its members inflate to {inflated:,} bytes from {on_disk:,} on disk, and "
+                         "torch.save stores them uncompressed; nothing in it was read")
 
 
 def convert(work: BinWork, progress: Progress | None = None) -> list[Path]:

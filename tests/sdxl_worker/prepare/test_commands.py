@@ -506,6 +506,24 @@ def test_a_bin_that_is_not_plain_weights_is_refused_and_nothing_written(volume: 
     assert tree_state(volume) == before
 
 
+def test_a_compressed_bomb_is_refused_from_its_directory(volume: Path) -> None:
+    """A torch zip whose pickle inflates 1,000-fold: refused before a byte of it is inflated."""
+    import zipfile
+
+    pickle_weights(volume, "vae")
+    path = volume / "vae" / "diffusion_pytorch_model.bin"
+    path.unlink()
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", b"\0" * 200_000_000)
+    before = tree_state(volume)
+    summary = commands.convert_bin(volume)
+    assert summary.exit_code == 1
+    (failure,) = summary.failures
+    assert failure.startswith(f"vae: {path}: refused: its members inflate to 200,000,000 bytes from ") and \
+        failure.endswith("torch.save stores them uncompressed; nothing in it was read; nothing written for it")
+    assert tree_state(volume) == before
+
+
 def test_a_bin_linked_out_of_the_model_folder_is_not_read(volume: Path, tmp_path: Path) -> None:
     pickle_weights(volume, "vae")
     path = volume / "vae" / "diffusion_pytorch_model.bin"
