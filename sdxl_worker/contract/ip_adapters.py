@@ -21,9 +21,18 @@ from sdxl_worker.contract.job_schema import IpAdapterRequest
 from sdxl_worker.logs import libraries_quiet
 from sdxl_worker.sentences import bounded
 from sdxl_worker.speed.plain import plain_unet
+from sdxl_worker.weights import architecture
 from sdxl_worker.weights.finite import first_non_finite
-from sdxl_worker.weights.ip_adapters import ENCODER, IpAdapterFile, IpAdapterFileError, IpAdapterSettings, inspect
+from sdxl_worker.weights.ip_adapters import (
+    ENCODER,
+    IpAdapterFile,
+    IpAdapterFileError,
+    IpAdapterSettings,
+    encoder_config,
+    inspect,
+)
 from sdxl_worker.weights.loras import signature_of
+from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError, read_safetensors_header
 
 KEPT = 4  # adapters' processors kept between jobs (a published SDXL adapter is 0.7-1.0 GB)
 
@@ -71,6 +80,8 @@ class IpAdapters:
             return cached
         file = inspect(self.folder, name, dict(base.unet.config))
         fresh_encoder = self.encoder is None
+        if fresh_encoder:
+            _check_encoder(self.folder)
         with plain_unet(base) as unet, _attention_restored(unet):
             if self.encoder is not None:
                 base.register_modules(image_encoder=self.encoder[0], feature_extractor=self.encoder[1])
@@ -102,6 +113,25 @@ class IpAdapters:
         while len(self.loaded) > KEPT:
             self.loaded.popitem(last=False)
         return loaded
+
+
+def _check_encoder(folder: Path) -> None:
+    """The image encoder's tensors against the model its config describes, as the model's own components are
+    checked, before it is loaded: the libraries would fill a missing tensor with random values and serve."""
+    config = encoder_config(folder)
+    weights = folder / ENCODER / "model.safetensors"
+    try:
+        info = read_safetensors_header(weights)
+    except SafetensorsHeaderError as exc:
+        reason = str(exc).removeprefix(f"{weights}: ")
+        raise IpAdapterFileError(f"The IP-Adapter image encoder ({ENCODER}/model.safetensors) is not a readable "
+                                 f"safetensors file: {reason}.") from exc
+    expected = architecture.expected_from_meta("transformers", "CLIPVisionModelWithProjection", config)
+    problem = architecture.compare(expected, {key: entry.shape for key, entry in info.entries.items()},
+                                   single_file=False)
+    if problem is not None:
+        raise IpAdapterFileError(f"The IP-Adapter image encoder ({ENCODER}/model.safetensors) is not the model its "
+                                 f"config.json describes: {problem}.")
 
 
 @contextmanager

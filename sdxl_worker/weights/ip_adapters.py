@@ -51,6 +51,12 @@ class IpAdapterFile:
     info: SafetensorsInfo
 
 
+# Each an ample bound over the published encoders' (ViT-H: 32 layers of 1280, 5120 wide inside, 1024 projected;
+# ViT-bigG: 48 of 1664).
+ENCODER_BOUNDS = {"num_hidden_layers": 96, "hidden_size": 8192, "intermediate_size": 32768, "projection_dim": 8192,
+                  "num_attention_heads": 128, "image_size": 1024, "patch_size": 1024}
+
+
 def names(folder: Path) -> list[str]:
     return available(folder)
 
@@ -70,6 +76,13 @@ def encoder_config(folder: Path) -> dict[str, Any]:
     if not isinstance(config, dict) or "projection_dim" not in config or "hidden_size" not in config:
         raise IpAdapterFileError("The IP-Adapter image encoder's config.json is not a CLIP vision model's "
                                  "(no hidden_size or projection_dim).")
+    for key, most in ENCODER_BOUNDS.items():
+        # The encoder's skeleton is built from these to check its tensors: a size no CLIP has would cost
+        # unbounded time and memory before any check could refuse it.
+        value = config.get(key, 1)
+        if type(value) is not int or not 1 <= value <= most:
+            raise IpAdapterFileError(f"The IP-Adapter image encoder's config.json has {key} "
+                                     f"{bounded(repr(value), 40)}, not a whole number from 1 to {most:,}.")
     return config
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import shutil
 from pathlib import Path
@@ -62,8 +63,18 @@ def folders(tiny_volume_source: Path, tmp_path_factory: pytest.TempPathFactory) 
     save_file({**encoder, first: torch.full_like(encoder[first], float("inf"))}, encoder_file)
     write_lora(tiny_volume_source, root / "loras" / "style.safetensors", seed=4)
     write_controlnet(tiny_volume_source, root / "controlnets" / "edges", seed=5)
+    for broken in ("short-encoder", "deeper-encoder", "vast-encoder"):
+        write_ip_adapter(tiny_volume_source, root / broken, seed=7)
+    short = root / "short-encoder" / "image_encoder" / "model.safetensors"
+    save_file(dict(sorted(load_file(short).items())[1:]), short)
+    for broken, layers in (("deeper-encoder", None), ("vast-encoder", 10**9)):
+        config_path = root / broken / "image_encoder" / "config.json"
+        config = json.loads(config_path.read_text())
+        config["num_hidden_layers"] = layers or config["num_hidden_layers"] + 1
+        config_path.write_text(json.dumps(config))
     return {"ip": folder, "no-encoder": root / "no-encoder", "nan-encoder": root / "nan-encoder",
-            "loras": root / "loras", "controlnets": root / "controlnets"}
+            "short-encoder": root / "short-encoder", "deeper-encoder": root / "deeper-encoder",
+            "vast-encoder": root / "vast-encoder", "loras": root / "loras", "controlnets": root / "controlnets"}
 
 
 def _worker(source: Path, folders: dict[str, Path], ip: str = "ip") -> Worker:
@@ -164,6 +175,24 @@ def test_with_unfused_attention_the_processors_go_back_after_an_image_prompt(tin
     assert "images" in run(worker, ip_adapter=prompt())
     assert {name: type(processor) for name, processor in worker.pipe.unet.attn_processors.items()} == before
     assert run(worker)["images"] == plain
+
+
+@pytest.mark.parametrize(("broken", "sentence"), [
+    ("short-encoder", "The IP-Adapter image encoder (image_encoder/model.safetensors) is not the model its config.json "
+                      "describes: 1 tensor(s) the config needs are missing, e.g. "),
+    ("deeper-encoder", "The IP-Adapter image encoder (image_encoder/model.safetensors) is not the model its "
+                       "config.json describes: "),
+    ("vast-encoder", "The IP-Adapter image encoder's config.json has num_hidden_layers 1000000000, not a whole "
+                     "number from 1 to 96."),
+])
+def test_an_image_encoder_unlike_its_config_is_refused_before_loading(tiny_volume_source: Path,
+                                                                      folders: dict[str, Path], broken: str,
+                                                                      sentence: str) -> None:
+    """The libraries would fill what the weights lack with random values and serve the job."""
+    worker = _worker(tiny_volume_source, folders, ip=broken)
+    reply = run(worker, ip_adapter=prompt())
+    assert set(reply) == {"error"} and reply["error"].startswith(sentence), reply
+    assert "images" in run(worker)
 
 
 def test_a_non_finite_image_encoder_is_named_and_not_kept(tiny_volume_source: Path, folders: dict[str, Path]) -> None:
