@@ -114,7 +114,8 @@ def inspect(folder: Path, name: str, unet_config: Mapping[str, Any]) -> ControlN
                                       f"inside {folder} are read.")
     try:
         config = json.loads(read_text_bounded(path / "config.json"))
-    except (OSError, ValueError) as exc:
+    # RecursionError: JSON nested deeper than the parser goes.
+    except (OSError, ValueError, RecursionError) as exc:
         raise ControlNetFileError(f"ControlNet {name!r} has no readable config.json ({bounded(exc, 120)}).") from exc
     if not isinstance(config, dict) or config.get("_class_name") != "ControlNetModel":
         kind = config.get("_class_name") if isinstance(config, dict) else None
@@ -129,6 +130,8 @@ def inspect(folder: Path, name: str, unet_config: Mapping[str, Any]) -> ControlN
         key = differing[0]
         raise ControlNetFileError(f"ControlNet {name!r} is for another model: its {key} is {config.get(key)!r}, this "
                                   f"model's UNet's {unet_config.get(key)!r}.")
+    if (problem := _skeleton_problem(config, unet_config)) is not None:
+        raise ControlNetFileError(f"ControlNet {name!r}: config.json {problem}.")
     weights = {}
     for variant, file in (("standard", WEIGHTS), ("fp16", FP16_WEIGHTS)):
         if (path / file).exists():
@@ -154,6 +157,43 @@ def scan(folder: Path, unet_config: Mapping[str, Any]) -> tuple[list[ControlNetF
         except ControlNetFileError as exc:
             broken[name] = str(exc)
     return good, broken
+
+
+def _skeleton_problem(config: Mapping[str, Any], unet_config: Mapping[str, Any]) -> str | None:
+    """What in the config would build a skeleton no ControlNet of this UNet has, field by field, before anything is
+    built from it (its tensors are checked against that skeleton: 10^9 layers would never finish); None if fine.
+
+    A ControlNet copies the UNet's down blocks: the same kinds, each at most as deep as the UNet's (published
+    "small" and "mid" SDXL ControlNets keep fewer transformer layers)."""
+    blocks = len(unet_config.get("down_block_types") or ())
+    if _plain(config.get("down_block_types")) != _plain(unet_config.get("down_block_types")):
+        return (f"has down_block_types {bounded(repr(config.get('down_block_types')), 80)}, the UNet's are "
+                f"{unet_config.get('down_block_types')}")
+    for key in ("layers_per_block", "transformer_layers_per_block"):
+        most = max(_per_block(unet_config.get(key, 1), blocks) or [1])
+        values = _per_block(config.get(key, 1), blocks)
+        if values is None or not all(0 <= value <= most for value in values):
+            return (f"has {key} {bounded(repr(config.get(key)), 80)}: a whole number from 0 to {most}, or "
+                    f"{blocks} of them, at most the UNet's")
+    for key, most in (("attention_head_dim", 4096), ("num_attention_heads", 4096)):
+        values = _per_block(config.get(key) or 1, blocks)
+        if values is None or not all(1 <= value <= most for value in values):
+            return f"has {key} {bounded(repr(config.get(key)), 80)}: a whole number from 1 to {most}, or {blocks}"
+    channels = config.get("conditioning_embedding_out_channels", [16, 32, 96, 256])
+    if not isinstance(channels, list) or not 1 <= len(channels) <= 8 or \
+            not all(type(value) is int and 1 <= value <= 4096 for value in channels):
+        return (f"has conditioning_embedding_out_channels {bounded(repr(channels), 80)}: 1 to 8 whole numbers "
+                "from 1 to 4096")
+    return None
+
+
+def _per_block(value: Any, blocks: int) -> list[int] | None:
+    """A per-down-block setting as one whole number per block; None when it is neither a whole number nor a list of
+    `blocks` of them (bool is no number here)."""
+    values = value if isinstance(value, list) else [value] * blocks
+    if len(values) != blocks or not all(type(item) is int for item in values):
+        return None
+    return values
 
 
 def _plain(value: Any) -> Any:

@@ -62,6 +62,12 @@ def folder(tiny_volume_source: Path, tmp_path_factory: pytest.TempPathFactory) -
     outside = tmp_path_factory.mktemp("outside")
     write_controlnet(tiny_volume_source, outside / "elsewhere", seed=3)
     os.symlink(outside / "elsewhere", folder / "escape")
+    _edited(folder / "edges", folder / "deep", transformer_layers_per_block=[1, 3000])
+    _edited(folder / "edges", folder / "vast", layers_per_block=10**9)
+    _edited(folder / "edges", folder / "typed", layers_per_block="2")
+    _edited(folder / "edges", folder / "nested")
+    config = (folder / "nested" / "config.json").read_text()
+    (folder / "nested" / "config.json").write_text(config[:-1] + ', "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
     shutil.copytree(folder / "edges", folder / "nan")
     tensors = load_file(folder / "nan" / "diffusion_pytorch_model.safetensors")
     last = sorted(tensors)[-1]
@@ -164,6 +170,12 @@ def test_image_to_image_and_inpainting_take_controlnets_too(served: Worker, mode
     ({"controlnets": [steer("short")]}, "ControlNet 'short': diffusion_pytorch_model.safetensors: 1 tensor(s) the "
                                         "config needs are missing"),
     ({"controlnets": [steer("escape")]}, "ControlNet 'escape' links outside the ControlNet folder"),
+    ({"controlnets": [steer("deep")]}, "ControlNet 'deep': config.json has transformer_layers_per_block [1, 3000]: a "
+                                       "whole number from 0 to 1, or 2 of them, at most the UNet's."),
+    ({"controlnets": [steer("vast")]}, "ControlNet 'vast': config.json has layers_per_block 1000000000: a whole "
+                                       "number from 0 to 1, or 2 of them, at most the UNet's."),
+    ({"controlnets": [steer("typed")]}, "ControlNet 'typed': config.json has layers_per_block '2': a whole number"),
+    ({"controlnets": [steer("nested")]}, "ControlNet 'nested' has no readable config.json (maximum recursion depth"),
     ({"controlnets": [steer("nan")]}, "ControlNet 'nan': diffusion_pytorch_model.safetensors holds weights that are "
                                       "not finite (NaN or Inf), e.g. '"),
     ({"controlnets": [steer("linked-weights")]}, "ControlNet 'linked-weights': diffusion_pytorch_model.safetensors "
