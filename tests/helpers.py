@@ -124,6 +124,21 @@ def stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
+@contextmanager
+def tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `mount` for the block (root only); the test is skipped where the mount is
+    refused (in CI, where root mounts, a skip fails)."""
+    import pytest
+
+    mount.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)]).returncode != 0:
+        pytest.skip("tmpfs mount refused here")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
 def cpu_settings(model_path: Path | str, **fields: Any) -> Any:
     """The worker's settings for a model folder on the CPU, defaults for the rest (`fields` override them)."""
     from sdxl_worker.settings import Settings

@@ -25,7 +25,7 @@ from sdxl_worker.prepare.lock import lock_path, writer_lock
 from sdxl_worker.volume.check import check_volume
 from sdxl_worker.weights.safetensors_header import read_safetensors_header
 from sdxl_worker.weights.safetensors_io import PARTIAL_SUFFIX
-from tests.helpers import MODELS, ROOT, draw_latents, tree_state
+from tests.helpers import MODELS, ROOT, draw_latents, tmpfs, tree_state
 
 GUARD = ROOT / "tests" / "guard"
 
@@ -185,19 +185,13 @@ def test_too_little_free_space_is_refused_before_the_first_byte(fp32_volume: Pat
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="mounting a small tmpfs needs root")
 def test_a_really_small_filesystem_is_refused_before_the_first_byte(fp32_volume_source: Path, tmp_path: Path) -> None:
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)]).returncode != 0:
-        pytest.skip("tmpfs mount refused here")
-    try:
+    with tmpfs(tmp_path / "small", "24m") as mount:
         volume = mount / "photonicfusion-sdxl"
         shutil.copytree(fp32_volume_source, volume)
         before = tree_state(volume)
         result = run_cli("add-fp16", str(volume))
         assert result.returncode == 1 and "not enough free space" in result.stderr, result.stderr[-2000:]
         assert tree_state(volume) == before
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_a_value_beyond_float16_fails_its_component_only(fp32_volume: Path) -> None:
@@ -271,11 +265,7 @@ def test_a_missing_model_folder_on_a_volume_is_refused_writing_nothing(
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="a read-only mount needs root")
 def test_a_read_only_volume_is_one_sentence(fp32_volume_source: Path, tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)]).returncode != 0:
-        pytest.skip("tmpfs mount refused here")
-    try:
+    with tmpfs(tmp_path / "ro", "64m") as mount:
         volume = mount / "photonicfusion-sdxl"
         shutil.copytree(fp32_volume_source, volume)
         subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
@@ -284,8 +274,6 @@ def test_a_read_only_volume_is_one_sentence(fp32_volume_source: Path, tmp_path: 
         err = capsys.readouterr().err
         assert f"cannot write next to {volume} (Read-only file system)" in err and "Traceback" not in err
         assert err.count("\n") == 1 and tree_state(mount) == before
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 @pytest.fixture(scope="module")

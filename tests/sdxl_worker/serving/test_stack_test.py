@@ -15,6 +15,7 @@ from sdxl_worker.serving import stack_test
 from sdxl_worker.serving.stack_test import STACK_TEST_VARIANT, volume_evidence
 from sdxl_worker.serving.worker import Worker
 from sdxl_worker.settings import Settings
+from tests.helpers import tmpfs
 
 
 def _worker(model_path: Path, **settings: object) -> Worker:
@@ -49,15 +50,8 @@ def test_under_runpods_mount_point_the_mount_decides(runpod_volume: Path) -> Non
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 def test_an_empty_mounted_volume_counts_as_attached(runpod_volume: Path) -> None:
-    import subprocess
-
-    runpod_volume.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(runpod_volume)]).returncode != 0:
-        pytest.skip("tmpfs mount refused here")
-    try:
+    with tmpfs(runpod_volume, "1m"):
         assert volume_evidence(str(runpod_volume / "photonicfusion-sdxl")) == f"{runpod_volume} is a mount point"
-    finally:
-        subprocess.run(["umount", str(runpod_volume)], check=True)
 
 
 @pytest.mark.parametrize("where", ["typo below the volume", "relative"])
