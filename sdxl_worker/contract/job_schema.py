@@ -8,6 +8,7 @@ naming the field and the rule (`JobInputError`), never a traceback.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -226,9 +227,13 @@ def _sentence(exc: ValidationError) -> str:
         names = ", ".join(repr(_cut(name)) for name in unknown[:MAX_NAMED])
         more = f" and {len(unknown) - MAX_NAMED} more" if len(unknown) > MAX_NAMED else ""
         nested = NESTED_ITEMS.get(str(next(e for e in errors if e["type"] == "extra_forbidden")["loc"][0]))
-        allowed = ", ".join(nested[0].model_fields if nested else JobInput.model_fields)
+        fields = list(nested[0].model_fields if nested else JobInput.model_fields)
         where = f" in {nested[1]}" if nested else ""
-        parts.append(f"unknown field{'s' * (len(unknown) > 1)} {names}{more}{where} (allowed: {allowed})")
+        # A near miss (`num_inference_step`) is named; a field that merely shares letters is not.
+        close = next((f"did you mean {match[0]!r}? " for name in unknown[:MAX_NAMED]
+                      if (match := difflib.get_close_matches(name, fields, n=1, cutoff=0.8))), "")
+        parts.append(f"unknown field{'s' * (len(unknown) > 1)} {names}{more}{where} ({close}allowed: "
+                     f"{', '.join(fields)})")
     for error in others[:MAX_NAMED]:
         field = _cut(".".join(str(p) for p in error["loc"])) or "input"
         if error["type"] == "missing":

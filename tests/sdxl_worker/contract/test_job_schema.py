@@ -106,6 +106,13 @@ def test_unknown_key_named_with_allowed_fields() -> None:
     assert "unknown field 'steps' (allowed: prompt, negative_prompt, width" in message
 
 
+def test_a_near_miss_of_a_field_is_named() -> None:
+    message = refused({"prompt": "x", "num_inference_step": 20})
+    assert "unknown field 'num_inference_step' (did you mean 'num_inference_steps'? allowed: prompt, " in message
+    nested = refused({"prompt": "x", "loras": [{"name": "style", "scael": 0.5}]})
+    assert "unknown field 'scael' in a LoRA (did you mean 'scale'? allowed: name, scale)" in nested
+
+
 @pytest.mark.parametrize("raw", [None, [], "a cat", 3])
 def test_non_object_input(raw: object) -> None:
     assert refused(raw).startswith(f"input must be a JSON object with at least a prompt, got {type(raw).__name__}")
