@@ -119,10 +119,23 @@ def reader_name(streams: int) -> str:
     return f"{streams} parallel streams" if streams else "the libraries' loader"
 
 
+class DeviceError(ValueError):
+    """DEVICE names a GPU this machine does not have; the message is one sentence."""
+
+
 def resolve_device(setting: str) -> str:
-    """The DEVICE setting as a torch device: `auto` is CUDA when torch sees a GPU, else the CPU."""
-    if setting != "auto":
+    """The DEVICE setting as a torch device: `auto` is CUDA when torch sees a GPU, else the CPU; a CUDA device
+    torch cannot see is DeviceError (the libraries would fail deep in the load, naming a driver or a build)."""
+    if setting == "cpu":
         return setting
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if setting == "auto":
+        return "cuda" if available else "cpu"
+    index = int(setting.partition(":")[2] or 0)
+    if index >= available:
+        seen = "no CUDA GPU" if not available else f"{available} CUDA GPU(s), cuda:0 to cuda:{available - 1}"
+        raise DeviceError(f"DEVICE={setting}, but torch sees {seen} here: set DEVICE=auto (or cpu), or run the "
+                          "worker where that GPU is")
+    return setting
