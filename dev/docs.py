@@ -1,4 +1,5 @@
-"""The job contract, reply and CUDA flavour tables (README.md) and the settings table (docs/settings.md), generated
+"""The job contract and reply tables (docs/api.md), the CUDA flavour table (README.md) and the settings table
+(docs/settings.md), generated
 from the job schema, the typed reply, dev/cuda_flavours.py and the settings object.
 
 The descriptions, defaults, bounds and choices live on the fields themselves; the pages hold a copy between
@@ -27,7 +28,8 @@ from sdxl_worker.settings import environment_fields, field_types
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 SETTINGS_PAGE = ROOT / "docs" / "settings.md"
-PAGES = (README, SETTINGS_PAGE)
+API_PAGE = ROOT / "docs" / "api.md"
+PAGES = (README, API_PAGE, SETTINGS_PAGE)
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[a-z ]+) -->\n).*?(<!-- end generated -->)", re.S)
 
 

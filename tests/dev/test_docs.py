@@ -1,9 +1,9 @@
-"""README's job contract and reply tables and docs/settings.md's environment table are the schema's, the reply's and
-the settings' own, row for row."""
+"""docs/api.md's job contract and reply tables, README's CUDA flavours and docs/settings.md's environment table are
+the schema's, the reply's, the flavours' and the settings' own, row for row."""
 
 from __future__ import annotations
 
-from dev.docs import PAGES, README, SETTINGS_PAGE, contract_table, environment_table, main, update
+from dev.docs import API_PAGE, PAGES, README, SETTINGS_PAGE, contract_table, environment_table, main, update
 from sdxl_worker.contract.job_schema import JobInput
 from sdxl_worker.settings import environment_fields
 
@@ -12,7 +12,8 @@ def test_the_pages_tables_match_the_fields() -> None:
     for page in PAGES:
         text = page.read_text()
         assert update(text) == text, f"{page.name}'s generated tables are stale: run python -m dev.docs"
-    assert "<!-- generated: job contract -->" in README.read_text()
+    assert "<!-- generated: job contract -->" in API_PAGE.read_text()
+    assert "<!-- generated: cuda flavours -->" in README.read_text()
     assert "<!-- generated: environment -->" in SETTINGS_PAGE.read_text()
     assert main(["--check"]) == 0
 
@@ -34,7 +35,7 @@ def test_every_reply_field_has_a_row() -> None:
     assert "| `timings.upload_s` | number | Only when set: With bucket URLs: the upload. |" in table
 
 
-def test_a_changed_description_makes_the_readme_stale() -> None:
-    text = README.read_text()
+def test_a_changed_description_makes_the_page_stale() -> None:
+    text = API_PAGE.read_text()
     stale = text.replace("| Sampling steps. |", "| Steps. |")
     assert stale != text and update(stale) == text
