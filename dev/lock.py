@@ -90,6 +90,11 @@ def carried_lock(lock_text: str) -> str:
     return "# The part of requirements.lock the GPU check carries (python -m dev.lock --carried).\n" + "".join(kept)
 
 
+def same_version(installed: str, locked: str) -> bool:
+    """An installed version is the locked one: torch's local tag (+cu130) names the build, not another version."""
+    return installed.split("+")[0] == locked
+
+
 def version_rows(lock_text: str) -> list[tuple[str, str, str, str]]:
     """(package, locked, this interpreter's, where from) for every locked package, differing ones marked."""
     import importlib.metadata
@@ -103,8 +108,7 @@ def version_rows(lock_text: str) -> list[tuple[str, str, str, str]]:
             continue
         running = dist.version
         where = str(dist.locate_file(""))
-        same = running.split("+")[0] == version  # torch's local tag (+cu130) names the build, not another version
-        rows.append((name, version, running if same else f"{running} DIFFERS", where))
+        rows.append((name, version, running if same_version(running, version) else f"{running} DIFFERS", where))
     return rows
 
 
@@ -121,7 +125,8 @@ def _lock_problems(lock: Path, sources: tuple[Path, ...], wanted: dict[str, str]
     locked = {**beside, **pins(text)}
     found += [f"{sources[0].name} pins {name}=={version}, the lock has {locked.get(name, 'nothing')}"
               for name, version in wanted.items() if locked.get(name) != version]
-    if not blocks(text) or any("--hash=sha256:" not in block for block in blocks(text).values()):
+    held = blocks(text)
+    if not held or any("--hash=sha256:" not in block for block in held.values()):
         found.append(f"{lock.name} has a package without a hash")
     return found
 
@@ -148,7 +153,7 @@ def venv_drift() -> list[str]:
     for name, version in sorted(wanted.items()):
         if name not in installed:
             found.append(f"{name}=={version} is locked but not installed")
-        elif installed[name].split("+")[0] != version:
+        elif not same_version(installed[name], version):
             found.append(f"{name} is {installed[name]}, the lock has {version}")
     found += [f"{name} {installed[name]} is installed but in neither lock"
               for name in sorted(set(installed) - set(wanted))]

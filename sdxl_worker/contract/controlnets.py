@@ -25,7 +25,7 @@ from sdxl_worker.sentences import bounded
 from sdxl_worker.weights import architecture
 from sdxl_worker.weights.controlnets import ControlNetFileError, ControlNetFolder, ControlNetSettings, signature
 from sdxl_worker.weights.controlnets import inspect as inspect_folder
-from sdxl_worker.weights.finite import first_non_finite
+from sdxl_worker.weights.finite import non_finite_weights
 
 CANNY_THRESHOLDS = (100, 200)  # diffusers' and the canny ControlNets' model cards' values
 PIPELINES = {"txt2img": "StableDiffusionXLControlNetPipeline", "img2img": "StableDiffusionXLControlNetImg2ImgPipeline",
@@ -126,10 +126,9 @@ class ControlNets:
         # What diffusers and safetensors raise for weights they cannot read or place.
         except (OSError, ValueError, RuntimeError) as exc:
             raise ControlNetFileError(f"ControlNet {name!r} cannot be loaded: {bounded(exc, 200)}.") from exc
-        if (bad := first_non_finite(model.named_parameters())) is not None:
-            raise ControlNetFileError(f"ControlNet {name!r}: {folder.weights[variant].path.name} holds weights that "
-                                      f"are not finite (NaN or Inf), e.g. {bounded(bad, 60)!r}: it would draw a flat "
-                                      "image.")
+        if (problem := non_finite_weights(model.named_parameters())) is not None:
+            raise ControlNetFileError(f"ControlNet {name!r}: {folder.weights[variant].path.name} {problem}: it would "
+                                      "draw a flat image.")
         model.to(unet_weight.device).requires_grad_(False)  # from_pretrained leaves it in eval mode
         held = sum(tensor.numel() * tensor.element_size() for tensor in model.parameters())
         loaded = self.loaded[name] = LoadedControlNet(folder, model, held)

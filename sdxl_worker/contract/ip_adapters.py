@@ -22,7 +22,7 @@ from sdxl_worker.logs import libraries_quiet
 from sdxl_worker.sentences import bounded
 from sdxl_worker.speed.plain import plain_unet
 from sdxl_worker.weights import architecture
-from sdxl_worker.weights.finite import first_non_finite
+from sdxl_worker.weights.finite import non_finite_weights
 from sdxl_worker.weights.ip_adapters import (
     ENCODER,
     IpAdapterFile,
@@ -100,15 +100,14 @@ class IpAdapters:
                 raise IpAdapterFileError(f"IP-Adapter {name!r} does not fit this model: {bounded(exc, 200)}.") from exc
             finally:  # the pipeline as it was, whatever happened (the UNet too, on the way out of the with)
                 base.register_modules(image_encoder=None, feature_extractor=None)
-        if fresh_encoder and (bad := first_non_finite(self.encoder[0].named_parameters())) is not None:
+        if fresh_encoder and (problem := non_finite_weights(self.encoder[0].named_parameters())) is not None:
             self.encoder = None
-            raise IpAdapterFileError(f"IP-Adapter {name!r}: the image encoder ({ENCODER}/model.safetensors) holds "
-                                     f"weights that are not finite (NaN or Inf), e.g. {bounded(bad, 60)!r}.")
+            raise IpAdapterFileError(f"IP-Adapter {name!r}: the image encoder ({ENCODER}/model.safetensors) "
+                                     f"{problem}.")
         adapter = [(f"{key}.{part}", tensor) for key, processor in loaded.processors.items()
                    for part, tensor in processor.named_parameters()]
-        if (bad := first_non_finite([*adapter, *loaded.projection.named_parameters()])) is not None:
-            raise IpAdapterFileError(f"IP-Adapter {name!r}: {file.path.name} holds weights that are not finite (NaN "
-                                     f"or Inf), e.g. {bounded(bad, 60)!r}: it would draw a flat image.")
+        if (problem := non_finite_weights([*adapter, *loaded.projection.named_parameters()])) is not None:
+            raise IpAdapterFileError(f"IP-Adapter {name!r}: {file.path.name} {problem}: it would draw a flat image.")
         self.loaded[name] = loaded
         while len(self.loaded) > KEPT:
             self.loaded.popitem(last=False)
