@@ -18,14 +18,13 @@ import sys
 from sdxl_worker.loading.loader import ComponentLoadError, LoadRecord, load_pipeline
 from sdxl_worker.loading.plan import LoadPlan, VolumeNotLoadable, plan_load
 from sdxl_worker.logs import configure_logging
-from sdxl_worker.weights.offline import HubIdRefused
 
 __all__ = ["ComponentLoadError", "LoadPlan", "LoadRecord", "VolumeNotLoadable", "load_pipeline", "plan_load"]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("path", help="the model folder")
+    parser.add_argument("path", help="the model folder, or a Hub id ORG/NAME[@REVISION] in a model cache")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--streams", type=int, help="parallel streams reading the weights (0: the libraries' "
                         "loader; default: by the device and the filesystem, as LOAD_STREAMS=auto)")
@@ -33,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("WARNING", stream=sys.stderr)  # stdout is the record (JSON); libraries' notices quieted
     try:
         _, record = load_pipeline(args.path, args.device, streams=args.streams)
-    except (VolumeNotLoadable, ComponentLoadError, HubIdRefused) as exc:
+    except (VolumeNotLoadable, ComponentLoadError) as exc:
         print(f"❌ {exc}", file=sys.stderr)
         return 1
     print(json.dumps(record.to_dict(), indent=2))

@@ -10,12 +10,13 @@ operator's shell can run it cheaply.
 
     python volume_check.py [PATH] [--json] [--tensors] [--lora-dir DIR] [--embeddings-dir DIR] [--controlnet-dir DIR]
 
-PATH defaults to $MODEL_PATH, else /runpod-volume/photonicfusion-sdxl. Exit 0: loadable; 1:
-incomplete or corrupt; 2: the volume or the model folder is missing. The LoRAs in $LORA_DIR (else
-/runpod-volume/loras), the textual-inversion embeddings in $EMBEDDINGS_DIR (else /runpod-volume/embeddings) and
-the ControlNets in $CONTROLNET_DIR (else /runpod-volume/controlnets) are listed after the model, a broken one with
-its reason; they never change the exit code: a job that uses a broken one gets that reason, and every other job
-is served.
+PATH defaults to $MODEL_PATH, else /runpod-volume/photonicfusion-sdxl; a Hugging Face repo id ORG/NAME[@REVISION]
+is looked for in $MODEL_CACHE (RunPod's cached models, /runpod-volume/huggingface-cache/hub), then in HF_HOME's
+cache. Exit 0: loadable; 1: incomplete or corrupt; 2: the volume, the model folder or the cached repo is missing.
+The LoRAs in $LORA_DIR (else /runpod-volume/loras), the textual-inversion embeddings in $EMBEDDINGS_DIR (else
+/runpod-volume/embeddings) and the ControlNets in $CONTROLNET_DIR (else /runpod-volume/controlnets) are listed
+after the model, a broken one with its reason; they never change the exit code: a job that uses a broken one gets
+that reason, and every other job is served.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from sdxl_worker.weights.loras import DEFAULT_LORA_DIR
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("path", nargs="?", help=f"model folder (default: $MODEL_PATH or {DEFAULT_MODEL_PATH})")
+    parser.add_argument("path", nargs="?", help=f"model folder, or a Hub id ORG/NAME[@REVISION] in a model cache "
+                        f"(default: $MODEL_PATH or {DEFAULT_MODEL_PATH})")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--tensors", action="store_true", help="also compare the tensors of components whose config "
                         "is not SDXL base 1.0's with the model built from it (imports torch: seconds, not 0.1 s)")
@@ -44,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--controlnet-dir", help=f"ControlNet folder (default: $CONTROLNET_DIR or "
                                                  f"{DEFAULT_CONTROLNET_DIR})")
     args = parser.parse_args(argv)
-    model_path = args.path or setting_from_env("model_path")
-    report = check_volume(model_path, tensors=args.tensors)
+    report = check_volume(args.path or setting_from_env("model_path"), tensors=args.tensors,
+                          model_cache=setting_from_env("model_cache"))
+    model_path = report.model_path  # a Hub id's cached snapshot: the add-ons are checked against its configs
     try:
         loras: LoraReport | str = check_loras(args.lora_dir or setting_from_env("lora_dir"),
                                               setting_from_env("lora_max_mb"))

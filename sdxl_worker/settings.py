@@ -20,6 +20,7 @@ from pydantic.fields import FieldInfo
 
 from sdxl_worker.contract.job_schema import DEFAULT_MAX_PIXELS, MAX_SIDE, MIN_PIXELS, MIN_SIDE
 from sdxl_worker.delivery.bucket import BucketSettings
+from sdxl_worker.sources import DEFAULT_MODEL_CACHE
 from sdxl_worker.speed.options import SpeedOptions
 from sdxl_worker.weights.controlnets import ControlNetSettings
 from sdxl_worker.weights.embeddings import EmbeddingSettings
@@ -44,7 +45,11 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model_path: str = Field(DEFAULT_MODEL_PATH, min_length=1, description=(
-        "The model folder on the volume; a hub id is refused (the worker never downloads)."))
+        "The model folder (on the network volume, or baked into the image), or a Hugging Face repo id "
+        "`ORG/NAME[@REVISION]` read from a model cache (RunPod's cached models, then HF_HOME's); never downloaded."))
+    model_cache: str = Field(DEFAULT_MODEL_CACHE, min_length=1, description=(
+        "Where RunPod puts the endpoint's cached model (its Model field): a Hugging Face hub cache, looked in first "
+        "for a repo id in MODEL_PATH."))
     device: str = Field("auto", pattern=DEVICE_PATTERN, examples=["auto", "cpu", "cuda", "cuda:N"], description=(
         "`auto`: `cuda` when PyTorch sees a GPU, else `cpu`."))
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=MIN_PIXELS, description=(
@@ -92,7 +97,7 @@ class Settings(BaseModel):
 
 
 def setting_from_env(name: str, env: Mapping[str, str] | None = None) -> Any:
-    """One setting alone (the volume check's MODEL_PATH and LORA_DIR), whatever the other variables hold."""
+    """One setting alone (the volume check's MODEL_PATH, MODEL_CACHE, LORA_DIR...), whatever the others hold."""
     fields = dict(environment_fields())
     field = fields[name.upper()]
     value = _read(name, field, os.environ if env is None else env)

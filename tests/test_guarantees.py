@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 from dev.controlnet import write_controlnet
 from dev.embedding import write_embedding
+from dev.hf_cache import cache_repo
 from dev.ip_adapter import write_ip_adapter
 from dev.lora import write_lora
 from sdxl_worker.contract.job_schema import JobInput, JobInputError, parse_job_input
@@ -99,9 +100,11 @@ def writes_in_trace(trace: Path, allowed: tuple[str, ...]) -> list[str]:
 
 
 def test_worker_serves_offline_and_writes_nothing_outside_tmp(tiny_volume_source: Path, tmp_path: Path) -> None:
-    env, dirs = guarded_env(tmp_path)
-    volume = tmp_path / "runpod-volume" / "photonicfusion-sdxl"
-    shutil.copytree(tiny_volume_source, volume)
+    """The model is a Hub id in RunPod's model cache (the platform's download, laid out as huggingface_hub lays
+    it out); the add-ons are on the volume beside it."""
+    cache = tmp_path / "runpod-volume" / "huggingface-cache" / "hub"
+    snapshot = cache_repo(tiny_volume_source, cache, "Baileyy/photonicfusion-sdxl")
+    env, dirs = guarded_env(tmp_path, MODEL_CACHE=str(cache))
     write_lora(tiny_volume_source, tmp_path / "runpod-volume" / "loras" / "style.safetensors")
     write_embedding(tiny_volume_source, tmp_path / "runpod-volume" / "embeddings" / "grainy.safetensors")
     write_controlnet(tiny_volume_source, tmp_path / "runpod-volume" / "controlnets" / "edges")
@@ -110,7 +113,7 @@ def test_worker_serves_offline_and_writes_nothing_outside_tmp(tiny_volume_source
                              ("CONTROLNET_DIR", "controlnets"), ("IP_ADAPTER_DIR", "ip-adapter")):
         env[variable] = str(tmp_path / "runpod-volume" / folder)
     trace = tmp_path / "trace.log"
-    session = [sys.executable, "tests/isolated_session.py", str(volume), str(dirs["out"])]
+    session = [sys.executable, "tests/isolated_session.py", "Baileyy/photonicfusion-sdxl", str(dirs["out"])]
     if shutil.which("strace"):
         session = ["strace", "-f", "-qq", "-e", "trace=openat,creat,mkdir,mkdirat,rename,renameat,renameat2",
                    "-o", str(trace), *session]
@@ -134,7 +137,10 @@ def test_worker_serves_offline_and_writes_nothing_outside_tmp(tiny_volume_source
     assert all(isinstance(j["error"], str) for j in jobs[3:5])
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal so the exit status says why.
     assert summary["api_returncode"] in (0, -signal.SIGTERM)
-    assert "Application shutdown complete" in (dirs["out"] / "api.log").read_text()
+    api_log = (dirs["out"] / "api.log").read_text()
+    assert "Application shutdown complete" in api_log
+    assert f"model source: Hugging Face repo Baileyy/photonicfusion-sdxl (revision main, commit {snapshot.name[:12]})" \
+        in api_log
 
     guard_log = tmp_path / "guard.log"
     assert not guard_log.exists(), guard_log.read_text()

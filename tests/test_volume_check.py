@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from dev.hf_cache import cache_repo
 from sdxl_worker.volume.check import check_volume
 from tests.helpers import ROOT, drop_variant
 from volume_check import main
@@ -160,3 +161,21 @@ def test_any_read_error_is_a_finding_naming_the_file(volume: Path, monkeypatch: 
     assert f"{volume / relative}" in fails(report) and os.strerror(error) in fails(report)
     assert main([str(volume)]) == 1
     assert "❌" in capsys.readouterr().out
+
+
+def test_cli_checks_a_hub_id_in_the_model_cache_and_its_add_ons_against_the_snapshot(
+        tiny_volume_source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from dev.controlnet import write_controlnet
+
+    cache = tmp_path / "huggingface-cache" / "hub"
+    snapshot = cache_repo(tiny_volume_source, cache, "Baileyy/photonicfusion-sdxl")
+    write_controlnet(tiny_volume_source, tmp_path / "controlnets" / "edges")
+    monkeypatch.setenv("MODEL_CACHE", str(cache))
+    monkeypatch.setenv("MODEL_PATH", "Baileyy/photonicfusion-sdxl")
+    assert main(["--controlnet-dir", str(tmp_path / "controlnets")]) == 0
+    out = capsys.readouterr().out
+    assert f"commit {snapshot.name[:12]}) from RunPod's model cache {cache}" in out
+    assert section(out, "ControlNets")[1].startswith("✅ edges")
+    assert main(["Baileyy/photonicfusion-sdxl@v2"]) == 2
+    assert "holds Baileyy/photonicfusion-sdxl but not its revision 'v2': refs main" in capsys.readouterr().out

@@ -70,6 +70,9 @@ class ModelInfo(BaseModel):
         "volume)."))
     dtype: str = Field(description="The weights' dtype.")
     device: str = Field(description="Where they run.")
+    source: str | None = Field(None, description=(
+        "Where the weights were read from: the model folder, or `ORG/NAME@COMMIT` from a model cache; absent for "
+        "`stack-test`."))
 
 
 class Reply(BaseModel):

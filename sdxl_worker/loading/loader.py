@@ -27,11 +27,12 @@ from sdxl_worker.loading.plan import LoadPlan, choose_streams, plan_load, reader
 from sdxl_worker.loading.prefetch import Prefetcher
 from sdxl_worker.loading.streamed import read_state_dict
 from sdxl_worker.sentences import describe
+from sdxl_worker.sources import DEFAULT_MODEL_CACHE
 from sdxl_worker.volume.check import check_volume
 from sdxl_worker.volume.report import VolumeReport, WeightSet
 from sdxl_worker.weights.architecture import map_names, rules_of
 from sdxl_worker.weights.layout import Variant, variant_suffix
-from sdxl_worker.weights.offline import enforce_offline, require_local_path
+from sdxl_worker.weights.offline import enforce_offline
 
 log = logging.getLogger(__name__)
 
@@ -237,10 +238,11 @@ def load_planned(plan: LoadPlan, *, prefetch: bool = True, streams: int | None =
     return pipe, record
 
 
-def load_pipeline(path: str | os.PathLike[str], device: str = "auto", *,
-                  prefetch: bool = True, streams: int | None = 0) -> tuple[Any, LoadRecord]:
-    """Check the volume at `path`, plan and load: the whole path in one call, for tools and tests."""
-    report = check_volume(require_local_path(path), tensors=True)
+def load_pipeline(path: str | os.PathLike[str], device: str = "auto", *, prefetch: bool = True,
+                  streams: int | None = 0, model_cache: str = DEFAULT_MODEL_CACHE) -> tuple[Any, LoadRecord]:
+    """Check the model at `path` (a folder, or a Hub id in a model cache), plan and load: the whole path in one
+    call, for tools and tests."""
+    report = check_volume(path, tensors=True, model_cache=model_cache)
     return load_planned(plan_load(report, resolve_device(device)), prefetch=prefetch, streams=streams)
 
 

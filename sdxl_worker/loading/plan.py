@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sdxl_worker.loading.filesystem import mount_of
 from sdxl_worker.loading.streamed import DEFAULT_STREAMS
-from sdxl_worker.volume.report import VolumeReport, WeightSet
+from sdxl_worker.volume.report import VolumeReport, WeightSet, format_bytes
 from sdxl_worker.weights.layout import Variant
 
 
@@ -73,7 +73,10 @@ def plan_load(report: VolumeReport, device: str) -> LoadPlan:
         variants = dict.fromkeys(models, other)
         missing = ", ".join(report.plans[preferred].missing_in)
         if on_cuda:
-            reasons.append(f"fp16 variant incomplete in {missing}: loading the standard files cast to float16")
+            standard = [models[name].weight_sets["standard"] for name in models]
+            reasons.append(f"fp16 variant incomplete in {missing}: loading the standard files cast to float16, "
+                           f"reading {format_bytes(sum(w.bytes for w in standard))} where an fp16 set would read "
+                           f"{format_bytes(2 * sum(w.parameters for w in standard))}")
         else:
             reasons.append(f"standard weights incomplete in {missing}: loading the fp16 files as float32 on CPU")
     else:

@@ -19,6 +19,7 @@ from sdxl_worker.prepare import bin_weights, fp16_set, single_file
 from sdxl_worker.prepare.fp16_set import Float16RangeError, PrepareError
 from sdxl_worker.prepare.lock import writer_lock
 from sdxl_worker.prepare.pipeline_files import MODEL_COMPONENTS, model_config, write_pipeline_files
+from sdxl_worker.sources import cache_refusal
 from sdxl_worker.volume.check import check_volume, recheck
 from sdxl_worker.volume.report import VolumeReport, format_bytes
 from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError, read_safetensors_header
@@ -265,6 +266,9 @@ def _writing(model_path: Path, dry_run: bool, *, creates: bool) -> AbstractConte
     """The model folder's writer lock for a command that writes. None for a dry run, nor where the command will
     refuse for want of a folder (the model folder for a command that changes one, its parent for one that creates
     it): a refused command writes nothing, and its sentence names what is there, not the lock."""
+    refusal = cache_refusal(model_path)
+    if refusal:
+        raise PrepareError(refusal, 2)
     needed = model_path.parent if creates else model_path
     return nullcontext() if dry_run or not needed.is_dir() else writer_lock(model_path)
 

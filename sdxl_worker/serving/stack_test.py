@@ -19,6 +19,7 @@ from typing import Any
 
 from sdxl_worker.loading.loader import LoadRecord
 from sdxl_worker.prepare.pipeline_files import ASSETS, TOKENIZERS
+from sdxl_worker.sources import DEFAULT_MODEL_CACHE, cached_repo, hub_reference, model_caches
 
 STACK_TEST_VARIANT = "stack-test"
 # Where RunPod mounts a serverless worker's network volume.
@@ -87,14 +88,21 @@ TINY_CONFIGS: dict[str, dict[str, object]] = {
 }
 
 
-def volume_evidence(model_path: str) -> str | None:
+def volume_evidence(model_path: str, model_cache: str = DEFAULT_MODEL_CACHE) -> str | None:
     """Why a volume counts as attached for MODEL_PATH (a phrase for the log), or None when none is.
 
     A volume that is attached but lacks the model is a user's mistake that the volume check must name, never a
     reason to serve noise. Under RunPod's mount point the mount decides, so a typo any levels below it is
     reported; elsewhere the model folder or the folder above it existing does; a relative path is a folder of
-    this machine, never a missing volume.
+    this machine, never a missing volume. A Hub id: a cache holding the repo does, else the model cache's
+    folder is judged as a model folder would be (RunPod mounts it under the volume's mount point).
     """
+    hub = hub_reference(model_path)
+    if hub is not None:
+        for label, cache in model_caches(model_cache):
+            if cached_repo(cache, hub[0]).exists():
+                return f"{label} {cache} holds {hub[0]}"
+        model_path = model_cache
     path = Path(model_path)
     if not path.is_absolute():
         return f"MODEL_PATH {model_path} is a relative path"

@@ -103,7 +103,7 @@ class Worker:
         # crash-looping; the traceback goes to the log in full.
         report = None
         device: str | None = None  # known once the plan is made; a failure before it has no CUDA work to check
-        attached = volume_evidence(settings.model_path)
+        attached = volume_evidence(settings.model_path, settings.model_cache)
         stack_test = settings.stack_test and attached is None
         try:
             if stack_test:
@@ -120,9 +120,11 @@ class Worker:
                     log.info("STACK_TEST=1 ignored: a volume is attached (%s), so %s is served or its problem "
                              "reported", attached, settings.model_path)
                 # 2. Volume check, once, every tensor name and shape included: the load plan is made from its report.
-                report = check_volume(settings.model_path, tensors=True)
+                report = check_volume(settings.model_path, tensors=True, model_cache=settings.model_cache)
                 for line in report.render().splitlines():
                     log.info("%s", line)
+                if report.source is not None:
+                    log.info("model source: %s", report.source["described"])
                 if not report.loadable:
                     log.error("cannot serve: %s", report.summary())
                     return cls.cannot_serve(report.summary(), settings, report)
@@ -299,7 +301,8 @@ class Worker:
             "prompt_tokens": {**prompts.tokens, "dropped": 0},
             "format": params.output_format,
             "timings": timings,
-            "model": {"variant": self.record.variant, "dtype": self.record.dtype, "device": self.record.device},
+            "model": {"variant": self.record.variant, "dtype": self.record.dtype, "device": self.record.device,
+                      "source": self.report.source["label"] if self.report and self.report.source else None},
         }
         return deliver(reply, job_id, params.output, self.settings.result_max_mb, self.bucket)
 

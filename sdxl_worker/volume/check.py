@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from sdxl_worker.sentences import bounded
+from sdxl_worker.sources import DEFAULT_MODEL_CACHE, ModelSource, SourceError, resolve_source
 from sdxl_worker.volume.report import (
     ComponentKind,
     ComponentReport,
@@ -39,23 +40,32 @@ from sdxl_worker.weights.layout import (
     single_file_name,
 )
 from sdxl_worker.weights.loras import scan
-from sdxl_worker.weights.offline import hub_id_refusal
 from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError, read_safetensors_header
 
 
-def check_volume(path: str | os.PathLike[str], *, tensors: bool = False) -> VolumeReport:
+def check_volume(path: str | os.PathLike[str], *, tensors: bool = False,
+                 model_cache: str = DEFAULT_MODEL_CACHE) -> VolumeReport:
     """Check the diffusers layout at `path` (see module docstring) without reading any tensor.
 
-    With `tensors`, a component whose config is not SDXL base 1.0's also gets its tensor names and shapes
-    compared, from the model built on the meta device (imports torch; the worker's start does this).
+    `path` is a folder, or a Hub id `ORG/NAME[@REVISION]` served from a model cache (`model_cache`, RunPod's, then
+    HF_HOME's): the report's `model_path` is then the snapshot folder the loader reads. With `tensors`, a component
+    whose config is not SDXL base 1.0's also gets its tensor names and shapes compared, from the model built on the
+    meta device (imports torch; the worker's start does this).
     """
     started = time.perf_counter()
-    model_path = Path(path)
-    volume_root = model_path.parent
-    report = VolumeReport(model_path=str(model_path), volume_root=str(volume_root))
+    try:
+        source = resolve_source(str(path), model_cache)
+    except SourceError as exc:
+        report = VolumeReport(model_path=str(path), volume_root=model_cache, path_missing=True)
+        report.add("fail", str(exc))
+        report.seconds = time.perf_counter() - started
+        return report
+    model_path = source.folder
+    volume_root = model_path.parent if source.kind == "folder" else Path(model_cache)
+    report = VolumeReport(model_path=str(model_path), volume_root=str(volume_root), source=source.to_dict())
     report.free_bytes = {"volume": _free_bytes(volume_root), "container root /": _free_bytes(Path("/"))}
     try:
-        if _check_location(report, model_path, volume_root):
+        if _check_location(report, source, volume_root):
             entries = _read_model_index(report, model_path)
             if entries is not None:
                 _check_components(report, model_path, entries, tensors)
@@ -68,12 +78,11 @@ def check_volume(path: str | os.PathLike[str], *, tensors: bool = False) -> Volu
     return report
 
 
-def _check_location(report: VolumeReport, model_path: Path, volume_root: Path) -> bool:
-    hub_id = hub_id_refusal(str(model_path))
-    if hub_id:
-        report.path_missing = True
-        report.add("fail", hub_id)
-        return False
+def _check_location(report: VolumeReport, source: ModelSource, volume_root: Path) -> bool:
+    model_path = source.folder
+    if source.kind == "cache":
+        report.add("ok", f"model: {source.describe()}")
+        return True
     if not volume_root.is_dir():
         report.path_missing = True
         report.add(
@@ -105,11 +114,31 @@ def _check_location(report: VolumeReport, model_path: Path, volume_root: Path) -
     return True
 
 
+# Where a cached repo that needs converting is converted to: a network volume, seen from a pod.
+CONVERTED = "/workspace/photonicfusion-sdxl"
+NOT_IN_CACHE = (f"the worker never writes into a model cache; then attach the volume and set "
+                f"MODEL_PATH=/runpod-volume/{Path(CONVERTED).name}")
+
+
+def _cached(report: VolumeReport) -> bool:
+    return report.source is not None and report.source["kind"] == "cache"
+
+
+def _single_file_advice(report: VolumeReport, model_path: Path) -> str:
+    """For a cached repo that holds a single-file checkpoint instead: the command that makes a servable folder."""
+    checkpoints = sorted(p.name for p in model_path.glob("*") if p.suffix in (".safetensors", ".ckpt"))
+    if not _cached(report) or not checkpoints:
+        return ""
+    return (f"; the repo holds the single-file checkpoint {bounded(checkpoints[0])}: convert it into a folder "
+            f"(`python prepare_volume.py from-single-file {model_path / checkpoints[0]} {CONVERTED}`): {NOT_IN_CACHE}")
+
+
 def _read_model_index(report: VolumeReport, model_path: Path) -> dict[str, tuple[str, str]] | None:
     """model_index.json's components, each (library, class) checked against what the worker loads."""
     index_path = model_path / "model_index.json"
     if not present(index_path):
-        report.add("fail", "model_index.json is missing: this is not a diffusers pipeline folder", index_path)
+        report.add("fail", "model_index.json is missing: this is not a diffusers pipeline folder"
+                   + _single_file_advice(report, model_path), index_path)
         return None
     index, problem = _parse_json(index_path)
     if problem is not None:
@@ -314,9 +343,12 @@ def _check_model(report: VolumeReport, component: ComponentReport, folder: Path,
     if not component.complete_variants():
         component_bins = sorted(p.name for p in folder.glob("*.bin"))
         if component_bins:
+            convert = (f"copy the snapshot to a folder of its own and convert that (`cp -rL {report.model_path} "
+                       f"{CONVERTED} && python prepare_volume.py convert-bin {CONVERTED}`): {NOT_IN_CACHE}"
+                       if _cached(report) else f"convert them with `python prepare_volume.py convert-bin "
+                       f"{report.model_path}`")
             report.add("fail", f"{name}: only .bin weights ({_names(component_bins)}); this worker loads "
-                       f"safetensors only: convert them with `python prepare_volume.py convert-bin "
-                       f"{report.model_path}`", folder)
+                       f"safetensors only: {convert}", folder)
     others = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in used and p.name != "config.json")
     if others:
         report.add("ok", f"{name}: ignoring {len(others)} other file(s), not read: {_names(others)}")

@@ -109,6 +109,7 @@ class VolumeReport:
     free_bytes: dict[str, int | None] = field(default_factory=dict)
     path_missing: bool = False
     seconds: float = 0.0
+    source: dict[str, object] | None = None  # ModelSource.to_dict(): a folder, or a Hub repo's cached snapshot
 
     def add(self, status: Status, message: str, path: Path | str | None = None) -> None:
         self.findings.append(Finding(status, message, str(path) if path is not None else None))

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from dev.hf_cache import cache_repo
 from sdxl_worker.loading.loader import load_pipeline
 from sdxl_worker.loading.plan import VolumeNotLoadable, plan_load, plan_of
 from sdxl_worker.loading.streamed import DEFAULT_STREAMS
 from sdxl_worker.volume.check import check_volume
-from sdxl_worker.weights.offline import HubIdRefused
+from sdxl_worker.volume.report import format_bytes
 from tests.helpers import MODELS, assert_images_match, drop_variant, every_tensor
 
 
@@ -38,8 +39,12 @@ def test_plan_cuda_falls_back_to_standard_when_fp16_missing(volume: Path) -> Non
     drop_variant(volume, "fp16")
     plan = plan_load(check_volume(volume), "cuda:0")
     assert (plan.label, plan.dtype) == ("standard", "float16")
-    assert plan.reasons == ("fp16 variant incomplete in text_encoder, text_encoder_2, unet, vae: "
-                            "loading the standard files cast to float16",)
+    standard_bytes = plan.bytes_to_read
+    half = sum(w.parameters for w in (c.weights for c in plan.components) if w is not None) * 2
+    assert plan.reasons == ("fp16 variant incomplete in text_encoder, text_encoder_2, unet, vae: loading the "
+                            f"standard files cast to float16, reading {format_bytes(standard_bytes)} where an fp16 "
+                            f"set would read {format_bytes(half)}",)
+    assert 1.9 < standard_bytes / half < 2.1, "the tiny model's standard files are float32"
 
 
 def test_plan_cuda_partial_fp16_is_not_mixed_silently(volume: Path) -> None:
@@ -90,10 +95,12 @@ def test_load_on_cpu_and_generate_offline(volume: Path, keep: str, no_network: l
     assert os.environ["HF_HUB_OFFLINE"] == "1"
 
 
-def test_refuses_hub_id(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_a_hub_id_in_no_cache_is_refused_without_a_download(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                            no_network: list[str]) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(HubIdRefused, match="never downloads"):
-        load_pipeline("stabilityai/stable-diffusion-xl-base-1.0", "cpu")
+    with pytest.raises(VolumeNotLoadable, match=r"is in no model cache here .* never downloads"):
+        load_pipeline("stabilityai/stable-diffusion-xl-base-1.0", "cpu", model_cache=str(tmp_path / "cache"))
+    assert no_network == []
 
 
 def test_refuses_unloadable_volume(volume: Path) -> None:
@@ -106,7 +113,7 @@ def test_file_corrupted_after_check_propagates(volume: Path, monkeypatch: pytest
     from sdxl_worker.loading import loader as model_loader
 
     report = check_volume(volume)
-    monkeypatch.setattr(model_loader, "check_volume", lambda path, tensors: report)
+    monkeypatch.setattr(model_loader, "check_volume", lambda path, **_: report)
     os.truncate(volume / "unet" / "diffusion_pytorch_model.safetensors", 1000)
     with pytest.raises(Exception) as caught:
         load_pipeline(volume, "cpu")
@@ -137,6 +144,23 @@ def test_every_loader_path_serves_every_layout_with_the_same_weights(layout_volu
 
 
 @pytest.mark.parametrize("streams", [0, 3], ids=["libraries-loader", "3-streams"])
+def test_a_hub_id_in_a_model_cache_serves_every_layout_with_the_same_weights(
+        layout_volume_source: Path, streams: int, reference: tuple, tmp_path: Path, no_network: list) -> None:
+    """RunPod's cached model: a snapshot of links into blobs/, read by both loaders as the folder would be."""
+    cache = tmp_path / "huggingface-cache" / "hub"
+    snapshot = cache_repo(layout_volume_source, cache, "Baileyy/photonicfusion-sdxl")
+    pipe, record = load_pipeline("Baileyy/photonicfusion-sdxl", "cpu", streams=streams, model_cache=str(cache))
+    assert record.model_path == str(snapshot.resolve())
+    tensors, image = reference
+    ours = every_tensor(pipe)
+    assert ours.keys() == tensors.keys()
+    for name, tensor in tensors.items():
+        assert ours[name].dtype == tensor.dtype and torch.equal(ours[name], tensor), name
+    assert_images_match(generate(pipe, 7), image)
+    assert no_network == []
+
+
+@pytest.mark.parametrize("streams", [0, 3], ids=["libraries-loader", "3-streams"])
 def test_weights_that_do_not_fill_the_model_are_refused_naming_the_component(layout_volume: Path, streams: int,
                                                                              monkeypatch) -> None:
     """Past the check (a file changed since, or a case it cannot see): the library's load report is a refusal, in
@@ -153,7 +177,7 @@ def test_weights_that_do_not_fill_the_model_are_refused_naming_the_component(lay
     del tensors[dropped]
     save_file(tensors, path, metadata={"format": "pt"})
     report = check_volume(volume)  # headers only: a tiny config is not SDXL's, so its tensors go uncompared here
-    monkeypatch.setattr(model_loader, "check_volume", lambda path, tensors: report)
+    monkeypatch.setattr(model_loader, "check_volume", lambda path, **_: report)
     missing = dropped.removeprefix("text_model.")
     with pytest.raises(model_loader.ComponentLoadError,
                        match=rf"^text_encoder: 1 tensor\(s\) missing from its weights, e.g. {missing}$"):
@@ -164,7 +188,7 @@ def test_other_load_errors_name_the_component(volume: Path, monkeypatch) -> None
     from sdxl_worker.loading import loader as model_loader
 
     report = check_volume(volume)
-    monkeypatch.setattr(model_loader, "check_volume", lambda path, tensors: report)
+    monkeypatch.setattr(model_loader, "check_volume", lambda path, **_: report)
     config = volume / "vae" / "config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "latent_channels": 8}))
     with pytest.raises(model_loader.ComponentLoadError, match=r"^vae: "):
@@ -214,7 +238,7 @@ def test_a_tensor_the_model_has_no_place_for_is_refused(volume: Path, streams: i
     tensors["decoder.extra.weight"] = torch.zeros(2)
     save_file(tensors, path, metadata={"format": "pt"})
     report = check_volume(volume)  # headers only: a tiny config is not SDXL's, so its tensors go uncompared here
-    monkeypatch.setattr(model_loader, "check_volume", lambda path, tensors: report)
+    monkeypatch.setattr(model_loader, "check_volume", lambda path, **_: report)
     with pytest.raises(model_loader.ComponentLoadError, match=r"^vae: 1 tensor\(s\) in its weights that it has no "
                        r"place for, e.g. decoder.extra.weight$"):
         load_pipeline(volume, "cpu", streams=streams)

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import prepare_volume
+from dev.hf_cache import cache_repo
 from dev.single_file import write_checkpoint
 from sdxl_worker.loading.loader import load_planned
 from sdxl_worker.loading.plan import plan_of
@@ -581,3 +582,20 @@ def test_a_lock_left_by_a_run_that_died_here_is_taken_over(fp32_volume: Path) ->
     with pytest.raises(PrepareError, match=r"is being written by process 1 on other-machine since "
                                                r"2026-12-03T00:00:00Z \(lock .*\): wait for it to finish, or delete"):
         commands.add_fp16(fp32_volume)
+
+
+@pytest.mark.parametrize("command", ["add-fp16", "convert-bin"])
+def test_a_model_cache_is_never_written(command: str, fp32_volume_source: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """RunPod's cache is the platform's, its files links shared between revisions: a Hub id or a snapshot folder is
+    refused before the lock, and the cache is left as it was."""
+    cache = tmp_path / "hub"
+    snapshot = cache_repo(fp32_volume_source, cache, "Baileyy/photonicfusion-sdxl")
+    before = tree_state(cache)
+    assert prepare_volume.main([command, "Baileyy/photonicfusion-sdxl"]) == 2
+    assert "is a Hugging Face repo id, not a folder: prepare_volume writes folders, never into a model cache" in \
+        capsys.readouterr().err
+    assert prepare_volume.main([command, str(snapshot)]) == 2
+    assert "is inside a Hugging Face cache (models--.../snapshots): prepare_volume never writes into a model " \
+           "cache" in capsys.readouterr().err
+    assert tree_state(cache) == before

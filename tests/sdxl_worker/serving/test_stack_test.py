@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from dev.hf_cache import cache_repo
 from sdxl_worker.serving import stack_test
 from sdxl_worker.serving.stack_test import STACK_TEST_VARIANT, volume_evidence
 from sdxl_worker.serving.worker import Worker
@@ -28,7 +29,28 @@ def test_no_volume_means_neither_the_model_folder_nor_its_mount(tmp_path: Path) 
     assert volume_evidence(str(tmp_path / "model")) == f"{tmp_path} exists"
     (tmp_path / "model").mkdir()
     assert volume_evidence(str(tmp_path / "model")) == f"{tmp_path / 'model'} exists"
-    assert volume_evidence("missing/model") == "MODEL_PATH missing/model is a relative path"
+    assert volume_evidence("./missing/model") == "MODEL_PATH ./missing/model is a relative path"
+
+
+def test_for_a_hub_id_a_cache_holding_it_or_the_model_caches_volume_decides(tmp_path: Path,
+                                                                            tiny_volume_source: Path) -> None:
+    cache = tmp_path / "runpod-volume" / "huggingface-cache" / "hub"
+    assert volume_evidence("Baileyy/photonicfusion-sdxl", str(cache)) is None
+    cache_repo(tiny_volume_source, cache, "Baileyy/photonicfusion-sdxl")
+    assert volume_evidence("Baileyy/photonicfusion-sdxl", str(cache)) == \
+        f"RunPod's model cache {cache} holds Baileyy/photonicfusion-sdxl"
+    assert volume_evidence("Baileyy/other", str(cache)) == f"{cache} exists", "a cache without it: reported"
+
+
+def test_the_stack_test_never_serves_noise_while_a_cache_holds_the_model(tmp_path: Path,
+                                                                         tiny_volume_source: Path) -> None:
+    cache = tmp_path / "hub"
+    snapshot = cache_repo(tiny_volume_source, cache, "Baileyy/photonicfusion-sdxl")
+    worker = _worker(Path("Baileyy/photonicfusion-sdxl"), stack_test=True, model_cache=str(cache))
+    reply = worker.handle({"id": "j", "input": {"prompt": "a fox", "width": 256, "height": 256,
+                                                 "num_inference_steps": 1}})
+    assert reply["model"]["variant"] != STACK_TEST_VARIANT
+    assert reply["model"]["source"] == f"Baileyy/photonicfusion-sdxl@{snapshot.name}"
 
 
 @pytest.fixture
@@ -57,7 +79,7 @@ def test_an_empty_mounted_volume_counts_as_attached(runpod_volume: Path) -> None
 @pytest.mark.parametrize("where", ["typo below the volume", "relative"])
 def test_a_model_path_with_a_typo_is_reported_not_replaced_by_noise(runpod_volume: Path, where: str) -> None:
     (runpod_volume / "photonicfusion-sdxl").mkdir(parents=True)
-    model_path = runpod_volume / "modles" / "photonicfusion-sdxl" if where != "relative" else Path("missing/model")
+    model_path = runpod_volume / "modles" / "photonicfusion-sdxl" if where != "relative" else Path("missing-model")
     worker = _worker(model_path, stack_test=True)
     reply = worker.handle({"id": "j", "input": {"prompt": "a fox"}})
     assert worker.pipe is None and worker.record is None

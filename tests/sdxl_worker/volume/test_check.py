@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from dev.hf_cache import cache_repo
 from sdxl_worker.volume.check import check_volume, recheck
 from tests.helpers import MODELS, drop_variant
 
@@ -305,7 +306,7 @@ def test_model_path_that_is_a_file_or_a_hub_id(volume: Path, tmp_path: Path, mon
     monkeypatch.chdir(tmp_path)
     report = check_volume("stabilityai/stable-diffusion-xl-base-1.0")
     assert report.exit_code == 2
-    assert "hub ids are not accepted: this worker never downloads" in fails(report)
+    assert "is in no model cache here" in fails(report) and "this worker never downloads" in fails(report)
     assert "volume root" not in fails(report)
 
 
@@ -381,3 +382,42 @@ def test_a_relative_path_with_a_typo_gets_the_did_you_mean(volume: Path, monkeyp
     report = check_volume(f"{volume.parent.name}/photonicfusion")
     assert report.exit_code == 2 and "Hub id" not in report.summary()
     assert f"Did you mean {volume.parent.name}/{volume.name} (set MODEL_PATH)?" in report.summary()
+
+
+def test_a_cached_repo_is_checked_as_its_snapshot_and_says_where_it_came_from(layout_volume_source: Path,
+                                                                            tmp_path: Path) -> None:
+    cache = tmp_path / "hub"
+    snapshot = cache_repo(layout_volume_source, cache, "Baileyy/photonicfusion-sdxl")
+    report = check_volume("Baileyy/photonicfusion-sdxl", model_cache=str(cache))
+    assert report.exit_code == 0 and report.loadable, report.render()
+    assert report.model_path == str(snapshot.resolve()) and report.source is not None
+    assert report.source["label"] == f"Baileyy/photonicfusion-sdxl@{snapshot.name}"
+    assert report.render().splitlines()[1] == (
+        f"✅ model: Hugging Face repo Baileyy/photonicfusion-sdxl (revision main, commit {snapshot.name[:12]}) from "
+        f"RunPod's model cache {cache}, snapshot {snapshot.resolve()}")
+
+
+def test_a_cached_repo_that_needs_converting_gets_a_command_writing_outside_the_cache(tmp_path: Path,
+                                                                                  volume: Path) -> None:
+    from dev.single_file import write_checkpoint
+
+    single = tmp_path / "single"
+    single.mkdir()
+    write_checkpoint(volume, single / "photonicfusion.safetensors")
+    cache = tmp_path / "hub"
+    snapshot = cache_repo(single, cache, "someone/single-file").resolve()
+    report = check_volume("someone/single-file", model_cache=str(cache))
+    assert report.exit_code == 1
+    assert fails(report).startswith(
+        "model_index.json is missing: this is not a diffusers pipeline folder; the repo holds the single-file "
+        "checkpoint photonicfusion.safetensors: convert it into a folder (`python prepare_volume.py from-single-file "
+        f"{snapshot / 'photonicfusion.safetensors'} /workspace/photonicfusion-sdxl`): the worker never writes into a "
+        "model cache; then attach the volume and set MODEL_PATH=/runpod-volume/photonicfusion-sdxl")
+    for path in (volume / "vae").glob("*.safetensors"):
+        path.unlink()
+    (volume / "vae" / "diffusion_pytorch_model.bin").write_bytes(b"x")
+    snapshot = cache_repo(volume, cache, "someone/bin-vae").resolve()
+    assert f"vae: only .bin weights (diffusion_pytorch_model.bin); this worker loads safetensors only: copy the " \
+           f"snapshot to a folder of its own and convert that (`cp -rL {snapshot} /workspace/photonicfusion-sdxl && " \
+           "python prepare_volume.py convert-bin /workspace/photonicfusion-sdxl`)" in \
+           fails(check_volume("someone/bin-vae", model_cache=str(cache)))
