@@ -76,9 +76,21 @@ def test_each_cuda_flavour_is_a_stage_with_its_base_and_lock() -> None:
     stages = {name: (base, lock) for base, name, lock in found}
     assert stages == {name: (f.base_image, f.lock) for name, f in FLAVOURS.items()}
     assert re.search(r"^ARG CUDA_FLAVOUR=(\S+)$", DOCKERFILE, re.M).group(1) == DEFAULT
-    assert re.search(r"^FROM \$\{CUDA_FLAVOUR\}$", DOCKERFILE, re.M)
+    assert re.search(r"^FROM \$\{CUDA_FLAVOUR\} AS worker$", DOCKERFILE, re.M)
     assert (ROOT / FLAVOURS[DEFAULT].lock).is_file()
     # The base's CUDA is the torch build's: cu130 on nvidia/cuda:13.0.x.
     for name, flavour in FLAVOURS.items():
         assert flavour.base_image.startswith(f"nvidia/cuda:{name[2:-1]}.{name[-1]}."), flavour.base_image
         assert flavour.allowed_cuda_versions[0] == f"{name[2:-1]}.{name[-1]}"
+
+
+def test_a_baked_model_is_a_stage_that_checks_the_folder_it_serves() -> None:
+    """`--target baked --build-context model=FOLDER`: the folder copied where MODEL_PATH points, the volume check run
+    at build time (a broken folder fails the build), the worker's start and HEALTHCHECK inherited unchanged."""
+    stage = DOCKERFILE.split("\nFROM worker AS baked\n", 1)[1].split("\nFROM ", 1)[0]
+    target = re.search(r"^COPY --from=model \. (\S+)$", stage, re.M).group(1)
+    assert re.search(rf"^ENV MODEL_PATH={target}$", stage, re.M)
+    assert re.search(r"^RUN python volume_check.py$", stage, re.M)
+    assert not re.search(r"^(HEALTHCHECK|CMD|ENTRYPOINT)", stage, re.M)
+    assert DOCKERFILE.rstrip().endswith("\nFROM worker"), "the default target stays the worker without a model"
+    assert "--target baked --build-context model=" in DOCKERFILE
