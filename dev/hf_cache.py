@@ -71,6 +71,8 @@ def cache_repo(folder: Path, cache: Path, repo_id: str, revision: str = "main", 
             target.write_bytes(path.read_bytes())
         link = snapshot / name
         link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink():  # the same folder cached again: its links made anew
+            link.unlink()
         link.symlink_to(os.path.relpath(target, link.parent))
         size = path.stat().st_size
         entries[name] = ({"size": size, "blob_id": _git_blob(_lfs_pointer(blob, size)), "lfs_sha256": blob,

@@ -139,8 +139,8 @@ def test_worker_serves_offline_and_writes_nothing_outside_tmp(tiny_volume_source
     assert summary["api_returncode"] in (0, -signal.SIGTERM)
     api_log = (dirs["out"] / "api.log").read_text()
     assert "Application shutdown complete" in api_log
-    assert f"model source: Hugging Face repo Baileyy/photonicfusion-sdxl (revision main, commit {snapshot.name[:12]})" \
-        in api_log
+    served = f"model: Hugging Face repo Baileyy/photonicfusion-sdxl (revision main, commit {snapshot.name[:12]})"
+    assert served in api_log
 
     guard_log = tmp_path / "guard.log"
     assert not guard_log.exists(), guard_log.read_text()

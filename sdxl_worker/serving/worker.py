@@ -123,8 +123,6 @@ class Worker:
                 report = check_volume(settings.model_path, tensors=True, model_cache=settings.model_cache)
                 for line in report.render().splitlines():
                     log.info("%s", line)
-                if report.source is not None:
-                    log.info("model source: %s", report.source["described"])
                 if not report.loadable:
                     log.error("cannot serve: %s", report.summary())
                     return cls.cannot_serve(report.summary(), settings, report)

@@ -205,7 +205,7 @@ def _snapshot_problem(folder: Path, storage: Path) -> str | None:
             real = Path(os.path.realpath(path))
             shown = bounded(str(path.relative_to(folder)))
             if not real.is_relative_to(root):
-                return f"links {shown} to {bounded(str(real))}, outside the repo's cache folder: refused"
+                return f"links {shown} to {bounded(str(real), 200)}, outside the repo's cache folder: refused"
             if not real.exists():
                 return (f"links {shown} to {bounded(str(real.relative_to(root)))}, which is missing: the "
                         "platform's download did not finish (a new worker gets a fresh cache)")

@@ -133,16 +133,23 @@ class VolumeReport:
             return 2
         return 0 if self.loadable and not self.problems else 1
 
+    @property
+    def model(self) -> str:
+        """The model as the summary names it: `at FOLDER`, or the Hub repo and commit a cache served."""
+        if self.source is not None and self.source["kind"] == "cache":
+            return f"{self.source['repo_id']}@{str(self.source['commit'])[:12]} (cached)"
+        return f"at {self.model_path}"
+
     def summary(self) -> str:
         """One sentence for a log line or a job's error: the verdict and the first problem."""
         more = f" (+{len(self.problems) - 1} more problems)" if len(self.problems) > 1 else ""
         if self.loadable:
             possible = [name for name, plan in self.plans.items() if plan.possible] or ["per-component mix"]
-            verdict = f"model at {self.model_path} is loadable ({', '.join(possible)})"
+            verdict = f"model {self.model} is loadable ({', '.join(possible)})"
             # Served, from the sets that are intact; exit 1 all the same, so a broken file is never left unnoticed.
             return f"{verdict}, but a file needs fixing: {self.problems[0]}{more}" if self.problems else verdict
         first = self.problems[0] if self.problems else "no complete weight set for some component"
-        return f"model at {self.model_path} is not loadable: {first}{more}"
+        return f"model {self.model} is not loadable: {first}{more}"
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)

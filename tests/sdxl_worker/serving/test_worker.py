@@ -35,7 +35,8 @@ def test_output_contract(worker: Worker) -> None:
     assert decode(reply["images"][0]).size == (320, 256)
     assert set(reply["timings"]) == {"inference_s", "encode_s", "total_s"}
     assert reply["timings"]["total_s"] >= reply["timings"]["inference_s"] > 0
-    assert reply["model"] == {"variant": "standard", "dtype": "float32", "device": "cpu"}
+    assert reply["model"] == {"variant": "standard", "dtype": "float32", "device": "cpu",
+                              "source": worker.settings.model_path}
 
 
 def test_each_reply_says_how_its_unet_ran_under_cuda_graphs(tiny_volume_source: Path) -> None:

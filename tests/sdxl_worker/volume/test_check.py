@@ -392,6 +392,8 @@ def test_a_cached_repo_is_checked_as_its_snapshot_and_says_where_it_came_from(la
     assert report.exit_code == 0 and report.loadable, report.render()
     assert report.model_path == str(snapshot.resolve()) and report.source is not None
     assert report.source["label"] == f"Baileyy/photonicfusion-sdxl@{snapshot.name}"
+    assert report.summary() == f"model Baileyy/photonicfusion-sdxl@{snapshot.name[:12]} (cached) is loadable (fp16, " \
+                               "standard)"
     assert report.render().splitlines()[1] == (
         f"✅ model: Hugging Face repo Baileyy/photonicfusion-sdxl (revision main, commit {snapshot.name[:12]}) from "
         f"RunPod's model cache {cache}, snapshot {snapshot.resolve()}")
