@@ -130,13 +130,20 @@ def cached_repo(cache: Path, repo_id: str) -> Path:
     return cache / repo_folder_name(repo_id=repo_id, repo_type="model")
 
 
-def _looked(label: str, cache: Path, repo_id: str) -> str:
-    """Where a repo was looked for, with what that cache holds, and the likely repo when only the case differs."""
+def cached_repo_ids(cache: Path) -> list[str] | None:
+    """The model repos a hub cache holds, as `ORG/NAME`; None when there is no such folder."""
     try:
         held = sorted(entry.name for entry in os.scandir(cache) if entry.name.startswith("models--"))
     except OSError:
+        return None
+    return [name.removeprefix("models--").replace("--", "/") for name in held]
+
+
+def _looked(label: str, cache: Path, repo_id: str) -> str:
+    """Where a repo was looked for, with what that cache holds, and the likely repo when only the case differs."""
+    names = cached_repo_ids(cache)
+    if names is None:
         return f"{label} {cache}: no such folder"
-    names = [name.removeprefix("models--").replace("--", "/") for name in held]
     hint = difflib.get_close_matches(repo_id, names, n=1, cutoff=0.8)
     listing = ", ".join(bounded(name) for name in names[:10]) + (f", ... ({len(names)})" if len(names) > 10 else "")
     return (f"{label} {cache} holds {listing or 'no repo'}" + (f" (did you mean {hint[0]}?)" if hint else ""))

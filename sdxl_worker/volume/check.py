@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from sdxl_worker.sentences import bounded
-from sdxl_worker.sources import DEFAULT_MODEL_CACHE, ModelSource, SourceError, resolve_source
+from sdxl_worker.sources import DEFAULT_MODEL_CACHE, ModelSource, SourceError, cached_repo_ids, resolve_source
 from sdxl_worker.volume.report import (
     ComponentKind,
     ComponentReport,
@@ -65,7 +65,7 @@ def check_volume(path: str | os.PathLike[str], *, tensors: bool = False,
     report = VolumeReport(model_path=str(model_path), volume_root=str(volume_root), source=source.to_dict())
     report.free_bytes = {"volume": _free_bytes(volume_root), "container root /": _free_bytes(Path("/"))}
     try:
-        if _check_location(report, source, volume_root):
+        if _check_location(report, source, volume_root, Path(model_cache)):
             entries = _read_model_index(report, model_path)
             if entries is not None:
                 _check_components(report, model_path, entries, tensors)
@@ -78,7 +78,7 @@ def check_volume(path: str | os.PathLike[str], *, tensors: bool = False,
     return report
 
 
-def _check_location(report: VolumeReport, source: ModelSource, volume_root: Path) -> bool:
+def _check_location(report: VolumeReport, source: ModelSource, volume_root: Path, model_cache: Path) -> bool:
     model_path = source.folder
     if source.kind == "cache":
         report.add("ok", f"model: {source.describe()}")
@@ -108,6 +108,10 @@ def _check_location(report: VolumeReport, source: ModelSource, volume_root: Path
         message = f"model folder {model_path} does not exist; the volume holds: {listing or 'nothing'}"
         if hint:
             message += f". Did you mean {volume_root / hint[0]} (set MODEL_PATH)?"
+        cached = cached_repo_ids(model_cache)
+        if cached:  # RunPod mounted its model cache, not a volume holding the folder
+            message += (f". RunPod's model cache {model_cache} holds {', '.join(map(bounded, cached[:5]))}: set "
+                        f"MODEL_PATH={cached[0]} to serve it")
         report.add("fail", message, model_path)
         return False
     report.add("ok", f"model folder {model_path} exists")

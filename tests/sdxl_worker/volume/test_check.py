@@ -423,3 +423,16 @@ def test_a_cached_repo_that_needs_converting_gets_a_command_writing_outside_the_
            f"snapshot to a folder of its own and convert that (`cp -rL {snapshot} /workspace/photonicfusion-sdxl && " \
            "python prepare_volume.py convert-bin /workspace/photonicfusion-sdxl`)" in \
            fails(check_volume("someone/bin-vae", model_cache=str(cache)))
+
+
+def test_a_missing_model_folder_beside_runpods_model_cache_names_the_repo_to_set(tmp_path: Path,
+                                                                                tiny_volume_source: Path) -> None:
+    """An endpoint with a cached model and the default MODEL_PATH: /runpod-volume holds only the cache."""
+    cache = tmp_path / "runpod-volume" / "huggingface-cache" / "hub"
+    cache_repo(tiny_volume_source, cache, "Baileyy/photonicfusion-sdxl")
+    report = check_volume(tmp_path / "runpod-volume" / "photonicfusion-sdxl", model_cache=str(cache))
+    assert report.exit_code == 2
+    folder = tmp_path / "runpod-volume" / "photonicfusion-sdxl"
+    assert fails(report).startswith(
+        f"model folder {folder} does not exist; the volume holds: huggingface-cache. RunPod's model cache {cache} "
+        "holds Baileyy/photonicfusion-sdxl: set MODEL_PATH=Baileyy/photonicfusion-sdxl to serve it")
