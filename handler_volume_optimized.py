@@ -44,7 +44,7 @@ def self_test(out: Path | None) -> int:
         print(f"❌ volume check: {report.summary()}")
         return 1
     else:
-        print(f"✅ volume check: {report.summary()} ({report.seconds:.2f} s)")
+        print(f"✅ volume check: {report.summary()} ({report.timing()})")
     if worker.pipe is None:
         print(f"❌ load: {worker.startup_error}")
         return 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,19 @@ def test_cli_does_not_import_torch(volume: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code, str(volume)], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "✅ model at" in result.stdout
+
+
+def test_the_tensor_check_says_its_own_time_apart_from_importing_torch(volume: Path) -> None:
+    """A start's check imports torch for the tensor comparison: seconds that are not the check's and are said apart."""
+    result = subprocess.run([sys.executable, "volume_check.py", str(volume), "--tensors"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    verdict = result.stdout.splitlines()[-4]
+    timing = re.search(r"\(checked in (\d+\.\d\d) s; importing torch and the model libraries for it: "
+                       r"(\d+\.\d\d) s more\)$", verdict)
+    assert timing is not None, verdict
+    check_s, import_s = map(float, timing.groups())
+    assert import_s > check_s, "torch's import dwarfs a check of headers and configs"
 
 
 def fails(report) -> str:

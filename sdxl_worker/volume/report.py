@@ -108,7 +108,8 @@ class VolumeReport:
     plans: dict[str, PlanOption] = field(default_factory=dict)
     free_bytes: dict[str, int | None] = field(default_factory=dict)
     path_missing: bool = False
-    seconds: float = 0.0
+    seconds: float = 0.0  # the check's own time
+    import_s: float = 0.0  # importing torch and the libraries first, for the tensor check
     source: dict[str, object] | None = None  # ModelSource.to_dict(): a folder, or a Hub repo's cached snapshot
 
     def add(self, status: Status, message: str, path: Path | str | None = None) -> None:
@@ -160,6 +161,12 @@ class VolumeReport:
         data.update(loadable=self.loadable, exit_code=self.exit_code, summary=self.summary())
         return data
 
+    def timing(self) -> str:
+        """How long the check took, and apart from it how long importing the libraries for the tensor check took."""
+        imports = f"; importing torch and the model libraries for it: {self.import_s:.2f} s more" \
+            if self.import_s >= 0.01 else ""
+        return f"checked in {self.seconds:.2f} s{imports}"
+
     def render(self) -> str:
         lines = [f"Volume check of {self.model_path}"]
         lines += [f.render() for f in self.findings]
@@ -176,7 +183,7 @@ class VolumeReport:
                          for where, n in self.free_bytes.items())
         lines.append(f"Free space: {free}")
         icon = ICONS["ok"] if self.exit_code == 0 else ICONS["warn"] if self.loadable else ICONS["fail"]
-        lines.append(f"{icon} {self.summary()} (checked in {self.seconds:.2f} s)")
+        lines.append(f"{icon} {self.summary()} ({self.timing()})")
         return "\n".join(lines)
 
 
