@@ -25,6 +25,7 @@ import argparse
 import json
 import sys
 
+from sdxl_worker.logs import configure_logging
 from sdxl_worker.settings import DEFAULT_MODEL_PATH, SettingsError, setting_from_env
 from sdxl_worker.volume.check import check_controlnets, check_embeddings, check_loras, check_volume
 from sdxl_worker.volume.report import ControlNetReport, EmbeddingReport, LoraReport
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--controlnet-dir", help=f"ControlNet folder (default: $CONTROLNET_DIR or "
                                                  f"{DEFAULT_CONTROLNET_DIR})")
     args = parser.parse_args(argv)
+    configure_logging("WARNING", stream=sys.stderr)  # --tensors imports the model libraries: their notices quieted
     report = check_volume(args.path or setting_from_env("model_path"), tensors=args.tensors,
                           model_cache=setting_from_env("model_cache"))
     model_path = report.model_path  # a Hub id's cached snapshot: the add-ons are checked against its configs

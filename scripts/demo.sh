@@ -10,5 +10,5 @@ if [[ -z "${MODEL_PATH:-}" ]]; then
   .venv/bin/python -m dev.synthetic_volume "$MODEL_PATH" --scale tiny --extras >/dev/null
 fi
 export MODEL_PATH
-.venv/bin/python volume_check.py
+.venv/bin/python volume_check.py --tensors  # what the worker checks at start: every tensor name and shape too
 LOG_LEVEL=WARNING .venv/bin/python handler_volume_optimized.py --test --out demo.png

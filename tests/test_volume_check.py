@@ -122,6 +122,7 @@ def test_the_tensor_check_says_its_own_time_apart_from_importing_torch(volume: P
     result = subprocess.run([sys.executable, "volume_check.py", str(volume), "--tensors"], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+    assert result.stderr == "", "no library's import notice"
     verdict = result.stdout.splitlines()[-4]
     timing = re.search(r"\(checked in (\d+\.\d\d) s; importing torch and the model libraries for it: "
                        r"(\d+\.\d\d) s more\)$", verdict)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import importlib
 import json
 import os
 import shutil
@@ -28,7 +29,7 @@ from sdxl_worker.volume.report import (
     WeightSet,
     format_bytes,
 )
-from sdxl_worker.volume.sdxl import SDXL_CLASSES, SDXL_REQUIRED, SUPPORTED_PIPELINES
+from sdxl_worker.volume.sdxl import MODELS, SDXL_CLASSES, SDXL_REQUIRED, SUPPORTED_PIPELINES
 from sdxl_worker.weights import architecture
 from sdxl_worker.weights.controlnets import scan as scan_controlnets
 from sdxl_worker.weights.embeddings import scan as scan_embeddings
@@ -59,9 +60,10 @@ def check_volume(path: str | os.PathLike[str], *, tensors: bool = False,
         # start, said apart from the check's own time (a fraction of a second). Missing, each component's tensor
         # comparison says so.
         with contextlib.suppress(ImportError):
-            import diffusers  # noqa: F401
             import torch  # noqa: F401
-            import transformers  # noqa: F401
+
+            for library, class_name in MODELS.values():  # the libraries import each class lazily, at first use
+                getattr(importlib.import_module(library), class_name)
     imported = time.perf_counter()
     try:
         source = resolve_source(str(path), model_cache)
