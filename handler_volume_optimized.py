@@ -23,9 +23,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from sdxl_worker.loading.plan import reader_name
-from sdxl_worker.serving.stack_test import STACK_TEST_VARIANT
-from sdxl_worker.serving.worker import start_from_env
+from sdxl_worker.sentences import without_packages
+
+try:
+    from sdxl_worker.loading.plan import reader_name
+    from sdxl_worker.serving.stack_test import STACK_TEST_VARIANT
+    from sdxl_worker.serving.worker import start_from_env
+except ModuleNotFoundError as missing:  # started by a Python without the worker's packages
+    raise SystemExit(without_packages(missing, "handler_volume_optimized.py")) from None
 
 
 def self_test(out: Path | None) -> int:

@@ -31,10 +31,15 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from sdxl_worker.logs import configure_logging
-from sdxl_worker.prepare.commands import add_fp16, convert_bin, from_single_file, progress_bar
-from sdxl_worker.prepare.fp16_set import PrepareError
-from sdxl_worker.prepare.pipeline_files import ConfigFolderError
+from sdxl_worker.sentences import without_packages
+
+try:
+    from sdxl_worker.logs import configure_logging
+    from sdxl_worker.prepare.commands import add_fp16, convert_bin, from_single_file, progress_bar
+    from sdxl_worker.prepare.fp16_set import PrepareError
+    from sdxl_worker.prepare.pipeline_files import ConfigFolderError
+except ModuleNotFoundError as missing:  # started by a Python without the worker's packages
+    raise SystemExit(without_packages(missing, "prepare_volume.py")) from None
 
 
 def main(argv: list[str] | None = None) -> int:

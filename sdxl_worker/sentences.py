@@ -4,6 +4,7 @@ an ellipsis, so a refusal or a log line never carries a library's page of text."
 from __future__ import annotations
 
 import difflib
+import sys
 
 NAMES_LISTED = 10  # names a refusal of an unknown name lists; the rest are counted
 
@@ -26,3 +27,10 @@ def alternatives(name: str, names: list[str]) -> str:
     hint = f" Did you mean {close[0]!r}?" if close else ""
     more = f" and {len(names) - NAMES_LISTED} more" if len(names) > NAMES_LISTED else ""
     return f"{hint} Available: {', '.join(names[:NAMES_LISTED])}{more}."
+
+
+def without_packages(missing: ModuleNotFoundError, command: str) -> str:
+    """The one line for an entrypoint started by a Python that lacks the worker's packages (a pod's system Python)."""
+    return (f"❌ {command} needs the worker's packages, and {missing.name or missing} is not installed for "
+            f"{sys.executable}: run it with .venv/bin/python (bash scripts/setup_venv.sh makes .venv) or inside the "
+            "worker's image, whose python has them")

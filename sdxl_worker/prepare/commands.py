@@ -13,6 +13,8 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm import tqdm
+
 from sdxl_worker.loading.loader import weight_files
 from sdxl_worker.loading.plan import plan_load
 from sdxl_worker.prepare import bin_weights, fp16_set, single_file
@@ -33,8 +35,6 @@ def progress_bar(enabled: bool | None) -> ProgressBar:
     """A tqdm bar over the bytes to write (bytes, rate, ETA) on stderr: on a terminal (None), always, or never."""
     @contextmanager
     def bar(total: int, label: str) -> Iterator[Progress]:
-        from tqdm import tqdm
-
         with tqdm(total=total, unit="B", unit_scale=True, desc=label, file=sys.stderr, mininterval=0.5,
                   disable=None if enabled is None else not enabled) as shown:
             yield shown.update
