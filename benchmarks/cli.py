@@ -14,11 +14,16 @@ The suites are data (benchmarks/scenarios.py). A full-size random-weight volume 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from benchmarks.results import Failure
 from benchmarks.runner import Bench, run_scenarios
 from benchmarks.scenarios import SUITES
+
+# The stages that read the volume cold, after evicting it from the page cache.
+COLD_STAGES = ("loads", "prepare")
 
 # Per scale: image size, steps. Tiny is for the CPU: seconds, not minutes.
 DEFAULTS = {"full": (1024, 30), "tiny": (256, 4)}
@@ -67,10 +72,18 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     settings = {**{k: str(v) for k, v in vars(args).items()}, "suite": suites, "device": device}
     bench = Bench(args.out, settings)
+    if args.drop_caches and os.geteuid() == 0 and any(stage in COLD_STAGES for s in scenarios for stage in s.stages):
+        print("[bench] each cold read first drops this machine's whole page cache (root may write "
+              "/proc/sys/vm/drop_caches); --no-drop-caches evicts only the benchmark's own files", flush=True)
     run_scenarios(bench, scenarios, scale=args.scale, device=device,
                   size=args.size, steps=args.steps, runs=args.runs, volume_dir=args.volume_dir,
                   drop_caches=args.drop_caches, layout=args.layout)
     print((args.out / "benchmark.md").read_text())
+    failed = bench.run.of(Failure)
+    if failed:
+        print(f"{len(failed)} stage(s) failed on this machine (the report's last table): "
+              + "; ".join(f"{name}: {failure.error.splitlines()[0]}" for name, failure in failed), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -27,6 +27,10 @@ def render(run: Run) -> str:
     versions = f"torch {env.torch}, diffusers {env.diffusers}; " if env else ""
     lines = [f"Device: {device}; {versions}{settings['size']}x{settings['size']}, {settings['steps']} steps, CFG 7; "
              f"suites: {', '.join(settings['suite'])}"]
+    if settings.get("scale") == "tiny":
+        lines += ["", "Tiny scale: a model of a few MB at 256 pixels, for checking that every stage runs. Its times "
+                  "are overheads (imports, threads, Python), not what a full-size model does: loaders and speed "
+                  "options are compared at `--scale full`."]
     lines += _generation(run) + _features(run) + _workload(run) + _cached_starts(run) + _loads(run)
     lines += _network_loads(run) + _prepare(run)
     lines += _profiles(run) + _attention(run) + _meta(run)

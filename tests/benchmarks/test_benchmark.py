@@ -181,6 +181,21 @@ def test_sdxl_unet_flops_match_the_published_count_and_fp8_covers_its_linear_wor
     assert flops.fp8_layers_share_of_linear > 0.9999
 
 
+def test_a_stage_that_cannot_run_here_fails_the_run_saying_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """The netfs suite where FUSE is missing: the report keeps the failure, and the exit status says it too."""
+    import dev.netfs
+    from benchmarks.cli import main
+
+    monkeypatch.setattr(dev.netfs, "unavailable", lambda: "no fusermount3 (Debian package fuse3)")
+    assert main(["--scale", "tiny", "--device", "cpu", "--suite", "netfs", "--no-drop-caches", "--out",
+                 str(tmp_path / "out"), "--volume-dir", str(tmp_path / "vol")]) == 1
+    out, err = capsys.readouterr()
+    assert err.endswith("1 stage(s) failed on this machine (the report's last table): network volume: RuntimeError: "
+                        "no simulated network volume here: no fusermount3 (Debian package fuse3)\n")
+    assert "Tiny scale: a model of a few MB at 256 pixels" in out, "tiny-scale times are said to be overheads"
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(__import__("dev.netfs").netfs.unavailable() is not None, reason="no FUSE here")
 def test_netfs_suite_counts_the_bytes_each_loader_had_served(tmp_path: Path) -> None:
