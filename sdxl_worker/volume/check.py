@@ -247,6 +247,15 @@ def _check_components(report: VolumeReport, model_path: Path, entries: dict[str,
     _check_tokenizer_lengths(report)
 
 
+def _missing_folder_advice(name: str) -> str:
+    """What to do about a component folder model_index.json names and the model lacks."""
+    where = f"copy the model's {name}/ folder (its config and files) from where the model came from; an upload " \
+            "that stopped early leaves folders out"
+    if name == "vae":  # SDXL fine-tunes nearly all keep SDXL's own VAE, published on its own
+        return f"{where}. A fine-tune that shipped without one uses SDXL's: madebyollin/sdxl-vae-fp16-fix (fp16-safe)"
+    return where
+
+
 def _check_component(report: VolumeReport, model_path: Path, name: str, library: str, class_name: str,
                      tensors: bool) -> None:
     """Check one component's folder into `report`; its findings are marked as its own (see recheck)."""
@@ -257,7 +266,8 @@ def _check_component(report: VolumeReport, model_path: Path, name: str, library:
     try:
         if not folder.is_dir():
             component.ok = False
-            report.add("fail", f"{name}: folder {folder} is missing ({class_name})", folder)
+            report.add("fail", f"{name}: folder {folder} is missing ({class_name}): {_missing_folder_advice(name)}",
+                       folder)
         elif _special_files(report, component, folder):
             pass
         elif component.kind == "model":

@@ -60,7 +60,10 @@ def test_vae_folder_missing(volume: Path) -> None:
     shutil.rmtree(volume / "vae")
     report = check_volume(volume)
     assert report.exit_code == 1 and not report.loadable
-    assert f"vae: folder {volume / 'vae'} is missing" in fails(report)
+    assert fails(report) == (
+        f"vae: folder {volume / 'vae'} is missing (AutoencoderKL): copy the model's vae/ folder (its config and "
+        "files) from where the model came from; an upload that stopped early leaves folders out. A fine-tune that "
+        "shipped without one uses SDXL's: madebyollin/sdxl-vae-fp16-fix (fp16-safe)")
 
 
 def test_tokenizer_2_missing(volume: Path) -> None:
