@@ -5,6 +5,12 @@ once to check them before anything runs, builds and pushes the image, then calls
 duplicates: the template's name is derived from the image and the settings, so the same inputs find
 the same template, and an endpoint with the same name gets the new template instead of a twin.
 The API key comes from RUNPOD_API_KEY only (never argv) and is never printed.
+
+The worker's settings (docs/settings.md) come from an env file (`--env-file endpoint.env`: NAME=value lines,
+checked against the settings model before anything runs). A redeploy makes a new template for a new image, so
+it carries over every variable of the endpoint's current template that this deploy does not set (one set by hand
+in RunPod's console included; `NAME=` in the env file drops one), and prints what changes; secrets' values are
+never printed. A dry run with RUNPOD_API_KEY set reads the endpoint to show that difference and changes nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import json
 import os
 import re
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -24,6 +30,9 @@ from sdxl_worker.settings import DEFAULT_MODEL_PATH
 
 VOLUME_MOUNT_PATH = str(Path(DEFAULT_MODEL_PATH).parent)
 TEMPLATES_QUERY = "query { myself { podTemplates { id name imageName isServerless } } }"
+# A variable whose name holds one of these is a secret: its value is never printed.
+SECRET_WORDS = ("SECRET", "TOKEN", "PASSWORD", "API_KEY")
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
 @dataclass(frozen=True)
@@ -37,16 +46,24 @@ class DeploySettings:
     idle_timeout: int = 5
     flashboot: bool = True
     container_disk_gb: int = 20
-    model_path: str = DEFAULT_MODEL_PATH
+    model_path: str | None = None
     max_pixels: int | None = None
     allowed_cuda_versions: str = ",".join(FLAVOURS[DEFAULT].allowed_cuda_versions)
+    env_file: tuple[tuple[str, str], ...] = ()  # the worker's settings from --env-file, in its order
+    carried: tuple[tuple[str, str], ...] = ()  # the endpoint's current variables this deploy does not set
 
     def env(self) -> dict[str, str]:
-        """The worker's environment on RunPod (see docs/settings.md)."""
-        env = {"MODEL_PATH": self.model_path, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        """The worker's environment on RunPod (see docs/settings.md): what was carried over, then the env file, then
+        the flags."""
+        env = {**dict(self.carried), **dict(self.env_file), **OFFLINE_ENV}
+        env["MODEL_PATH"] = self.model_path or env.get("MODEL_PATH") or DEFAULT_MODEL_PATH
         if self.max_pixels is not None:
             env["MAX_PIXELS"] = str(self.max_pixels)
         return env
+
+    def set_here(self) -> set[str]:
+        """The variables this deploy sets itself (the rest of an endpoint's are carried over)."""
+        return {*dict(self.env_file), *OFFLINE_ENV, "MODEL_PATH", *(("MAX_PIXELS",) if self.max_pixels else ())}
 
     def template_name(self) -> str:
         digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
@@ -84,25 +101,33 @@ def endpoint_fields(settings: DeploySettings, template_id: str) -> dict[str, Any
 
 def deploy(settings: DeploySettings, api_key: str, dry_run: bool = False) -> str:
     """Make the endpoint serve `settings.image`; return its id (a placeholder in a dry run)."""
+    import runpod
+
+    endpoint = None
+    if api_key:
+        runpod.api_key = api_key
+        endpoint = next((e for e in runpod.get_endpoints() or [] if e["name"] == settings.endpoint_name), None)
+    if endpoint is not None:
+        current = {item["key"]: item["value"] for item in endpoint.get("env") or []}
+        settings = replace(settings, carried=tuple((k, v) for k, v in current.items() if k not in settings.set_here()))
+        say_changes(endpoint, current, settings.env())
     if dry_run:
         from runpod.api.mutations.endpoints import generate_endpoint_mutation
         from runpod.api.mutations.templates import generate_pod_template
 
-        say("dry run: no API request is sent. These are the requests a real run makes "
-            "(Authorization: Bearer ***):")
+        say("dry run: nothing is changed" + (", the endpoint was only read" if api_key else "") +
+            ". These are the requests a real run makes (Authorization: Bearer ***):")
         say(f"query templates:\n{TEMPLATES_QUERY}")
-        say(f"if no template is named {settings.template_name()!r}, create it:\n"
-            f"{generate_pod_template(**template_fields(settings))}")
+        masked = {**template_fields(settings), "env": masked_env(settings.env())}
+        say(f"if no template is named {settings.template_name()!r}, create it:\n{generate_pod_template(**masked)}")
         say("query endpoints: runpod.get_endpoints()")
         say(f"if no endpoint is named {settings.endpoint_name!r}, create it:\n"
             f"{generate_endpoint_mutation(**endpoint_fields(settings, '<template id>'))}")
         say("else: runpod.update_endpoint_template(<endpoint id>, <template id>)")
         return "<endpoint id>"
 
-    import runpod
     from runpod.api.graphql import run_graphql_query
 
-    runpod.api_key = api_key
     templates = run_graphql_query(TEMPLATES_QUERY)["data"]["myself"]["podTemplates"] or []
     template = next((t for t in templates if t["name"] == settings.template_name()), None)
     if template is None:
@@ -111,8 +136,6 @@ def deploy(settings: DeploySettings, api_key: str, dry_run: bool = False) -> str
     else:
         say(f"template {template['id']} ({settings.template_name()}) already exists; reusing it")
 
-    endpoints = runpod.get_endpoints() or []
-    endpoint = next((e for e in endpoints if e["name"] == settings.endpoint_name), None)
     if endpoint is None:
         endpoint = runpod.create_endpoint(**endpoint_fields(settings, template["id"]))
         say(f"created endpoint {endpoint['id']} ({settings.endpoint_name})")
@@ -131,6 +154,57 @@ def _warn_differences(endpoint: dict[str, Any], settings: DeploySettings) -> Non
     for key, value in wanted.items():
         if key in endpoint and endpoint[key] != value:
             say(f"warning: endpoint {key} is {endpoint[key]!r}, asked {value!r}: change it in the RunPod console")
+
+
+def is_secret(name: str) -> bool:
+    return any(word in name.upper() for word in SECRET_WORDS)
+
+
+def masked_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` as it may be printed: every secret's value replaced."""
+    return {name: "***" if is_secret(name) and value else value for name, value in env.items()}
+
+
+def say_changes(endpoint: dict[str, Any], current: dict[str, str], new: dict[str, str]) -> None:
+    """What the redeploy changes in the endpoint's variables, and what it keeps that it did not set."""
+    shown_now, shown_new = masked_env(current), masked_env(new)
+    lines = [f"  + {k}={shown_new[k]}" for k in new if k not in current]
+    lines += [f"  ~ {k}: {shown_now[k]} -> {shown_new[k]}" for k in new if k in current and new[k] != current[k]]
+    say(f"endpoint {endpoint['id']} ({endpoint['name']}): its variables "
+        + ("change:\n" + "\n".join(lines) if lines else "stay as they are"))
+    kept = sorted(k for k in current if k in new and k not in OFFLINE_ENV and new[k] == current[k])
+    if kept:
+        say(f"  kept: {', '.join(kept)}")
+
+
+def read_env_file(path: Path) -> tuple[tuple[str, str], ...]:
+    """The worker's settings in `path` (NAME=value lines; blank lines and # comments skipped; `export ` and quotes
+    around a value allowed), each a setting of docs/settings.md, checked together by the settings model; ValueError
+    with one line naming the file, the line and the rule."""
+    from sdxl_worker.sentences import alternatives
+    from sdxl_worker.settings import Settings, SettingsError, environment_fields
+
+    known = [name for name, _ in environment_fields()]
+    values: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        name, equals, value = text.removeprefix("export ").partition("=")
+        name, value = name.strip(), value.strip()
+        if not equals or not name:
+            raise ValueError(f"{path} line {number}: not NAME=value")
+        if name not in known:
+            raise ValueError(f"{path} line {number}: {name} is not a worker setting (docs/settings.md)."
+                             + alternatives(name, known).split(" Available:")[0])
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[name] = value
+    try:
+        Settings.from_env(values)
+    except SettingsError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return tuple(values.items())
 
 
 def say(message: str) -> None:
@@ -174,7 +248,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--flashboot", choices=("on", "off"), default=env.get("FLASHBOOT", "on"), help="FLASHBOOT")
     parser.add_argument("--container-disk-gb", type=int, default=env.get("CONTAINER_DISK_GB", d.container_disk_gb),
                         help="CONTAINER_DISK_GB")
-    parser.add_argument("--model-path", default=d.model_path, help="the worker's MODEL_PATH on the volume")
+    parser.add_argument("--model-path", help=f"the worker's MODEL_PATH, else the env file's (default: "
+                        f"{DEFAULT_MODEL_PATH})")
+    parser.add_argument("--env-file", type=Path, default=env.get("ENV_FILE"), help=(
+        "ENV_FILE: the worker's settings, NAME=value lines (docs/settings.md), checked before anything runs"))
     parser.add_argument("--max-pixels", type=int, default=env.get("MAX_PIXELS"), help="MAX_PIXELS for the worker")
     parser.add_argument("--skip-build", action="store_true", help="push nothing; deploy an image already pushed")
     parser.add_argument("--dry-run", action="store_true", help="print every command and API request, change nothing")
@@ -193,6 +270,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
     if args.workers_min > args.workers_max:
         parser.error(f"--workers-min ({args.workers_min}) is above --workers-max ({args.workers_max})")
+    args.env_values = ()
+    if args.env_file is not None:
+        try:
+            args.env_values = read_env_file(args.env_file)
+        except OSError as exc:
+            parser.error(f"--env-file {args.env_file}: {exc.strerror}")
+        except ValueError as exc:
+            parser.error(str(exc))
     return args
 
 
@@ -212,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         container_disk_gb=args.container_disk_gb,
         model_path=args.model_path,
         max_pixels=args.max_pixels,
+        env_file=args.env_values,
     )
     endpoint_id = deploy(settings, os.environ.get("RUNPOD_API_KEY", ""), dry_run=args.dry_run)
     say(f"ENDPOINT_ID={endpoint_id}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -28,14 +29,16 @@ class FakeRunPod:
 
     def answer(self, query: str) -> dict:
         if "podTemplates" in query:
-            return {"myself": {"podTemplates": self.templates}}
+            return {"myself": {"podTemplates": [{k: v for k, v in t.items() if k != "env"} for t in self.templates]}}
         if "saveTemplate" in query:
             name = query.split('name: "', 1)[1].split('"', 1)[0]
-            template = {"id": f"tpl-{len(self.templates) + 1}", "name": name, "isServerless": True}
+            env = [{"key": k, "value": v} for k, v in re.findall(r'\{ key: "([^"]*)", value: "([^"]*)" \}', query)]
+            template = {"id": f"tpl-{len(self.templates) + 1}", "name": name, "isServerless": True, "env": env}
             self.templates.append(template)
             return {"saveTemplate": template}
-        if "endpoints" in query:
-            return {"myself": {"endpoints": self.endpoints}}
+        if "endpoints" in query:  # an endpoint's variables are its template's
+            return {"myself": {"endpoints": [{**e, "env": self.template(e["templateId"])["env"]}
+                                             for e in self.endpoints]}}
         if "saveEndpoint" in query:
             name = query.split('name: "', 1)[1].split('"', 1)[0]
             template_id = query.split('templateId: "', 1)[1].split('"', 1)[0]
@@ -51,6 +54,13 @@ class FakeRunPod:
                     endpoint["templateId"] = template_id
             return {"updateEndpointTemplate": {"id": endpoint_id, "templateId": template_id}}
         raise AssertionError(f"unexpected query {query}")
+
+    def template(self, template_id: str) -> dict:
+        return next(t for t in self.templates if t["id"] == template_id)
+
+    @property
+    def mutations(self) -> list[str]:
+        return [r["query"] for r in self.requests if r["query"].lstrip().startswith("mutation")]
 
 
 @pytest.fixture
@@ -145,7 +155,7 @@ def test_dry_run_changes_nothing(runpod_api, docker_stub) -> None:
     bin_dir, log = docker_stub
     run = deploy("--dry-run", env={**BASE, "RUNPOD_API_BASE_URL": url}, bin_dir=bin_dir)
     assert run.returncode == 0, run.stderr
-    assert fake.requests == [] and not log.exists()
+    assert fake.mutations == [] and not log.exists()
     assert "+ docker build --platform linux/amd64 -f Dockerfile.volume_optimized" in run.stdout
     assert "+ docker push acme/photonicfusion-worker:1.2.0" in run.stdout
     assert "saveTemplate" in run.stdout and "saveEndpoint" in run.stdout and "Bearer ***" in run.stdout
@@ -194,7 +204,7 @@ def test_dry_run_needs_no_docker(runpod_api, tmp_path: Path) -> None:
                                          "RUNPOD_API_BASE_URL": url})
     assert run.returncode == 0, run.stderr
     assert "+ docker build --platform linux/amd64" in run.stdout and "ENDPOINT_ID=<endpoint id>" in run.stdout
-    assert fake.requests == []
+    assert fake.mutations == []
 
 
 def test_help_lists_every_flag_with_its_variable() -> None:
@@ -214,3 +224,54 @@ def test_help_lists_every_flag_with_its_variable() -> None:
                               text=True, env={"PATH": os.environ["PATH"], "PYTHON": sys.executable,
                                               "WORKERS_MAX": "7"})
     assert "WORKERS_MAX (default: 7)" in " ".join(override.stdout.split())
+
+
+def test_an_env_file_sets_the_workers_settings_and_a_redeploy_keeps_what_the_console_added(
+        runpod_api, docker_stub, tmp_path: Path) -> None:
+    fake, url = runpod_api
+    bin_dir, _ = docker_stub
+    env_file = tmp_path / "endpoint.env"
+    env_file.write_text("# the endpoint's settings\nLORA_DIR=/runpod-volume/my-loras\nMAX_PIXELS=1048576\n\n"
+                        "BUCKET_ENDPOINT_URL=https://s3.example.com\nBUCKET_NAME=images\nBUCKET_ACCESS_KEY_ID=AKIA1\n"
+                        "export BUCKET_SECRET_ACCESS_KEY='s3-SECRET-value'\n")
+    env = {**BASE, "RUNPOD_API_BASE_URL": url}
+    first = deploy("--env-file", str(env_file), env=env, bin_dir=bin_dir)
+    assert first.returncode == 0, first.stderr
+    variables = {e["key"]: e["value"] for e in fake.templates[0]["env"]}
+    assert variables["LORA_DIR"] == "/runpod-volume/my-loras" and variables["MAX_PIXELS"] == "1048576"
+    assert variables["BUCKET_SECRET_ACCESS_KEY"] == "s3-SECRET-value"
+    fake.templates[0]["env"].append({"key": "RESULT_MAX_MB", "value": "19"})  # set by hand in RunPod's console
+
+    newer = {**env, "IMAGE": "acme/photonicfusion-worker:1.3.0"}
+    dry = deploy("--dry-run", "--env-file", str(env_file), env=newer, bin_dir=bin_dir)
+    assert dry.returncode == 0, dry.stderr
+    assert fake.mutations[2:] == [], "a dry run reads the endpoint and changes nothing"
+    assert "its variables stay as they are" in dry.stdout and "kept: " in dry.stdout
+    assert "RESULT_MAX_MB" in dry.stdout.split("kept: ", 1)[1].splitlines()[0]
+
+    env_file.write_text(env_file.read_text().replace("my-loras", "loras-v2"))
+    again = deploy("--env-file", str(env_file), env=newer, bin_dir=bin_dir)
+    assert again.returncode == 0, again.stderr
+    assert fake.endpoints[0]["templateId"] == "tpl-2"
+    variables = {e["key"]: e["value"] for e in fake.template("tpl-2")["env"]}
+    assert variables["RESULT_MAX_MB"] == "19", "the console's variable is carried to the new template"
+    assert variables["LORA_DIR"] == "/runpod-volume/loras-v2"
+    assert "~ LORA_DIR: /runpod-volume/my-loras -> /runpod-volume/loras-v2" in again.stdout
+    for run in (first, dry, again):
+        assert "s3-SECRET-value" not in run.stdout + run.stderr and KEY not in run.stdout + run.stderr
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("LORA_DIRS=/x\n", "line 1: LORA_DIRS is not a worker setting (docs/settings.md). Did you mean 'LORA_DIR'?"),
+    ("MAX_PIXELS=lots\n", "MAX_PIXELS"),
+    ("just words\n", "line 1: not NAME=value"),
+])
+def test_a_bad_env_file_fails_before_any_command(runpod_api, docker_stub, tmp_path: Path, text: str,
+                                                 words: str) -> None:
+    fake, url = runpod_api
+    bin_dir, log = docker_stub
+    env_file = tmp_path / "endpoint.env"
+    env_file.write_text(text)
+    run = deploy("--env-file", str(env_file), env={**BASE, "RUNPOD_API_BASE_URL": url}, bin_dir=bin_dir)
+    assert run.returncode == 2 and words in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    assert fake.requests == [] and not log.exists()
