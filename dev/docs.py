@@ -1,5 +1,5 @@
-"""The job contract and reply tables (docs/api.md), the CUDA flavour table (README.md) and the settings table
-(docs/settings.md), generated
+"""The job contract and reply tables (docs/api.md), the common fields (README.md), the CUDA flavour table
+(docs/runpod.md) and the settings table (docs/settings.md), generated
 from the job schema, the typed reply, dev/cuda_flavours.py and the settings object.
 
 The descriptions, defaults, bounds and choices live on the fields themselves; the pages hold a copy between
@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 SETTINGS_PAGE = ROOT / "docs" / "settings.md"
 API_PAGE = ROOT / "docs" / "api.md"
-PAGES = (README, API_PAGE, SETTINGS_PAGE)
+RUNPOD_PAGE = ROOT / "docs" / "runpod.md"
+PAGES = (README, API_PAGE, SETTINGS_PAGE, RUNPOD_PAGE)
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[a-z ]+) -->\n).*?(<!-- end generated -->)", re.S)
 
 
@@ -109,7 +110,22 @@ def cuda_flavours_table() -> str:
     return "\n".join(rows)
 
 
-TABLES = {"job contract": contract_table, "reply": reply_table, "environment": environment_table,
+# The fields most jobs set: README's short table (docs/api.md has them all).
+COMMON_FIELDS = ("prompt", "negative_prompt", "width", "height", "num_inference_steps", "guidance_scale", "seed",
+                 "num_images", "scheduler", "output_format")
+
+
+def common_fields_table() -> str:
+    rows = ["| field | default | bounds / choices |", "| --- | --- | --- |"]
+    for name in COMMON_FIELDS:
+        field = JobInput.model_fields[name]
+        default = "required" if field.is_required() else _value(field.default)
+        rows.append(f"| `{name}` | {default} | {_bounds(field)} |")
+    return "\n".join(rows)
+
+
+TABLES = {"common fields": common_fields_table, "job contract": contract_table, "reply": reply_table,
+          "environment": environment_table,
           "cuda flavours": cuda_flavours_table}
 
 
