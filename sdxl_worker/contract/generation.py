@@ -59,7 +59,7 @@ def generate(pipe: Any, job: JobInput, scheduler: Any, on_progress: ProgressFn |
 
     seeds = job_seeds(job.seed, job.num_images)
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    steps = job.num_inference_steps
+    steps = job.steps
     every = progress_interval(steps)
 
     def step_end(running: Any, step: int, _timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -92,8 +92,9 @@ def generate(pipe: Any, job: JobInput, scheduler: Any, on_progress: ProgressFn |
             **text,
             **shape,
             **(conditioning or {}),
-            num_inference_steps=steps,
+            **({"timesteps": job.timesteps} if job.timesteps is not None else {"num_inference_steps": steps}),
             guidance_scale=job.guidance_scale,
+            **({"eta": job.eta} if job.eta is not None else {}),
             num_images_per_prompt=job.num_images,
             generator=generators,
             callback_on_step_end=step_end,

@@ -9,14 +9,19 @@ naming the field and the rule (`JobInputError`), never a traceback.
 from __future__ import annotations
 
 import difflib
+import itertools
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from sdxl_worker.sentences import bounded
+
 SchedulerName = Literal[
-    "default", "euler", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_sde_karras", "ddim", "unipc"
+    "default", "euler", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_sde_karras", "ddim", "unipc",
+    "euler_trailing", "ddim_trailing", "lcm", "tcd",
 ]
 SCHEDULERS: tuple[str, ...] = get_args(SchedulerName)
+ETA_SCHEDULERS = ("tcd", "ddim", "ddim_trailing")  # the ones whose step takes an eta
 OutputFormat = Literal["png", "jpeg", "webp"]
 
 # 1536 x 1536: SDXL's quality falls off past ~1.5 MP and memory grows with it; raise with MAX_PIXELS.
@@ -24,6 +29,9 @@ DEFAULT_MAX_PIXELS = 1536 * 1536
 MIN_SIDE, MAX_SIDE = 256, 2048
 MIN_PIXELS = MIN_SIDE * MIN_SIDE
 MAX_PROMPT_CHARS = 2000
+# SDXL's training timesteps are 0..999; a distilled recipe names a few of them (DMD2: 999, 749, 499, 249).
+MAX_TRAIN_TIMESTEP = 999
+MAX_TIMESTEPS = 50
 DEFAULT_QUALITY = 90
 DEFAULT_STRENGTH = 0.75
 MAX_NAMED = 3  # breaches named in a refusal; the rest are counted, so that a refusal stays a sentence
@@ -99,12 +107,22 @@ class JobInput(BaseModel):
     height: int = Field(default=1024, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8, description="Pixels.")
     num_inference_steps: int = Field(default=30, ge=1, le=100, description="Sampling steps.")
     guidance_scale: float = Field(default=7.0, ge=0.0, le=30.0, allow_inf_nan=False, description=(
-        "Classifier-free guidance; finite."))
+        "Classifier-free guidance; finite. At most 1: none, one UNet pass a step (step-distilled models' 4-8-step "
+        "recipes), and then no `negative_prompt`."))
+    timesteps: list[int] | None = Field(default=None, min_length=1, max_length=MAX_TIMESTEPS, description=(
+        f"The sampler's timesteps themselves, for a recipe that names them (DMD2: `[999, 749, 499, 249]` with `lcm`):"
+        f" strictly descending, each 0-{MAX_TRAIN_TIMESTEP}; their count is the steps. Text to image, with the "
+        "samplers that take them (`euler`, `euler_trailing`, `lcm`, `tcd`, `dpmpp_2m`...)."))
+    eta: float | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False, description=(
+        "Noise the `tcd`, `ddim` and `ddim_trailing` samplers add back a step, 0-1 (TCD's recipes: 0.3); null: 0. "
+        "Other samplers have none."))
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1, description=(
         "Null: a random one, returned. Image i of a job uses seed + i."))
     num_images: int = Field(default=1, ge=1, le=4, description="Images from one prompt, one seed each.")
     scheduler: SchedulerName = Field(default="default", description=(
-        "The sampler; `default` is the volume's own scheduler config."))
+        "The sampler, built from the volume's scheduler config; `default` is that config as it is. For 4-8-step "
+        "distilled models: `euler_trailing` (SDXL-Lightning), `lcm` (LCM-LoRA, DMD2), `tcd` (TCD, Hyper-SD); "
+        "`ddim_trailing` too (docs/fast-sampling.md)."))
     output_format: OutputFormat = Field(default="png", description=(
         "png is lossless (written at zlib level 1: about half the time of Pillow's default, files ~11% larger)."))
     quality: int | None = Field(default=None, ge=1, le=100, description=(
@@ -178,10 +196,32 @@ class JobInput(BaseModel):
             raise ValueError("quality applies to jpeg and webp only, not png")
         if self.image is None and (self.strength is not None or self.mask is not None):
             raise ValueError("strength and mask apply with an image only")
+        if self.negative_prompt and self.guidance_scale <= 1:
+            raise ValueError(f"negative_prompt has no effect at guidance_scale {self.guidance_scale:g} (at most 1 "
+                             "runs one UNet pass a step, with no negative branch): drop it, or raise guidance_scale "
+                             "above 1")
+        if self.eta is not None and self.scheduler not in ETA_SCHEDULERS:
+            raise ValueError(f"eta applies to the {', '.join(ETA_SCHEDULERS)} samplers only, not {self.scheduler!r}")
+        if self.timesteps is not None:
+            steps = self.timesteps
+            outside = any(not 0 <= t <= MAX_TRAIN_TIMESTEP for t in steps)
+            if outside or any(a <= b for a, b in itertools.pairwise(steps)):
+                raise ValueError(f"timesteps must be strictly descending, each 0-{MAX_TRAIN_TIMESTEP} (SDXL's "
+                                 f"training range), e.g. [999, 749, 499, 249]; got {bounded(steps, 120)}")
+            if "num_inference_steps" in self.model_fields_set and self.num_inference_steps != len(steps):
+                raise ValueError(f"num_inference_steps {self.num_inference_steps} and {len(steps)} timesteps "
+                                 "disagree: give the timesteps alone")
+            if self.image is not None:
+                raise ValueError("timesteps apply to text to image only; with an image, strength picks the steps")
         if self.image is not None and int(self.num_inference_steps * self.image_strength) < 1:
             raise ValueError(f"num_inference_steps x strength is {self.num_inference_steps * self.image_strength:.2f}: "
                              "it must reach at least 1 step")
         return self
+
+    @property
+    def steps(self) -> int:
+        """The sampling steps the job runs: its timesteps' count when it names them."""
+        return len(self.timesteps) if self.timesteps is not None else self.num_inference_steps
 
     @property
     def image_strength(self) -> float:

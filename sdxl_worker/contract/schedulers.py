@@ -7,6 +7,7 @@ dependency (torchsde for the SDE sampler) fails the start, not a caller's job.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from sdxl_worker.contract.job_schema import SCHEDULERS
@@ -23,6 +24,13 @@ SCHEDULER_SPECS: dict[str, tuple[str, dict[str, Any]]] = {
     "dpmpp_sde_karras": ("DPMSolverSDEScheduler", {"use_karras_sigmas": True}),
     "ddim": ("DDIMScheduler", {}),
     "unipc": ("UniPCMultistepScheduler", {}),
+    # Step-distilled SDXL's samplers (docs/fast-sampling.md): their model cards' recipes, 4-8 steps. Trailing
+    # spacing starts at the last training timestep (Lightning 4 steps: 999, 749, 499, 249) where SDXL's own
+    # leading spacing never reaches it.
+    "euler_trailing": ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),
+    "ddim_trailing": ("DDIMScheduler", {"timestep_spacing": "trailing"}),
+    "lcm": ("LCMScheduler", {}),
+    "tcd": ("TCDScheduler", {}),
 }
 
 
@@ -32,8 +40,20 @@ def build_schedulers(default: Any) -> dict[str, Any]:
 
     schedulers = {"default": default}
     for name, (class_name, overrides) in SCHEDULER_SPECS.items():
-        schedulers[name] = getattr(diffusers, class_name).from_config(default.config, **overrides)
+        cls = getattr(diffusers, class_name)
+        # Only the options this class takes: another class's (PNDM's skip_prk_steps in SDXL's config) would be
+        # logged as unexpected at every start.
+        accepted = inspect.signature(cls.__init__).parameters
+        config = {key: value for key, value in default.config.items() if key in accepted or key.startswith("_")}
+        schedulers[name] = cls.from_config(config, **overrides)
     missing = set(SCHEDULERS) - set(schedulers)
     if missing:
         raise RuntimeError(f"no scheduler built for {sorted(missing)}")
     return schedulers
+
+
+def takes_timesteps(scheduler: Any) -> bool:
+    """Whether a job may name this sampler's timesteps itself: its set_timesteps accepts a list, which diffusers
+    refuses with Karras sigmas."""
+    return ("timesteps" in inspect.signature(scheduler.set_timesteps).parameters
+            and not scheduler.config.get("use_karras_sigmas", False))

@@ -24,7 +24,7 @@ from sdxl_worker.contract.ip_adapters import IpAdapters
 from sdxl_worker.contract.job_schema import JobInput, JobInputError, parse_job_input
 from sdxl_worker.contract.loras import LoraAdapters
 from sdxl_worker.contract.prompts import PromptEncoder
-from sdxl_worker.contract.schedulers import build_schedulers
+from sdxl_worker.contract.schedulers import build_schedulers, takes_timesteps
 from sdxl_worker.delivery.bucket import Bucket, BucketError
 from sdxl_worker.delivery.reply import DeliveryError, deliver, refusal_ahead
 from sdxl_worker.loading.loader import LoadRecord, load_planned
@@ -211,6 +211,9 @@ class Worker:
             return {"error": str(exc)}
         refusal = refusal_ahead(params.output, params.output_format, params.num_images, width, height,
                                 self.settings.result_max_mb, self.bucket)
+        if params.timesteps is not None and not takes_timesteps(self.schedulers[params.scheduler]):
+            takers = ", ".join(name for name, scheduler in self.schedulers.items() if takes_timesteps(scheduler))
+            refusal = f"scheduler {params.scheduler!r} takes no timesteps list; these do: {takers}"
         if refusal is not None:
             log.info("job %s refused: %s", job_id, refusal)
             return {"error": refusal}
@@ -279,7 +282,7 @@ class Worker:
             timings["graph"] = graphed.counts.since(graph_counts)
         log.info(
             "job %s: %s %dx%d x%d, %d steps, %s, seed %d%s, inference %.2f s%s, encode %.2f s, total %.2f s, "
-            "prompt %r", job_id, params.mode, width, height, params.num_images, params.num_inference_steps,
+            "prompt %r", job_id, params.mode, width, height, params.num_images, params.steps,
             params.scheduler, generated.seeds[0], "".join(f", LoRA {lora['name']} x{lora['scale']}" for lora in loras),
             generated.inference_s, f" (graph {timings['graph']})" if "graph" in timings else "", encode_s, total_s,
             params.prompt[:PROMPT_LOG_CHARS],

@@ -33,10 +33,47 @@ def test_defaults() -> None:
 def test_full_valid_job() -> None:
     job = parse_job_input({
         "prompt": "a cat", "negative_prompt": "blurry", "width": 1536, "height": 768, "num_inference_steps": 100,
-        "guidance_scale": 0, "seed": 2**32 - 1, "num_images": 4, "scheduler": "dpmpp_2m_karras",
+        "guidance_scale": 30.0, "seed": 2**32 - 1, "num_images": 4, "scheduler": "dpmpp_2m_karras",
         "output_format": "webp", "quality": 1,
     })
-    assert (job.width, job.height, job.seed, job.guidance_scale, job.encode_quality) == (1536, 768, 2**32 - 1, 0.0, 1)
+    assert (job.width, job.height, job.seed, job.guidance_scale, job.encode_quality) == (1536, 768, 2**32 - 1, 30.0,
+                                                                                          1)
+
+
+def test_without_guidance_a_negative_prompt_is_refused_not_ignored() -> None:
+    """At guidance_scale <= 1 diffusers runs no negative branch: a negative prompt would silently do nothing."""
+    assert parse_job_input({"prompt": "a cat", "guidance_scale": 0}).guidance_scale == 0.0
+    assert parse_job_input({"prompt": "a cat", "negative_prompt": "", "guidance_scale": 1.0}).negative_prompt == ""
+    with pytest.raises(JobInputError, match=r"negative_prompt has no effect at guidance_scale 1 \(at most 1 runs "
+                                            r"one UNet pass a step, with no negative branch\): drop it, or raise "
+                                            r"guidance_scale above 1"):
+        parse_job_input({"prompt": "a cat", "negative_prompt": "blurry", "guidance_scale": 1.0})
+
+
+def test_timesteps_name_the_steps_of_a_distilled_recipe() -> None:
+    job = parse_job_input({"prompt": "a cat", "scheduler": "lcm", "guidance_scale": 0, "timesteps": [999, 749, 499,
+                                                                                                      249]})
+    assert (job.timesteps, job.steps) == ([999, 749, 499, 249], 4)
+    assert parse_job_input({"prompt": "a cat", "timesteps": [999, 499], "num_inference_steps": 2}).steps == 2
+    assert parse_job_input({"prompt": "a cat", "num_inference_steps": 8}).steps == 8
+
+
+@pytest.mark.parametrize(("timesteps", "extra", "words"), [
+    ([999, 999, 499], {}, "timesteps must be strictly descending, each 0-999 (SDXL's training range), e.g. [999, 749, "
+                          "499, 249]; got [999, 999, 499]"),
+    ([249, 499], {}, "strictly descending"),
+    ([1000, 500], {}, "each 0-999"),
+    ([999, -1], {}, "each 0-999"),
+    ([], {}, "timesteps"),
+    (list(range(999, 939, -1)), {}, "timesteps"),
+    ([999, 499], {"num_inference_steps": 4}, "num_inference_steps 4 and 2 timesteps disagree: give the timesteps "
+                                              "alone"),
+    ([999, 499], {"image": "aGk="}, "timesteps apply to text to image only"),
+])
+def test_bad_timesteps_are_one_sentence(timesteps: list[int], extra: dict, words: str) -> None:
+    with pytest.raises(JobInputError) as refused:
+        parse_job_input({"prompt": "a cat", "timesteps": timesteps, **extra})
+    assert words in str(refused.value) and "\n" not in str(refused.value)
 
 
 @pytest.mark.parametrize("scheduler", SCHEDULERS)

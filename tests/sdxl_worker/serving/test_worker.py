@@ -17,7 +17,9 @@ SMALL = {"prompt": "a photonic lighthouse", "width": 256, "height": 256, "num_in
 
 
 def run(worker: Worker, **fields: object) -> dict:
-    return worker.handle({"id": "test-job", "input": {**SMALL, **fields}})
+    """A job of SMALL's fields and `fields` (one given as None is left out)."""
+    job = {key: value for key, value in {**SMALL, **fields}.items() if value is not None}
+    return worker.handle({"id": "test-job", "input": job})
 
 
 def pixels(b64: str) -> np.ndarray:
@@ -107,8 +109,58 @@ def test_every_scheduler_generates_its_own_result(worker: Worker, scheduler: str
     assert reply["images"] != run(worker, seed=1, scheduler="default")["images"]
 
 
+@pytest.mark.parametrize("scheduler", ["euler_trailing", "ddim_trailing", "lcm", "tcd"])
+def test_each_fast_sampler_draws_its_own_result(worker: Worker, scheduler: str) -> None:
+    reply = run(worker, seed=1, scheduler=scheduler, num_inference_steps=4, guidance_scale=0.0)
+    assert "error" not in reply, reply
+    assert reply["images"] != run(worker, seed=1, num_inference_steps=4, guidance_scale=0.0)["images"]
+
+
+def unet_calls(worker: Worker, **fields: object) -> tuple[dict, list[tuple[int, int]]]:
+    """A job's reply, and each UNet call's (batch, timestep)."""
+    calls: list[tuple[int, int]] = []
+
+    def record(_module: object, args: tuple, kwargs: dict) -> None:
+        sample, timestep = args[0], args[1] if len(args) > 1 else kwargs["timestep"]
+        calls.append((int(sample.shape[0]), int(timestep)))
+
+    hook = worker.pipe.unet.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        return run(worker, seed=4, **fields), calls
+    finally:
+        hook.remove()
+
+
+def test_without_guidance_each_step_is_one_unet_pass_at_the_images_batch(worker: Worker) -> None:
+    """A distilled recipe's point: guidance <= 1 runs no negative branch, half the UNet work of a guided step."""
+    _, guided = unet_calls(worker, num_images=2, num_inference_steps=4, scheduler="euler_trailing")
+    reply, free = unet_calls(worker, num_images=2, num_inference_steps=4, scheduler="euler_trailing",
+                             guidance_scale=0.0)
+    assert "error" not in reply
+    assert [batch for batch, _ in guided] == [4] * 4 and [batch for batch, _ in free] == [2] * 4
+    assert [timestep for _, timestep in free] == [999, 749, 499, 249], "SDXL-Lightning's 4 trailing steps"
+
+
+def test_a_jobs_timesteps_are_the_ones_the_unet_runs(worker: Worker) -> None:
+    """DMD2's recipe: LCM's sampler on the four timesteps its card names."""
+    reply, calls = unet_calls(worker, scheduler="lcm", guidance_scale=0.0, timesteps=[999, 749, 499, 249],
+                              num_inference_steps=None)
+    assert "error" not in reply, reply
+    assert calls == [(1, 999), (1, 749), (1, 499), (1, 249)]
+    assert run(worker, scheduler="ddim", timesteps=[999, 499], num_inference_steps=None)["error"] == (
+        "scheduler 'ddim' takes no timesteps list; these do: default, euler, dpmpp_2m, euler_trailing, lcm, tcd")
+
+
+def test_eta_moves_the_samplers_that_take_one(worker: Worker) -> None:
+    recipe = {"scheduler": "tcd", "num_inference_steps": 4, "guidance_scale": 0.0, "seed": 2}
+    assert run(worker, **recipe, eta=0.3)["images"] != run(worker, **recipe, eta=0.0)["images"]
+    assert run(worker, **recipe, eta=0.0)["images"] == run(worker, **recipe)["images"], "null is 0"
+    assert run(worker, scheduler="euler", eta=0.3)["error"] == (
+        "Invalid input: input: eta applies to the tcd, ddim, ddim_trailing samplers only, not 'euler'.")
+
+
 def test_euler_is_the_volumes_default_sampler(worker: Worker) -> None:
-    assert type(worker.pipe.scheduler).__name__ == "EulerDiscreteScheduler"
+    assert type(worker.schedulers["default"]).__name__ == "EulerDiscreteScheduler"
     assert run(worker, seed=1, scheduler="euler")["images"] == run(worker, seed=1, scheduler="default")["images"]
 
 
