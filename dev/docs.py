@@ -136,16 +136,18 @@ def update(text: str) -> str:
 
 def _type(annotation: Any) -> str:
     names = {str: "string", int: "integer", float: "number", bool: "boolean"}
-    kinds = [("string" if get_origin(a) is Literal else names[a]) for a in field_types(annotation)]
+    kinds = ["string" if get_origin(a) is Literal else f"array of {names[get_args(a)[0]]}s" if get_origin(a) is list
+             else names[a] for a in field_types(annotation)]
     nullable = type(None) in get_args(annotation)
     return " or ".join(kinds) + (" or null" if nullable else "")
 
 
 def _bounds(field: FieldInfo) -> str:
     parts = []
+    many = "items" if any(get_origin(a) is list for a in field_types(field.annotation)) else "characters"
     for rule in field.metadata:
         for attribute, text in (("ge", ">= {}"), ("le", "<= {}"), ("multiple_of", "multiple of {}"),
-                                ("max_length", "up to {} characters")):
+                                ("max_length", f"up to {{}} {many}")):
             if getattr(rule, attribute, None) is not None:
                 parts.append(text.format(_number(getattr(rule, attribute))))
     if any(getattr(rule, "min_length", None) == 1 for rule in field.metadata):
