@@ -63,6 +63,31 @@ def test_samplers_with_other_timestep_dtypes_replay_the_same_graph(tiny_volume_s
     assert capture.captures == 1 and graphed.eager_calls == 0
 
 
+def test_a_guidance_free_lcm_job_is_its_own_shape_captured_once_then_replayed(tiny_volume_source: Path) -> None:
+    """A 4-step distilled recipe (LCM's sampler, guidance 0) calls the UNet at batch 1, not CFG's 2: its own graph."""
+    from sdxl_worker.contract.schedulers import build_schedulers
+    from sdxl_worker.loading.loader import load_pipeline
+
+    pipe, _ = load_pipeline(tiny_volume_source, "cpu")
+    schedulers = build_schedulers(pipe.scheduler)
+
+    def fast() -> torch.Tensor:
+        pipe.scheduler = schedulers["lcm"]
+        return pipe("a lighthouse", width=256, height=256, num_inference_steps=4, guidance_scale=0.0,
+                    output_type="latent", generator=torch.Generator("cpu").manual_seed(5)).images.float()
+
+    plain = fast()
+    capture = RecordingCapture()
+    graphed = graph_unet(pipe.unet, "cpu", capture)
+    pipe.scheduler = schedulers["euler"]
+    draw_latents(pipe, 256)  # a guided job: CFG's batch of 2
+    assert (capture.captures, graphed.replays) == (1, 2)
+    torch.testing.assert_close(fast(), plain, rtol=0, atol=0)
+    assert (capture.captures, graphed.replays, graphed.eager_calls) == (2, 6, 0)  # batch 1: captured, 4 replays
+    torch.testing.assert_close(fast(), plain, rtol=0, atol=0)
+    assert (capture.captures, graphed.replays) == (2, 10)
+
+
 def test_each_replay_reads_its_own_inputs_and_returns_its_own_outputs() -> None:
     layer = torch.nn.Linear(4, 3)
     graphed = GraphedForward(layer.forward, "cpu", RecordingCapture())
