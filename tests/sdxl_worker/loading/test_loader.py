@@ -128,6 +128,16 @@ def reference(tiny_volume_source: Path) -> tuple[dict, np.ndarray]:
     return every_tensor(pipe), generate(pipe, 7)
 
 
+def assert_same_model(pipe: object, reference: tuple[dict, np.ndarray]) -> None:
+    """Every tensor of `pipe` equal to the reference's, dtype included, and the image it draws the same."""
+    tensors, image = reference
+    ours = every_tensor(pipe)
+    assert ours.keys() == tensors.keys()
+    for name, tensor in tensors.items():
+        assert ours[name].dtype == tensor.dtype and torch.equal(ours[name], tensor), name
+    assert_images_match(generate(pipe, 7), image)
+
+
 @pytest.mark.parametrize("streams", [0, 3, None], ids=["libraries-loader", "3-streams", "auto"])
 def test_every_loader_path_serves_every_layout_with_the_same_weights(layout_volume_source: Path, streams: int | None,
                                                                      reference: tuple, no_network: list) -> None:
@@ -135,12 +145,7 @@ def test_every_loader_path_serves_every_layout_with_the_same_weights(layout_volu
     VAE attention names) and today's: the same weights under each, so every tensor and the image are the same."""
     pipe, record = load_pipeline(layout_volume_source, "cpu", streams=streams)
     assert record.streams == (DEFAULT_STREAMS if streams is None else streams)
-    tensors, image = reference
-    ours = every_tensor(pipe)
-    assert ours.keys() == tensors.keys()
-    for name, tensor in tensors.items():
-        assert ours[name].dtype == tensor.dtype and torch.equal(ours[name], tensor), name
-    assert_images_match(generate(pipe, 7), image)
+    assert_same_model(pipe, reference)
 
 
 @pytest.mark.parametrize("streams", [0, 3], ids=["libraries-loader", "3-streams"])
@@ -151,12 +156,7 @@ def test_a_hub_id_in_a_model_cache_serves_every_layout_with_the_same_weights(
     snapshot = cache_repo(layout_volume_source, cache, "Baileyy/photonicfusion-sdxl")
     pipe, record = load_pipeline("Baileyy/photonicfusion-sdxl", "cpu", streams=streams, model_cache=str(cache))
     assert record.model_path == str(snapshot.resolve())
-    tensors, image = reference
-    ours = every_tensor(pipe)
-    assert ours.keys() == tensors.keys()
-    for name, tensor in tensors.items():
-        assert ours[name].dtype == tensor.dtype and torch.equal(ours[name], tensor), name
-    assert_images_match(generate(pipe, 7), image)
+    assert_same_model(pipe, reference)
     assert no_network == []
 
 
