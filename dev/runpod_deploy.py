@@ -25,7 +25,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
+import requests
+
 from dev.cuda_flavours import DEFAULT, FLAVOURS
+from sdxl_worker.sentences import describe
 from sdxl_worker.settings import DEFAULT_MODEL_PATH
 
 VOLUME_MOUNT_PATH = str(Path(DEFAULT_MODEL_PATH).parent)
@@ -106,7 +109,14 @@ def deploy(settings: DeploySettings, api_key: str, dry_run: bool = False) -> str
     endpoint = None
     if api_key:
         runpod.api_key = api_key
-        endpoint = next((e for e in runpod.get_endpoints() or [] if e["name"] == settings.endpoint_name), None)
+        try:
+            endpoint = next((e for e in runpod.get_endpoints() or [] if e["name"] == settings.endpoint_name), None)
+        except (requests.RequestException, runpod.error.RunPodError) as exc:
+            # A dry run still shows the requests; a real run cannot go on without knowing the endpoint.
+            reason = f"RunPod's API could not be read ({describe(exc, 200)})"
+            if not dry_run:
+                raise DeployError(f"{reason}: check RUNPOD_API_KEY and the network") from None
+            say(f"{reason}: the requests are shown without what a redeploy would change")
     if endpoint is not None:
         current = {item["key"]: item["value"] for item in endpoint.get("env") or []}
         settings = replace(settings, carried=tuple((k, v) for k, v in current.items() if k not in settings.set_here()))
@@ -154,6 +164,10 @@ def _warn_differences(endpoint: dict[str, Any], settings: DeploySettings) -> Non
     for key, value in wanted.items():
         if key in endpoint and endpoint[key] != value:
             say(f"warning: endpoint {key} is {endpoint[key]!r}, asked {value!r}: change it in the RunPod console")
+
+
+class DeployError(RuntimeError):
+    """The deploy cannot go on; str() is the one line to print."""
 
 
 def is_secret(name: str) -> bool:
@@ -299,7 +313,11 @@ def main(argv: list[str] | None = None) -> int:
         max_pixels=args.max_pixels,
         env_file=args.env_values,
     )
-    endpoint_id = deploy(settings, os.environ.get("RUNPOD_API_KEY", ""), dry_run=args.dry_run)
+    try:
+        endpoint_id = deploy(settings, os.environ.get("RUNPOD_API_KEY", ""), dry_run=args.dry_run)
+    except DeployError as exc:
+        print(f"deploy_volume_optimized.sh: {exc}", file=sys.stderr)
+        return 1
     say(f"ENDPOINT_ID={endpoint_id}")
     say(f"smoke test: ENDPOINT_ID={endpoint_id} RUNPOD_API_KEY=\"$RUNPOD_API_KEY\" bash smoke_test.sh")
     return 0

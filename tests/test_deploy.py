@@ -275,3 +275,18 @@ def test_a_bad_env_file_fails_before_any_command(runpod_api, docker_stub, tmp_pa
     run = deploy("--env-file", str(env_file), env={**BASE, "RUNPOD_API_BASE_URL": url}, bin_dir=bin_dir)
     assert run.returncode == 2 and words in run.stderr and len(run.stderr.strip().splitlines()) == 1
     assert fake.requests == [] and not log.exists()
+
+
+def test_an_unreachable_api_is_one_line_and_a_dry_run_still_shows_the_requests(docker_stub) -> None:
+    """README's dry run pasted with a key on a machine that cannot reach RunPod (or with a wrong key)."""
+    bin_dir, _ = docker_stub
+    env = {**BASE, "RUNPOD_API_BASE_URL": "http://127.0.0.1:9"}  # nothing listens on the discard port
+    dry = deploy("--dry-run", env=env, bin_dir=bin_dir)
+    assert dry.returncode == 0, dry.stderr
+    assert "RunPod's API could not be read (ConnectionError: " in dry.stdout and "saveTemplate" in dry.stdout
+    assert "Traceback" not in dry.stdout + dry.stderr
+    real = deploy("--skip-build", env=env, bin_dir=bin_dir)
+    assert real.returncode == 1 and "Traceback" not in real.stderr
+    assert real.stderr.startswith("deploy_volume_optimized.sh: RunPod's API could not be read (ConnectionError: ")
+    assert real.stderr.rstrip().endswith("check RUNPOD_API_KEY and the network") and len(real.stderr.splitlines()) == 1
+    assert KEY not in dry.stdout + dry.stderr + real.stdout + real.stderr
