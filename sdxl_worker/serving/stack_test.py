@@ -19,7 +19,7 @@ from typing import Any
 
 from sdxl_worker.loading.loader import LoadRecord
 from sdxl_worker.prepare.pipeline_files import ASSETS, TOKENIZERS
-from sdxl_worker.sources import DEFAULT_MODEL_CACHE, cached_repo, hub_reference, model_caches
+from sdxl_worker.sources import DEFAULT_MODEL_CACHE, holding_cache, hub_reference
 
 STACK_TEST_VARIANT = "stack-test"
 # Where RunPod mounts a serverless worker's network volume.
@@ -99,9 +99,9 @@ def volume_evidence(model_path: str, model_cache: str = DEFAULT_MODEL_CACHE) -> 
     """
     hub = hub_reference(model_path)
     if hub is not None:
-        for label, cache in model_caches(model_cache):
-            if cached_repo(cache, hub[0]).exists():
-                return f"{label} {cache} holds {hub[0]}"
+        held = holding_cache(hub[0], model_cache)
+        if held is not None:
+            return f"{held[0]} {held[1]} holds {hub[0]}"
         model_path = model_cache
     path = Path(model_path)
     if not path.is_absolute():

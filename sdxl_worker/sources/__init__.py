@@ -10,10 +10,11 @@ from sdxl_worker.sources.model_source import (
     cached_repo,
     cached_repo_ids,
     hf_home_cache,
+    holding_cache,
     hub_reference,
     model_caches,
     resolve_source,
 )
 
 __all__ = ["DEFAULT_MODEL_CACHE", "ModelSource", "SourceError", "cache_refusal", "cached_repo", "cached_repo_ids",
-           "hf_home_cache", "hub_reference", "model_caches", "resolve_source"]
+           "hf_home_cache", "holding_cache", "hub_reference", "model_caches", "resolve_source"]

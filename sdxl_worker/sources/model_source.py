@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from sdxl_worker.sentences import bounded
+from sdxl_worker.weights.loras import confined
 
 DEFAULT_MODEL_CACHE = "/runpod-volume/huggingface-cache/hub"
 DEFAULT_REVISION = "main"
@@ -42,14 +43,15 @@ class ModelSource:
     repo_id: str | None = None
     revision: str | None = None
     commit: str | None = None
-    cache: str | None = None  # "RunPod's model cache /runpod-volume/huggingface-cache/hub"
+    cache_label: str | None = None  # "RunPod's model cache"
+    cache_dir: Path | None = None  # the hub cache the snapshot was found in
 
     def describe(self) -> str:
         """The startup log's phrase for where the model is read from."""
         if self.kind == "folder":
             return f"the folder {self.folder}"
         return (f"Hugging Face repo {self.repo_id} (revision {self.revision}, commit {(self.commit or '?')[:12]}) "
-                f"from {self.cache}, snapshot {self.folder}")
+                f"from {self.cache_label} {self.cache_dir}, snapshot {self.folder}")
 
     @property
     def label(self) -> str:
@@ -57,7 +59,8 @@ class ModelSource:
         return str(self.folder) if self.kind == "folder" else f"{self.repo_id}@{self.commit}"
 
     def to_dict(self) -> dict[str, object]:
-        return {**asdict(self), "folder": str(self.folder), "described": self.describe(), "label": self.label}
+        return {**asdict(self), "folder": str(self.folder), "cache_dir": self.cache_dir and str(self.cache_dir),
+                "label": self.label}
 
 
 def hub_reference(reference: str) -> tuple[str, str | None] | None:
@@ -112,15 +115,23 @@ def resolve_source(reference: str, model_cache: str = DEFAULT_MODEL_CACHE,
     if hub is None:
         return ModelSource(reference, Path(reference), "folder")
     repo_id, revision = hub
-    caches = model_caches(model_cache, env)
-    for label, cache in caches:
-        storage = cached_repo(cache, repo_id)
-        if storage.is_dir():
-            return _cached(reference, repo_id, revision, f"{label} {cache}", cache, storage)
-    looked = "; ".join(_looked(label, cache, repo_id) for label, cache in caches)
+    held = holding_cache(repo_id, model_cache, env)
+    if held is not None:
+        return _cached(reference, repo_id, revision, *held)
+    looked = "; ".join(_looked(label, cache, repo_id) for label, cache in model_caches(model_cache, env))
     raise SourceError(f"Hugging Face repo {bounded(repo_id)} is in no model cache here ({looked}), and this worker "
                       f"never downloads: on RunPod set the endpoint's Model (cached models) to {bounded(repo_id)}, "
                       "or set MODEL_PATH to a model folder (a network volume's, or one baked into the image)")
+
+
+def holding_cache(repo_id: str, model_cache: str,
+                  env: Mapping[str, str] | None = None) -> tuple[str, Path, Path] | None:
+    """(label, cache, the repo's folder in it) of the first cache holding `repo_id`, in model_caches' order."""
+    for label, cache in model_caches(model_cache, env):
+        storage = cached_repo(cache, repo_id)
+        if storage.is_dir():
+            return label, cache, storage
+    return None
 
 
 def cached_repo(cache: Path, repo_id: str) -> Path:
@@ -149,12 +160,13 @@ def _looked(label: str, cache: Path, repo_id: str) -> str:
     return (f"{label} {cache} holds {listing or 'no repo'}" + (f" (did you mean {hint[0]}?)" if hint else ""))
 
 
-def _cached(reference: str, repo_id: str, revision: str | None, where: str, cache: Path,
+def _cached(reference: str, repo_id: str, revision: str | None, label: str, cache: Path,
             storage: Path) -> ModelSource:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import IncompleteSnapshotError, LocalEntryNotFoundError
 
     wanted = revision or DEFAULT_REVISION
+    where = f"{label} {cache}"
     try:
         folder = Path(snapshot_download(repo_id, revision=wanted, cache_dir=cache, local_files_only=True))
     except IncompleteSnapshotError:
@@ -171,7 +183,7 @@ def _cached(reference: str, repo_id: str, revision: str | None, where: str, cach
     problem = _snapshot_problem(folder, storage)
     if problem:
         raise SourceError(f"{where}: {repo_id}'s snapshot {folder.name[:12]} {problem}")
-    return ModelSource(reference, folder, "cache", repo_id, wanted, folder.name, where)
+    return ModelSource(reference, folder, "cache", repo_id, wanted, folder.name, label, cache)
 
 
 def _only_snapshot(storage: Path) -> Path | None:
@@ -199,7 +211,6 @@ def _missing(repo_id: str, revision: str, cache: Path, storage: Path) -> str:
 
 def _snapshot_problem(folder: Path, storage: Path) -> str | None:
     """Why the snapshot cannot be served as it is: a link out of the repo's cache folder, or to a missing blob."""
-    root = storage.resolve()
     seen = 0
     for directory, subfolders, files in os.walk(folder):
         for name in subfolders + files:
@@ -209,11 +220,13 @@ def _snapshot_problem(folder: Path, storage: Path) -> str | None:
             path = Path(directory, name)
             if not path.is_symlink():
                 continue
-            real = Path(os.path.realpath(path))
-            shown = bounded(str(path.relative_to(folder)))
-            if not real.is_relative_to(root):
-                return f"links {shown} to {bounded(str(real), 200)}, outside the repo's cache folder: refused"
+            inside = path.relative_to(folder)
+            shown = bounded(str(inside))
+            real = confined(storage, str(Path("snapshots", folder.name, inside)))
+            if real is None:
+                return (f"links {shown} to {bounded(os.path.realpath(path), 200)}, outside the repo's cache folder: "
+                        "refused")
             if not real.exists():
-                return (f"links {shown} to {bounded(str(real.relative_to(root)))}, which is missing: the "
-                        "platform's download did not finish (a new worker gets a fresh cache)")
+                return (f"links {shown} to {bounded(str(real.relative_to(os.path.realpath(storage))))}, which is "
+                        "missing: the platform's download did not finish (a new worker gets a fresh cache)")
     return None

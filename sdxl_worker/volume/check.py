@@ -73,7 +73,7 @@ def check_volume(path: str | os.PathLike[str], *, tensors: bool = False,
         report.seconds, report.import_s = time.perf_counter() - imported, imported - started
         return report
     model_path = source.folder
-    volume_root = model_path.parent if source.kind == "folder" else Path(model_cache)
+    volume_root = source.cache_dir or model_path.parent
     report = VolumeReport(model_path=str(model_path), volume_root=str(volume_root), source=source.to_dict())
     report.free_bytes = {"volume": _free_bytes(volume_root), "container root /": _free_bytes(Path("/"))}
     try:
@@ -136,14 +136,10 @@ NOT_IN_CACHE = (f"the worker never writes into a model cache; then attach the vo
                 f"MODEL_PATH=/runpod-volume/{Path(CONVERTED).name}")
 
 
-def _cached(report: VolumeReport) -> bool:
-    return report.source is not None and report.source["kind"] == "cache"
-
-
 def _single_file_advice(report: VolumeReport, model_path: Path) -> str:
     """For a cached repo that holds a single-file checkpoint instead: the command that makes a servable folder."""
     checkpoints = sorted(p.name for p in model_path.glob("*") if p.suffix in (".safetensors", ".ckpt"))
-    if not _cached(report) or not checkpoints:
+    if not report.cached or not checkpoints:
         return ""
     return (f"; the repo holds the single-file checkpoint {bounded(checkpoints[0])}: convert it into a folder "
             f"(`python prepare_volume.py from-single-file {model_path / checkpoints[0]} {CONVERTED}`): {NOT_IN_CACHE}")
@@ -371,7 +367,7 @@ def _check_model(report: VolumeReport, component: ComponentReport, folder: Path,
         if component_bins:
             convert = (f"copy the snapshot to a folder of its own and convert that (`cp -rL {report.model_path} "
                        f"{CONVERTED} && python prepare_volume.py convert-bin {CONVERTED}`): {NOT_IN_CACHE}"
-                       if _cached(report) else f"convert them with `python prepare_volume.py convert-bin "
+                       if report.cached else f"convert them with `python prepare_volume.py convert-bin "
                        f"{report.model_path}`")
             report.add("fail", f"{name}: only .bin weights ({_names(component_bins)}); this worker loads "
                        f"safetensors only: {convert}", folder)

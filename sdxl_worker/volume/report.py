@@ -135,9 +135,14 @@ class VolumeReport:
         return 0 if self.loadable and not self.problems else 1
 
     @property
+    def cached(self) -> bool:
+        """Whether a Hub repo's snapshot in a model cache is what was checked."""
+        return self.source is not None and self.source["kind"] == "cache"
+
+    @property
     def model(self) -> str:
         """The model as the summary names it: `at FOLDER`, or the Hub repo and commit a cache served."""
-        if self.source is not None and self.source["kind"] == "cache":
+        if self.cached:
             return f"{self.source['repo_id']}@{str(self.source['commit'])[:12]} (cached)"
         return f"at {self.model_path}"
 

@@ -58,7 +58,7 @@ def test_hf_homes_cache_serves_when_runpods_lacks_the_repo(tmp_path: Path, tiny_
     home = tmp_path / "hf-home"
     cache_repo(tiny_volume_source, home / "hub", REPO)
     source = resolve_source(REPO, str(tmp_path / "no-runpod-cache"), {"HF_HOME": str(home)})
-    assert source.cache is not None and source.cache.startswith("HF_HOME's cache")
+    assert (source.cache_label, source.cache_dir) == ("HF_HOME's cache", home / "hub")
     assert resolve_source(REPO, str(tmp_path / "none"), {"HF_HUB_CACHE": str(home / "hub")}).folder == source.folder
 
 

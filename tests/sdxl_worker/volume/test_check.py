@@ -439,3 +439,15 @@ def test_a_missing_model_folder_beside_runpods_model_cache_names_the_repo_to_set
     assert fails(report).startswith(
         f"model folder {folder} does not exist; the volume holds: huggingface-cache. RunPod's model cache {cache} "
         "holds Baileyy/photonicfusion-sdxl: set MODEL_PATH=Baileyy/photonicfusion-sdxl to serve it")
+
+
+def test_a_repo_in_hf_homes_cache_reports_that_cache_as_its_volume(tmp_path: Path, tiny_volume_source: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Free space and the volume root are the cache that served the snapshot, not RunPod's when it holds nothing."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    cache_repo(tiny_volume_source, tmp_path / "hf-home" / "hub", "Baileyy/photonicfusion-sdxl")
+    report = check_volume("Baileyy/photonicfusion-sdxl", model_cache=str(tmp_path / "no-runpod-cache"))
+    assert report.exit_code == 0, report.render()
+    assert report.volume_root == str(tmp_path / "hf-home" / "hub")
+    assert report.free_bytes["volume"] is not None
