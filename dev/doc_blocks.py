@@ -38,20 +38,20 @@ class Block:
     not_run: str | None
 
 
-def blocks(paths: list[Path]) -> list[Block]:
-    """Every ```bash block of `paths`, in order."""
+def blocks(root: Path, names: list[str]) -> list[Block]:
+    """Every ```bash block of the documents `names` (relative to `root`), in order."""
     found = []
-    for path in paths:
-        text = path.read_text()
+    for name in names:
+        text = (root / name).read_text()
         for match in _BLOCK.finditer(text):
             line = text.count("\n", 0, match.start("code"))
-            found.append(Block(str(path.relative_to(ROOT)), line, match["code"], match["why"]))
+            found.append(Block(name, line, match["code"], match["why"]))
     return found
 
 
-def documents() -> list[Path]:
-    """README first (its first block makes the demo volume the others use), then docs/ by name."""
-    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+def documents(root: Path) -> list[str]:
+    """README, then docs/ by name."""
+    return ["README.md", *sorted(path.relative_to(root).as_posix() for path in (root / "docs").glob("*.md"))]
 
 
 def run_block(block: Block, where: Path) -> tuple[bool, float, str]:
@@ -71,12 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("files", nargs="*", type=Path, help="documents (default: README.md and docs/*.md)")
     parser.add_argument("--keep", action="store_true", help="keep the clone the blocks ran in")
     args = parser.parse_args(argv)
-    paths = [path.resolve() for path in args.files] or documents()
     where = Path(tempfile.mkdtemp(prefix="doc-blocks-")) / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(where)], check=True)
+    # The documents as committed, the clone's: what a user of this commit pastes.
+    names = [path.resolve().relative_to(ROOT).as_posix() for path in args.files] or documents(where)
     # README's first command makes the venv and the demo volume every other block uses.
     setup = Block("README.md", 0, SETUP, None)
-    todo = [setup, *blocks(paths)]
+    todo = [setup, *blocks(where, names)]
     failed = ran = 0
     for block in todo:
         name = f"{block.file}:{block.line}"
