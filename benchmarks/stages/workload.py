@@ -5,8 +5,12 @@ prompt past 77 tokens, image to image, four samplers, in a fixed shuffled order.
 a first pass through the worker alone shows what a user waits for once (a new shape's graph capture, a LoRA's first
 load), then each warm pass runs every job on stock, then on ours. Ours is timed as the reply's `total_s` less its
 image encoding (stock returns decoded images too): the LoRA's loading and merge and the prompt's encoding are in
-it, as they are in stock's call. Stock keeps the LoRA loaded and switches it with `set_adapters` and
+it, as they are in stock's call. Stock keeps the LoRAs loaded and switches them with `set_adapters` and
 `disable_lora`, as diffusers documents, and truncates a prompt past 77 tokens (ours encodes all of it).
+
+Fast sampling is two kinds of its own: a step-distilled LoRA's recipes (SDXL-Lightning's 4 steps on trailing Euler,
+LCM-LoRA's 8 on LCM), guidance 0, with a rank-64 LoRA (the size of the published distilled LoRAs); their step
+count is the recipe's, whatever the run's.
 
 Sides are scaled from the 1024 class by the run's size (never below 256, the job schema's smallest side), so the
 tiny CPU run keeps the mix's distinct shapes.
@@ -30,6 +34,9 @@ from sdxl_worker.settings import Settings
 from sdxl_worker.weights.loras import LoraSettings
 
 LORA, LORA_RANK, LORA_SCALE = "workload-style", 32, 0.8
+FAST_LORA, FAST_LORA_RANK = "workload-distilled", 64  # SDXL-Lightning's and LCM-LoRA's rank
+RANKS = {LORA: LORA_RANK, FAST_LORA: FAST_LORA_RANK}
+GUIDANCE = 7.0
 STRENGTH = 0.6
 SAMPLERS = ("default", "euler_ancestral", "dpmpp_2m_karras", "unipc")  # in turn, job by job
 LONG_PROMPT = f"{PROMPT}, " + ", ".join(f"detail {i}" for i in range(40))  # 3 chunks of 77 tokens
@@ -43,12 +50,19 @@ class Kind:
     width: int
     height: int
     images: int = 1
-    lora: bool = False
+    lora: str | None = None  # LORA or FAST_LORA
     long_prompt: bool = False
     img2img: bool = False
+    steps: int | None = None  # a recipe's own count; None: the run's
+    sampler: str | None = None  # a recipe's own sampler; None: SAMPLERS in turn
+    guidance: float = GUIDANCE
+    note: str = ""
+
+    def job_steps(self, steps: int) -> int:
+        return self.steps if self.steps is not None else steps
 
 
-# (kind, jobs of it in one pass of the mix): 20 jobs, 6 with a LoRA, 3 with a long prompt.
+# (kind, jobs of it in one pass of the mix): 24 jobs, 10 with a LoRA (4 of them distilled), 3 with a long prompt.
 MIX: tuple[tuple[Kind, int], ...] = (
     (Kind("text to image 1024x1024", 1024, 1024), 3),
     (Kind("text to image 832x1216", 832, 1216), 2),
@@ -56,10 +70,14 @@ MIX: tuple[tuple[Kind, int], ...] = (
     (Kind("text to image 768x1344", 768, 1344), 1),
     (Kind("2 images 896x1152", 896, 1152, images=2), 2),
     (Kind("4 images 1024x1024", 1024, 1024, images=4), 1),
-    (Kind(f"LoRA rank {LORA_RANK} 1024x1024", 1024, 1024, lora=True), 4),
-    (Kind(f"LoRA rank {LORA_RANK} 832x1216", 832, 1216, lora=True), 2),
+    (Kind(f"LoRA rank {LORA_RANK} 1024x1024", 1024, 1024, lora=LORA), 4),
+    (Kind(f"LoRA rank {LORA_RANK} 832x1216", 832, 1216, lora=LORA), 2),
     (Kind("long prompt 1024x1024", 1024, 1024, long_prompt=True), 3),
     (Kind(f"image to image 1024x1024, strength {STRENGTH}", 1024, 1024, img2img=True), 1),
+    (Kind(f"4 steps, guidance 0, LoRA rank {FAST_LORA_RANK} 1024x1024", 1024, 1024, lora=FAST_LORA, steps=4,
+          sampler="euler_trailing", guidance=0.0, note="SDXL-Lightning's recipe: euler_trailing"), 2),
+    (Kind(f"8 steps, guidance 0, LoRA rank {FAST_LORA_RANK} 1024x1024", 1024, 1024, lora=FAST_LORA, steps=8,
+          sampler="lcm", guidance=0.0, note="LCM-LoRA's recipe: lcm"), 2),
 )
 
 
@@ -67,7 +85,7 @@ def mix_order() -> list[tuple[Kind, str]]:
     """Every job of one pass as (kind, sampler), in the mix's fixed order."""
     jobs = [kind for kind, count in MIX for _ in range(count)]
     random.Random(0).shuffle(jobs)
-    return [(kind, SAMPLERS[i % len(SAMPLERS)]) for i, kind in enumerate(jobs)]
+    return [(kind, kind.sampler or SAMPLERS[i % len(SAMPLERS)]) for i, kind in enumerate(jobs)]
 
 
 def scaled(side: int, size: int) -> int:
@@ -89,9 +107,10 @@ def measure_workload(settings: Settings, size: int, steps: int, runs: int, lora_
     from sdxl_worker.serving.worker import Worker
     from sdxl_worker.speed.cuda_graphs import graphed_forward
 
-    lora_file = lora_dir / f"{LORA}.safetensors"
-    if not lora_file.is_file():
-        write_lora(Path(settings.model_path), lora_file, rank=LORA_RANK)
+    lora_files = {name: lora_dir / f"{name}.safetensors" for name in RANKS}
+    for name, lora_file in lora_files.items():
+        if not lora_file.is_file():
+            write_lora(Path(settings.model_path), lora_file, rank=RANKS[name])
     largest = max(scaled(k.width, size) * scaled(k.height, size) for k, _ in MIX)
     settings = settings.model_copy(update={"loras": LoraSettings(lora_dir=str(lora_dir)),
                                            "max_pixels": max(settings.max_pixels, largest)})
@@ -99,7 +118,9 @@ def measure_workload(settings: Settings, size: int, steps: int, runs: int, lora_
     on_cuda = device.startswith("cuda")
 
     stock = stock_load(Path(settings.model_path), "fp16" if on_cuda else None, device)
-    stock.load_lora_weights(str(lora_file), adapter_name=LORA)
+    with libraries_quiet():  # PEFT warns at a second adapter, which is how diffusers documents switching them
+        for name, lora_file in lora_files.items():
+            stock.load_lora_weights(str(lora_file), adapter_name=name)
     stock.disable_lora()
     stock_pipes = {"txt2img": stock, "img2img": StableDiffusionXLImg2ImgPipeline(**stock.components)}
     stock_pipes["img2img"].set_progress_bar_config(disable=True)
@@ -119,13 +140,14 @@ def measure_workload(settings: Settings, size: int, steps: int, runs: int, lora_
     def ours_job(kind: Kind, sampler: str, seed: int) -> dict[str, Any]:
         width, height = scaled(kind.width, size), scaled(kind.height, size)
         job: dict[str, Any] = {"prompt": LONG_PROMPT if kind.long_prompt else PROMPT, "num_images": kind.images,
-                               "num_inference_steps": steps, "seed": seed, "scheduler": sampler}
+                               "num_inference_steps": kind.job_steps(steps), "seed": seed, "scheduler": sampler,
+                               "guidance_scale": kind.guidance}
         if kind.img2img:
             job.update(image=source(width, height)[0], strength=STRENGTH)
         else:
             job.update(width=width, height=height)
         if kind.lora:
-            job["loras"] = [{"name": LORA, "scale": LORA_SCALE}]
+            job["loras"] = [{"name": kind.lora, "scale": LORA_SCALE}]
         return job
 
     def source(width: int, height: int) -> tuple[str, Any]:
@@ -158,12 +180,12 @@ def measure_workload(settings: Settings, size: int, steps: int, runs: int, lora_
         def call() -> Any:
             if kind.lora:
                 pipe.enable_lora()
-                pipe.set_adapters([LORA], adapter_weights=[LORA_SCALE])
+                pipe.set_adapters([kind.lora], adapter_weights=[LORA_SCALE])
             else:
                 pipe.disable_lora()
             with torch.inference_mode(), libraries_quiet():  # diffusers' notice of the tokens past 77 it drops
                 return pipe(LONG_PROMPT if kind.long_prompt else PROMPT, **shape, num_images_per_prompt=kind.images,
-                            num_inference_steps=steps, guidance_scale=7.0,
+                            num_inference_steps=kind.job_steps(steps), guidance_scale=kind.guidance,
                             generator=[torch.Generator("cpu").manual_seed(seed + i) for i in range(kind.images)])
 
         seconds, _ = timed(call, device)
@@ -205,8 +227,9 @@ def measure_workload(settings: Settings, size: int, steps: int, runs: int, lora_
 
     kinds = []
     for kind, count in MIX:
-        stock_peak = peak(lambda kind=kind: run_stock(kind, SAMPLERS[0], SEED), ours_held)
-        ours_peak = peak(lambda kind=kind: run_ours(kind, SAMPLERS[0], SEED), stock_held)
+        sampler = kind.sampler or SAMPLERS[0]
+        stock_peak = peak(lambda kind=kind, sampler=sampler: run_stock(kind, sampler, SEED), ours_held)
+        ours_peak = peak(lambda kind=kind, sampler=sampler: run_ours(kind, sampler, SEED), stock_held)
         width, height = scaled(kind.width, size), scaled(kind.height, size)
         kinds.append(WorkloadKind(
             kind=kind.name, shape=f"{width}x{height}x{kind.images}", jobs=count,
@@ -214,7 +237,7 @@ def measure_workload(settings: Settings, size: int, steps: int, runs: int, lora_
             ours_first_s=round(first[kind.name][0], 3),
             first_graph=first[kind.name][1], graph=", ".join(sorted(graphs[kind.name])) or None,
             stock_peak_gib=stock_peak, ours_peak_gib=ours_peak,
-            note="stock truncates it to 77 tokens" if kind.long_prompt else ""))
+            note="stock truncates it to 77 tokens" if kind.long_prompt else kind.note))
     graphed = graphed_forward(worker.pipe)
     return WorkloadResult(
         applied=tuple(worker.speed.labels()), kinds=tuple(kinds),
