@@ -3,6 +3,7 @@ replies."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -139,6 +140,27 @@ def test_without_guidance_each_step_is_one_unet_pass_at_the_images_batch(worker:
     assert "error" not in reply
     assert [batch for batch, _ in guided] == [4] * 4 and [batch for batch, _ in free] == [2] * 4
     assert [timestep for _, timestep in free] == [999, 749, 499, 249], "SDXL-Lightning's 4 trailing steps"
+
+
+def test_a_weighted_prompt_without_guidance_is_still_one_pass_a_step(worker: Worker) -> None:
+    """compel's embeddings take the same guidance-free path as a plain prompt: no negative branch is encoded."""
+    reply, calls = unet_calls(worker, prompt="a (photonic:1.3) [lighthouse]", num_inference_steps=4,
+                              guidance_scale=1.0)
+    assert "error" not in reply, reply
+    assert [batch for batch, _ in calls] == [1] * 4
+
+
+def test_a_distilled_models_own_scheduler_config_is_the_default_sampler(volume: Path) -> None:
+    """A turbo or Lightning model ships its sampler's spacing in scheduler_config.json: `default` honours it."""
+    config_file = volume / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "timestep_spacing": "trailing"}))
+    distilled = Worker.start(cpu_settings(volume), warmup=False)
+    assert distilled.pipe is not None, distilled.startup_error
+    reply, calls = unet_calls(distilled, num_inference_steps=4, guidance_scale=0.0)
+    assert "error" not in reply, reply
+    assert [timestep for _, timestep in calls] == [999, 749, 499, 249]
+    assert distilled.schedulers["default"].config.timestep_spacing == "trailing"
 
 
 def test_a_jobs_timesteps_are_the_ones_the_unet_runs(worker: Worker) -> None:
