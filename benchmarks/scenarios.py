@@ -16,8 +16,9 @@ environment, so a run measures what it says). Stages:
   the UNet served each (graph replays, eager calls), a blank-image check, and the same text-to-image image after
   them as before;
 - `workload`: a realistic job mix (stages/workload.py: sizes, image counts, LoRAs, long prompts, image to image,
-  samplers, and fast sampling: distilled LoRAs' 4- and 8-step recipes without guidance), stock diffusers and the worker interleaved job by job: per kind, warm seconds on each side, the
-  worker's first time (a new shape's capture), how its UNet ran, peak memory; the mix's images per hour;
+  samplers, and fast sampling: distilled LoRAs' 4- and 8-step recipes without guidance), stock diffusers and the
+  worker interleaved job by job: per kind, warm seconds on each side, the worker's first time (a new shape's
+  capture), how its UNet ran, peak memory; the mix's images per hour;
 - `cached_start`: with COMPILE=1, a fresh process with the compile cache filled, as a later cold start;
 - `prepare`: `prepare_volume.py add-fp16` on a standard-only view of the volume against a raw copy of the same
   bytes (read the standard set, write the fp16 set's size), cold page cache, interleaved; its peak RSS;
