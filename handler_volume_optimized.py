@@ -19,7 +19,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -27,6 +27,7 @@ from sdxl_worker.sentences import without_packages
 
 try:
     from sdxl_worker.loading.plan import reader_name
+    from sdxl_worker.serving.runpod_handler import RunpodHandler
     from sdxl_worker.serving.stack_test import STACK_TEST_VARIANT
     from sdxl_worker.serving.worker import start_from_env
 except ModuleNotFoundError as missing:  # started by a Python without the worker's packages
@@ -123,7 +124,12 @@ def main(argv: list[str] | None = None) -> int:
         worker = start_from_env()
         import runpod
 
-        runpod.serverless.start({"handler": printing(worker.handle, reply_out) if one_job else worker.handle})
+        handler = RunpodHandler(worker)
+        if one_job:  # one reply to print: nothing to stream to
+            runpod.serverless.start({"handler": printing(handler.reply, reply_out)})
+        else:
+            # STREAM=1: /run and /runsync answer the stream's chunks as a list (the reply last), as RunPod documents.
+            runpod.serverless.start({"handler": handler.for_runpod(), "return_aggregate_stream": True})
     return 0
 
 
@@ -135,13 +141,13 @@ def _describe_test_input() -> str:
         return "a readable one is needed in the current folder"
 
 
-def printing(handler: Callable[[dict[str, Any]], dict[str, Any]],
-             out: TextIO) -> Callable[[dict[str, Any]], dict[str, Any]]:
+def printing(handler: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
+             out: TextIO) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:
     """`handler`, printing each reply to `out` as JSON with its images summarised (runpod's local run prints
     none)."""
 
-    def handle_and_print(job: dict[str, Any]) -> dict[str, Any]:
-        reply = handler(job)
+    async def handle_and_print(job: dict[str, Any]) -> dict[str, Any]:
+        reply = await handler(job)
         print(json.dumps(summarise(reply)), file=out, flush=True)
         return reply
 

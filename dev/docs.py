@@ -167,6 +167,11 @@ def _choices(variable: str, field: FieldInfo) -> str:
     if kind is int:
         low = next((rule.ge for rule in field.metadata if getattr(rule, "ge", None) is not None), 0)
         return f"a whole number >= {_number(low)}" + (", `auto`" if type(None) in get_args(field.annotation) else "")
+    if kind is float:
+        bounds = [f"{sign} {_number(getattr(rule, key))}" for rule in field.metadata
+                  for key, sign in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+                  if getattr(rule, key, None) is not None]
+        return " and ".join(["a number " + bounds[0], *bounds[1:]]) if bounds else "a number"
     if field.examples:
         shown = ", ".join(f"`{example}`" for example in field.examples)
         # A pattern makes the examples the choices (DEVICE's); otherwise they are one value of many.

@@ -22,6 +22,7 @@ from sdxl_worker.contract.job_schema import DEFAULT_MAX_PIXELS, MAX_SIDE, MIN_PI
 from sdxl_worker.delivery.bucket import BucketSettings
 from sdxl_worker.sources import DEFAULT_MODEL_CACHE
 from sdxl_worker.speed.options import SpeedOptions
+from sdxl_worker.watch.settings import WatchSettings
 from sdxl_worker.weights.controlnets import ControlNetSettings
 from sdxl_worker.weights.embeddings import EmbeddingSettings
 from sdxl_worker.weights.ip_adapters import IpAdapterSettings
@@ -32,7 +33,7 @@ DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 # Groups of settings whose variables are their fields' names, not the group's.
-NESTED = ("speed", "bucket", "loras", "embeddings", "controlnets", "ip_adapter")
+NESTED = ("speed", "bucket", "loras", "embeddings", "controlnets", "ip_adapter", "watch")
 
 
 class SettingsError(ValueError):
@@ -77,6 +78,7 @@ class Settings(BaseModel):
     embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     controlnets: ControlNetSettings = Field(default_factory=ControlNetSettings)
     ip_adapter: IpAdapterSettings = Field(default_factory=IpAdapterSettings)
+    watch: WatchSettings = Field(default_factory=WatchSettings)
 
     @model_validator(mode="after")
     def _graph_shapes_are_job_sizes(self) -> Settings:

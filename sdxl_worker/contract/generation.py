@@ -19,7 +19,7 @@ from sdxl_worker.contract.image_input import InputImages
 from sdxl_worker.contract.job_schema import JobInput
 from sdxl_worker.contract.prompts import EncodedPrompts
 
-ProgressFn = Callable[[int, int], None]
+StepFn = Callable[[int, int, Any], None]  # steps done, steps in all, the latents after them
 
 
 class NonFiniteLatents(RuntimeError):
@@ -49,28 +49,28 @@ def progress_interval(steps: int) -> int:
     return max(1, round(steps / 10))
 
 
-def generate(pipe: Any, job: JobInput, scheduler: Any, on_progress: ProgressFn | None = None,
+def generate(pipe: Any, job: JobInput, scheduler: Any, on_step: StepFn | None = None,
              inputs: InputImages | None = None, prompts: EncodedPrompts | None = None,
              conditioning: dict[str, Any] | None = None) -> Generated:
     """Generate `job.num_images` images with `pipe` (text-to-image, image-to-image or inpainting, as `inputs`
     say; `conditioning`: the ControlNets' and the image prompt's arguments); the caller owns validation and
-    encoding."""
+    encoding. `on_step` sees every step's end (progress, previews, a stop: an exception it raises ends the job there,
+    before the VAE decode)."""
     import torch
 
     seeds = job_seeds(job.seed, job.num_images)
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     steps = job.steps
-    every = progress_interval(steps)
 
     def step_end(running: Any, step: int, _timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
         done, total = step + 1, getattr(running, "num_timesteps", steps) or steps  # image to image runs fewer
-        if done % every == 0 or done == total:
-            # At each progress report and the last step (one GPU sync each): a NaN stays NaN, so the last check
-            # alone decides; the others stop a lost job early.
-            if not torch.isfinite(callback_kwargs["latents"]).all():
-                raise NonFiniteLatents(done, total)
-            if on_progress is not None:
-                on_progress(done, total)
+        latents = callback_kwargs["latents"]
+        if (done % progress_interval(total) == 0 or done == total) and not torch.isfinite(latents).all():
+            # About every tenth step and the last (one GPU sync each): a NaN stays NaN, so the last check alone
+            # decides; the others stop a lost job early.
+            raise NonFiniteLatents(done, total)
+        if on_step is not None:
+            on_step(done, total, latents)
         return callback_kwargs
 
     shape: dict[str, Any] = {"width": job.width, "height": job.height}

@@ -116,6 +116,9 @@ class JobInput(BaseModel):
     eta: float | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False, description=(
         "Noise the `tcd`, `ddim` and `ddim_trailing` samplers add back a step, 0-1 (TCD's recipes: 0.3); null: 0. "
         "Other samplers have none."))
+    preview: int | None = Field(default=None, ge=1, le=100, description=(
+        "Every this many steps, a small JPEG of the images so far (base64, at most 256 px on its long side) in the "
+        "job's progress update: its status while it runs, or its stream with `STREAM=1`. Null: none."))
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1, description=(
         "Null: a random one, returned. Image i of a job uses seed + i."))
     num_images: int = Field(default=1, ge=1, le=4, description="Images from one prompt, one seed each.")

@@ -13,11 +13,12 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from sdxl_worker.contract.controlnets import ControlNets, control_images
 from sdxl_worker.contract.embeddings import PromptEmbeddings
-from sdxl_worker.contract.generation import NonFiniteLatents, generate, pipeline_on
+from sdxl_worker.contract.generation import NonFiniteLatents, generate, pipeline_on, progress_interval
 from sdxl_worker.contract.image_encoding import encode_image
 from sdxl_worker.contract.image_input import InputImages, decode_image, load_inputs
 from sdxl_worker.contract.ip_adapters import IpAdapters
@@ -37,6 +38,8 @@ from sdxl_worker.speed.cuda_graphs import graphed_forward
 from sdxl_worker.speed.options import SpeedReport, apply_speedups, freeze_compiled_shapes
 from sdxl_worker.volume.check import check_volume
 from sdxl_worker.volume.report import VolumeReport
+from sdxl_worker.watch.control import JobControl, JobStopped
+from sdxl_worker.watch.previews import Previewer
 from sdxl_worker.weights.controlnets import ControlNetFileError
 from sdxl_worker.weights.embeddings import EmbeddingFileError
 from sdxl_worker.weights.ip_adapters import IpAdapterFileError
@@ -88,6 +91,7 @@ class Worker:
         self.embeddings = PromptEmbeddings(settings.embeddings)
         self.controlnets = ControlNets(settings.controlnets)
         self.ip_adapters = IpAdapters(settings.ip_adapter)
+        self.previewer: Previewer | None = None  # made at the first job that asks for previews
         self.largest_fit: tuple[int, int, int] | None = None  # (images, width, height) of the largest job done
         self.start_timings: dict[str, float] = {}
 
@@ -187,9 +191,13 @@ class Worker:
         if "error" in result:
             raise RuntimeError(f"warm-up generation at {width}x{height}x{images} failed: {result['error']}")
 
-    def handle(self, job: dict[str, Any]) -> dict[str, Any]:
-        """validate -> generate -> encode; every failure becomes {"error": "<one sentence>"}."""
+    def handle(self, job: dict[str, Any], control: JobControl | None = None,
+               progress: ProgressSink | None = None) -> dict[str, Any]:
+        """validate -> generate -> encode; every failure becomes {"error": "<one sentence>"}. `control` stops the
+        job between two steps (JOB_TIMEOUT_S when none is given); progress updates go to `progress`, else the
+        worker's sink."""
         started = time.perf_counter()
+        control = control if control is not None else JobControl(self.settings.watch.job_timeout_s)
         job_id = str(job.get("id", "local"))[:64] if isinstance(job, dict) else "local"
         if self.pipe is None:
             reply: dict[str, Any] = {"error": f"This worker cannot serve jobs: {self.startup_error}"}
@@ -222,7 +230,11 @@ class Worker:
 
         try:
             with job_text(params.prompt, params.negative_prompt):
-                return self._run(job, job_id, params, inputs, controls, image_prompt, started)
+                return self._run(job, job_id, params, inputs, controls, image_prompt, started, control,
+                                 progress or self.progress)
+        except JobStopped as exc:
+            log.info("job %s %s", job_id, exc)
+            return {"error": f"Job {exc}."}
         except (LoraFileError, EmbeddingFileError, ControlNetFileError, IpAdapterFileError) as exc:
             log.info("job %s refused: %s", job_id, exc)
             return {"error": str(exc)}
@@ -247,13 +259,22 @@ class Worker:
         return self._out_of_memory(job_id, params, inputs)
 
     def _run(self, job: dict[str, Any], job_id: str, params: JobInput, inputs: InputImages | None,
-             controls: list[Any], image_prompt: Any, started: float) -> dict[str, Any]:
-        def on_progress(step: int, steps: int) -> None:
-            self.progress(job, {"step": step, "steps": steps, "percent": round(100 * step / steps)})
+             controls: list[Any], image_prompt: Any, started: float, control: JobControl,
+             progress: ProgressSink) -> dict[str, Any]:
+        control.check(0, params.steps)  # stopped while it waited for the device
+        previewer = self._previewer() if params.preview else None
 
-        pipe, control = self.pipelines.get(params.mode, self.pipe), None
+        def on_step(step: int, steps: int, latents: Any) -> None:
+            control.check(step, steps)
+            # No preview of the last step: the job's images follow at once.
+            preview_due = previewer is not None and step % params.preview == 0 and step < steps
+            if preview_due or step % progress_interval(steps) == 0 or step == steps:
+                update = {"step": step, "steps": steps, "percent": round(100 * step / steps)}
+                progress(job, {**update, "preview": previewer.jpeg(latents)} if preview_due else update)
+
+        pipe, conditioning = self.pipelines.get(params.mode, self.pipe), None
         if params.controlnets:
-            pipe, control = self.controlnets.pipeline(self.pipe, params.mode, params.controlnets, controls)
+            pipe, conditioning = self.controlnets.pipeline(self.pipe, params.mode, params.controlnets, controls)
         graphed = graphed_forward(pipe)
         graph_counts = dataclasses.replace(graphed.counts) if graphed is not None else None
         texts = self.embeddings.substitute(pipe, params.prompt, params.negative_prompt, params.embeddings)
@@ -264,8 +285,8 @@ class Worker:
                 prompts = self.prompt_encoder.encode(texts.prompt, texts.negative_prompt, params.prompt_weighting,
                                                      params.clip_skip, text_encoders_changed=bool(params.loras),
                                                      tokens_added=bool(texts.used))
-                generated = generate(pipe, params, self.schedulers[params.scheduler], on_progress, inputs, prompts,
-                                     {**(control or {}), **image_prompting})
+                generated = generate(pipe, params, self.schedulers[params.scheduler], on_step, inputs, prompts,
+                                     {**(conditioning or {}), **image_prompting})
         finally:
             self.controlnets.trim()
         width, height = job_size(params, inputs)
@@ -306,6 +327,12 @@ class Worker:
                       "source": self.report.source["label"] if self.report and self.report.source else None},
         }
         return deliver(reply, job_id, params.output, self.settings.result_max_mb, self.bucket)
+
+    def _previewer(self) -> Previewer:
+        if self.previewer is None:
+            self.previewer = Previewer.load(Path(self.settings.watch.preview_vae_dir), self.record.device,
+                                            self.pipe.unet.dtype)
+        return self.previewer
 
     def _out_of_memory(self, job_id: str, params: JobInput, inputs: InputImages | None) -> dict[str, Any]:
         import torch
