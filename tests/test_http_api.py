@@ -143,3 +143,23 @@ def test_a_reply_over_runpods_limit_arrives_as_bucket_urls(tiny_volume_source: P
     assert sum(sizes) * 4 / 3 > 19e6
     log = (tmp_path / "api.log").read_text()
     assert bucket_env["BUCKET_SECRET_ACCESS_KEY"] not in log
+
+
+def test_with_stream_on_the_local_api_streams_progress_and_previews_then_the_reply(
+        tiny_volume_source: Path, tmp_path: Path) -> None:
+    process, base = start_api(tiny_volume_source, tmp_path / "api.log", {"STREAM": "1"})
+    try:
+        _, queued = request(base, "/run", {"input": {**JOB, "num_inference_steps": 6, "preview": 2}})
+        status, streamed = request(base, f"/stream/{queued['id']}")
+        assert status == 200 and streamed["status"] == "COMPLETED"
+        *updates, reply = [chunk["output"] for chunk in streamed["stream"]]
+        assert [update["step"] for update in updates] == [1, 2, 3, 4, 5, 6]
+        previews = [decode(update["preview"]) for update in updates if "preview" in update]
+        assert len(previews) == 2 and all(p.format == "JPEG" and p.size == (32, 40) for p in previews)
+        assert decode(reply["images"][0]).size == (256, 320) and reply["seeds"] == [9]
+        # /runsync answers the same chunks as a list, the reply last.
+        status, synced = request(base, "/runsync", {"input": {**JOB, "num_inference_steps": 6}})
+        assert status == 200 and synced["output"][-1]["images"] == reply["images"]
+        assert [chunk["step"] for chunk in synced["output"][:-1]] == [1, 2, 3, 4, 5, 6]
+    finally:
+        stop(process)

@@ -1,9 +1,10 @@
 """The jobs beyond text to image, through the worker as a scenario sets it up: image to image, inpainting, a
 long weighted prompt, a LoRA, a textual-inversion embedding, one and two ControlNets and an IP-Adapter image
-prompt, each timed warm beside a text-to-image job of the same size, with how the UNet served it (graph replays
-or eager calls, where CUDA graphs are on), whether its image has any content at all (a NaN in the decode comes
-out flat black), and a hash of it: the text-to-image job run again after the others must draw the same image as
-before them.
+prompt, and the text-to-image job with a preview every step (drawn by a taesdxl-sized tiny decoder, then by the
+linear colour map), each timed warm beside a text-to-image job of the same size, with how the UNet served it
+(graph replays or eager calls, where CUDA graphs are on), whether its image has any content at all (a NaN in the
+decode comes out flat black), and a hash of it: the text-to-image job run again after the others must draw the
+same image as before them, and previews change no image.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from benchmarks.results import FeatureJob, FeaturesResult, Spread
 from benchmarks.stages.common import PROMPT, SEED, timed
 from sdxl_worker.settings import Settings
+from sdxl_worker.watch.settings import WatchSettings
 from sdxl_worker.weights.controlnets import ControlNetSettings
 from sdxl_worker.weights.embeddings import EmbeddingSettings
 from sdxl_worker.weights.ip_adapters import IpAdapterSettings
@@ -27,6 +29,7 @@ LORA_RANK = 32
 EMBEDDING = "bench-grain"
 CONTROLNETS = ("bench-edges", "bench-edges-again")  # the second a link to the first: the same weights, loaded twice
 IP_ADAPTER = "ip-adapter_sdxl"
+PREVIEWS = {"a preview every step, tiny decoder": "taesdxl", "a preview every step, linear map": "linear"}
 
 
 def feature_jobs(size: int, steps: int, image_b64: str) -> dict[str, dict[str, Any]]:
@@ -55,6 +58,7 @@ def feature_jobs(size: int, steps: int, image_b64: str) -> dict[str, dict[str, A
         "one ControlNet, canny": {"prompt": PROMPT, "controlnets": [control(CONTROLNETS[0])], **base},
         "two ControlNets": {"prompt": PROMPT, "controlnets": [control(name) for name in CONTROLNETS], **base},
         "IP-Adapter image prompt": {"prompt": PROMPT, "ip_adapter": {"name": IP_ADAPTER, "image": image_b64}, **base},
+        **{name: {"prompt": PROMPT, "preview": 1, **base} for name in PREVIEWS},
         "text to image after the others": {"prompt": PROMPT, **base},
     }
 
@@ -64,7 +68,9 @@ def measure_features(settings: Settings, size: int, steps: int, runs: int, lora_
     from dev.embedding import write_embedding
     from dev.ip_adapter import write_ip_adapter
     from dev.lora import write_lora
+    from dev.tiny_decoder import write_tiny_decoder
     from sdxl_worker.serving.worker import Worker
+    from sdxl_worker.watch.previews import Previewer
 
     model = Path(settings.model_path)
     if not (lora_dir / f"{LORA}.safetensors").is_file():
@@ -78,7 +84,11 @@ def measure_features(settings: Settings, size: int, steps: int, runs: int, lora_
     ip_adapters = lora_dir.parent / "ip-adapter"
     if not (ip_adapters / f"{IP_ADAPTER}.safetensors").is_file():
         write_ip_adapter(model, ip_adapters, IP_ADAPTER)
+    tiny_decoder = lora_dir.parent / "taesdxl"
+    if not (tiny_decoder / "config.json").is_file():
+        write_tiny_decoder(tiny_decoder)
     settings = settings.model_copy(update={
+        "watch": WatchSettings(preview_vae_dir=str(tiny_decoder)),
         "loras": LoraSettings(lora_dir=str(lora_dir)), "embeddings": EmbeddingSettings(embeddings_dir=str(embeddings)),
         "controlnets": ControlNetSettings(controlnet_dir=str(controlnets)),
         "ip_adapter": IpAdapterSettings(ip_adapter_dir=str(ip_adapters))})
@@ -98,6 +108,8 @@ def measure_features(settings: Settings, size: int, steps: int, runs: int, lora_
     reference = handle({"prompt": PROMPT, "width": size, "height": size, "num_inference_steps": steps, "seed": SEED})
     results = []
     for name, job in feature_jobs(size, steps, reference["images"][0]).items():
+        if PREVIEWS.get(name) == "linear":
+            worker.previewer = Previewer()  # in place of the tiny decoder the worker loaded
         first_s, reply = timed(lambda job=job: handle(job), device)
         counts = _unet_counts(forward)
         warm = [handle(job)["timings"]["inference_s"] for _ in range(runs)]

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from sdxl_worker.logs import libraries_quiet
 from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError, read_safetensors_header
 
 log = logging.getLogger("worker")
@@ -69,7 +70,8 @@ class Previewer:
         from diffusers import AutoencoderTiny
 
         try:
-            decoder = AutoencoderTiny.from_pretrained(str(folder), dtype=dtype).to(device).eval()
+            with libraries_quiet():  # diffusers' AutoencoderTiny notes the options its own save_pretrained wrote
+                decoder = AutoencoderTiny.from_pretrained(str(folder), dtype=dtype).to(device).eval()
         except (OSError, ValueError, RuntimeError) as exc:  # tensors of other shapes than its config's
             log.warning("previews: the tiny decoder at %s does not load (%s); using the latents' linear colour map",
                         folder, str(exc).splitlines()[0][:300])
@@ -86,6 +88,13 @@ class Previewer:
         latents = latents[:PREVIEW_IMAGES]
         with torch.inference_mode():
             if self.tiny_decoder is not None:
+                # Decoded at the preview's size, not the image's: the latents averaged down first (the decoder
+                # upsamples 8x), which makes a 1024x1024 image's preview 1/16 of the decoder's work.
+                count, _, height, width = latents.shape
+                scale = min(1.0, PREVIEW_SIDE / (8 * max(count * width, height)))
+                if scale < 1:
+                    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+                    latents = torch.nn.functional.interpolate(latents.float(), size=size, mode="area")
                 rgb = self.tiny_decoder.decode(latents.to(self.tiny_decoder.dtype)).sample  # (n, 3, H, W)
                 rgb = rgb.permute(0, 2, 3, 1)
             else:

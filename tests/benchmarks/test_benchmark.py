@@ -120,9 +120,13 @@ def test_smoke_jobs_loads_and_kernels_at_tiny_scale(tmp_path: Path) -> None:
     assert by_name["ours nofuse", "GenerationResult"]["applied"] == []
     assert by_name["ours fp8", "GenerationResult"]["applied"] == ["fuse_qkv", "QUANTIZE skipped"]
     features = {job["job"]: job for job in by_name["ours", "FeaturesResult"]["jobs"]}
-    assert [job["mode"] for job in features.values()] == ["txt2img", "img2img", "inpaint"] + ["txt2img"] * 7
-    assert features["text to image after the others"]["image_sha"] == features["text to image"]["image_sha"]
-    assert len({job["image_sha"] for job in features.values()}) == 9  # each feature drew its own image
+    assert [job["mode"] for job in features.values()] == ["txt2img", "img2img", "inpaint"] + ["txt2img"] * 9
+    # The same text-to-image job after the others, and with previews (of either kind), draws the same image.
+    plain = features["text to image"]["image_sha"]
+    assert [job["job"] for job in features.values() if job["image_sha"] == plain] == [
+        "text to image", "a preview every step, tiny decoder", "a preview every step, linear map",
+        "text to image after the others"]
+    assert len({job["image_sha"] for job in features.values()}) == 9  # each other feature drew its own image
     assert features["LoRA (rank 32, UNet and text encoders)"]["image_sha"] != features["text to image"]["image_sha"]
     assert features["long weighted prompt"]["prompt_tokens"] > 77 and all(
         job["image_std"] > 0 and len(job["warm"]["runs"]) == 2 for job in features.values())

@@ -10,18 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from dev.tiny_decoder import write_tiny_decoder
 from sdxl_worker.watch.previews import PREVIEW_SIDE, SDXL_LATENT_RGB_BIAS, Previewer, tiny_decoder_problem
 from tests.helpers import decode
 
 
 def tiny_decoder(folder: Path) -> Path:
-    """A small random AutoencoderTiny saved as diffusers saves taesdxl (config.json and safetensors)."""
-    from diffusers import AutoencoderTiny
-
-    torch.manual_seed(0)
-    AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
-                    num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1)).save_pretrained(folder)
-    return folder
+    return write_tiny_decoder(folder, narrow=True)
 
 
 def test_the_linear_map_needs_no_weights_and_keeps_the_images_side_by_side() -> None:
