@@ -19,10 +19,11 @@ from dev.controlnet import write_controlnet
 from dev.lora import write_lora
 from sdxl_worker.serving.runpod_handler import STOPPED_BY_RUNPOD, RunpodHandler
 from sdxl_worker.serving.worker import Worker
+from sdxl_worker.speed.cuda_graphs import graph_unet
 from sdxl_worker.watch.settings import WatchSettings
 from sdxl_worker.weights.controlnets import ControlNetSettings
 from sdxl_worker.weights.loras import LoraSettings
-from tests.helpers import cpu_settings, decode, every_tensor
+from tests.helpers import RecordingCapture, cpu_settings, decode, every_tensor
 
 JOB = {"prompt": "a photonic lighthouse", "width": 256, "height": 256, "num_inference_steps": 50, "seed": 3}
 
@@ -160,3 +161,19 @@ def test_a_stream_sends_progress_and_previews_in_order_then_the_reply(served: Wo
             assert preview.format == "JPEG" and max(preview.size) <= 256
             assert preview.size == (64, 32)  # two 256x256 images' latents side by side, 32 pixels a side each
     assert reply["images"] == run(served, num_inference_steps=6, num_images=2)["images"]  # previews change nothing
+
+
+def test_under_cuda_graphs_a_stop_falls_between_replays_and_the_graph_serves_on(tiny_volume_source: Path) -> None:
+    """Graphs recorded as on a GPU: the stop is seen between two replays, and the graph the stopped job replayed
+    serves the next job of its shape without a new capture."""
+    worker = Worker.start(cpu_settings(tiny_volume_source), warmup=False)
+    worker.progress = lambda job, update: None
+    capture = RecordingCapture()
+    graphed = graph_unet(worker.pipe.unet, "cpu", capture)
+    first = run(worker)
+    assert (capture.captures, first["timings"]["graph"]) == (1, "captured")
+    calls, _ = stopped_after(worker, {"id": "graphed", "input": JOB}, 3)
+    assert calls <= 4 and graphed.eager_calls == 0
+    after = run(worker)
+    assert after["timings"]["graph"] == "replayed" and capture.captures == 1
+    assert after["images"] == first["images"]
