@@ -27,9 +27,9 @@ from sdxl_worker.sentences import without_packages
 
 try:
     from sdxl_worker.loading.plan import reader_name
+    from sdxl_worker.serving.models import start_from_env
     from sdxl_worker.serving.runpod_handler import RunpodHandler
     from sdxl_worker.serving.stack_test import STACK_TEST_VARIANT
-    from sdxl_worker.serving.worker import start_from_env
 except ModuleNotFoundError as missing:  # started by a Python without the worker's packages
     raise SystemExit(without_packages(missing, "handler_volume_optimized.py")) from None
 
@@ -37,7 +37,8 @@ except ModuleNotFoundError as missing:  # started by a Python without the worker
 def self_test(out: Path | None) -> int:
     """--test: settings, volume check, load, one generation through the handler; ✅/❌ lines, exit 0 or 1."""
     started = time.perf_counter()
-    worker = start_from_env(warmup=False)
+    models = start_from_env(warmup=False)
+    worker = models.first  # the others are checked in the start's log
     report = worker.report
     if worker.record is not None and worker.record.variant == STACK_TEST_VARIANT:
         print("⚠️ stack test (STACK_TEST=1, no volume): a tiny random-weight SDXL built in memory; the images are "
@@ -121,10 +122,10 @@ def main(argv: list[str] | None = None) -> int:
               "--help for the self-test and the local API.", file=sys.stderr)
     reply_out = sys.stdout
     with contextlib.redirect_stdout(sys.stderr) if one_job else contextlib.nullcontext():
-        worker = start_from_env()
+        models = start_from_env()
         import runpod
 
-        handler = RunpodHandler(worker)
+        handler = RunpodHandler(models)
         if one_job:  # one reply to print: nothing to stream to
             runpod.serverless.start({"handler": printing(handler.reply, reply_out)})
         else:

@@ -30,6 +30,8 @@ from sdxl_worker.weights.loras import LoraSettings
 
 DEFAULT_MODEL_PATH = "/runpod-volume/photonicfusion-sdxl"
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
+MODEL_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+DEFAULT_MODEL_NAME = "default"  # the one model of an endpoint without MODELS
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 # Groups of settings whose variables are their fields' names, not the group's.
@@ -48,6 +50,14 @@ class Settings(BaseModel):
     model_path: str = Field(DEFAULT_MODEL_PATH, min_length=1, description=(
         "The model folder (on the network volume, or baked into the image), or a Hugging Face repo id "
         "`ORG/NAME[@REVISION]` read from a model cache (RunPod's cached models, then HF_HOME's); never downloaded."))
+    models: str | None = Field(None, examples=["photonic=/runpod-volume/photonicfusion-sdxl,base=ORG/NAME"],
+                               description=(
+        "Several models behind one endpoint: `NAME=SOURCE` pairs, comma-separated, each source a folder or a Hub id "
+        "as MODEL_PATH takes; a job's `model` names one, the first by default. Unset: MODEL_PATH alone."))
+    model_host_cache_gb: float = Field(32.0, ge=0, le=4096, allow_inf_nan=False, description=(
+        "With MODELS: the models not serving the current job stay loaded in host memory up to this many GB (a job "
+        "switching to one then costs a copy, not a load); the least recently used are dropped first and read "
+        "again when asked for."))
     model_cache: str = Field(DEFAULT_MODEL_CACHE, min_length=1, description=(
         "Where RunPod puts the endpoint's cached model (its Model field): a Hugging Face hub cache, looked in first "
         "for a repo id in MODEL_PATH."))
@@ -91,11 +101,38 @@ class Settings(BaseModel):
                 raise ValueError(f"CUDA_GRAPH_SHAPES lists {width}x{height}, over MAX_PIXELS={self.max_pixels}")
         return self
 
+    @model_validator(mode="after")
+    def _models_are_name_source_pairs(self) -> Settings:
+        if self.models is not None:
+            model_sources(self.models)
+        return self
+
+    @property
+    def model_sources(self) -> dict[str, str]:
+        """name -> source, in order: MODELS' models, or MODEL_PATH alone under DEFAULT_MODEL_NAME."""
+        return model_sources(self.models) if self.models is not None else {DEFAULT_MODEL_NAME: self.model_path}
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """The settings an operator set in the environment (or in `env`), defaults for the rest."""
         env = os.environ if env is None else env
         return _validate(cls, _values(cls, env))
+
+
+def model_sources(models: str) -> dict[str, str]:
+    """MODELS parsed: `NAME=SOURCE,NAME=SOURCE` to {name: source}; a ValueError names what is wrong."""
+    sources: dict[str, str] = {}
+    for pair in models.split(","):
+        name, equals, source = (part.strip() for part in pair.partition("="))
+        if not equals or not source:
+            raise ValueError(f"MODELS: {pair.strip()!r} is not NAME=SOURCE (a folder or a Hub id ORG/NAME)")
+        if not re.fullmatch(MODEL_NAME_PATTERN, name):
+            raise ValueError(f"MODELS: the name {name!r} is not one a job can send: letters, digits, '.', '_' and "
+                             "'-', 1-64 of them")
+        if name in sources:
+            raise ValueError(f"MODELS names {name!r} twice")
+        sources[name] = source
+    return sources
 
 
 def setting_from_env(name: str, env: Mapping[str, str] | None = None) -> Any:

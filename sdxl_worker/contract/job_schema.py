@@ -116,6 +116,8 @@ class JobInput(BaseModel):
     eta: float | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False, description=(
         "Noise the `tcd`, `ddim` and `ddim_trailing` samplers add back a step, 0-1 (TCD's recipes: 0.3); null: 0. "
         "Other samplers have none."))
+    model: str | None = Field(default=None, min_length=1, max_length=64, description=(
+        "Which of the endpoint's models draws (a name in MODELS); null: the first."))
     preview: int | None = Field(default=None, ge=1, le=100, description=(
         "Every this many steps, a small JPEG of the images so far (base64, at most 256 px on its long side) in the "
         "job's progress update: its status while it runs, or its stream with `STREAM=1`. Null: none."))

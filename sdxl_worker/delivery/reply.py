@@ -59,12 +59,16 @@ class Timings(BaseModel):
     encode_s: float = Field(description="Encoding the images (PNG, JPEG, WebP).")
     total_s: float = Field(description="The job in the worker, from the request to the reply.")
     upload_s: float | None = Field(None, description="With bucket URLs: the upload.")
+    switch_s: float | None = Field(None, description=(
+        "Making the job's model the one on the device: 0 when it already was; with MODELS, a move from host "
+        "memory, or a read from the volume for a model not loaded."))
     graph: Literal["replayed", "captured", "eager"] | None = Field(None, description=(
         "How the UNet ran: `replayed` its CUDA graph for this shape, `captured` one (a shape's first job, two UNet "
         "calls more), `eager` where no graph can hold the job (a LoRA the merge cannot take, such as DoRA)."))
 
 
 class ModelInfo(BaseModel):
+    name: str = Field(description="The job's model: its name in MODELS, or `default` (MODEL_PATH alone).")
     variant: str = Field(description=(
         "The weight set loaded: `fp16`, `standard` or `mixed`; `stack-test`: random weights (STACK_TEST=1, no "
         "volume)."))

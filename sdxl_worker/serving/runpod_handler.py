@@ -14,9 +14,10 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
-from sdxl_worker.serving.worker import Worker
+from sdxl_worker.serving.worker import ProgressSink
+from sdxl_worker.settings import Settings
 from sdxl_worker.watch.control import JobControl
 
 log = logging.getLogger("worker")
@@ -25,20 +26,30 @@ STOPPED_BY_RUNPOD = "RunPod stopped the request (cancelled, expired or past its 
 _DONE = object()
 
 
-class RunpodHandler:
-    """`reply` and `stream` are runpod handlers over one worker; `for_runpod` picks the one STREAM asks for."""
+class Serving(Protocol):
+    """What runs jobs: the endpoint's models (serving.models.ModelSet), or one Worker."""
 
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
+    settings: Settings
+
+    def handle(self, job: dict[str, Any], control: JobControl | None = None,
+               progress: ProgressSink | None = None) -> dict[str, Any]: ...
+
+
+class RunpodHandler:
+    """`reply` and `stream` are runpod handlers over the endpoint's models; `for_runpod` picks the one STREAM asks
+    for."""
+
+    def __init__(self, models: Serving) -> None:
+        self.models = models
         self._device = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job")
 
     def for_runpod(self) -> Callable[[dict[str, Any]], Any]:
-        return self.stream if self.worker.settings.watch.stream else self.reply
+        return self.stream if self.models.settings.watch.stream else self.reply
 
     async def reply(self, job: dict[str, Any]) -> dict[str, Any]:
         """The job's reply; its progress updates go to the worker's sink (the job's status on RunPod)."""
         control = self._control()
-        running = asyncio.get_running_loop().run_in_executor(self._device, self.worker.handle, job, control)
+        running = asyncio.get_running_loop().run_in_executor(self._device, self.models.handle, job, control)
         try:
             return await asyncio.shield(running)
         except asyncio.CancelledError:
@@ -54,7 +65,7 @@ class RunpodHandler:
             loop.call_soon_threadsafe(updates.put_nowait, update)
 
         control = self._control()
-        running = loop.run_in_executor(self._device, self.worker.handle, job, control, send)
+        running = loop.run_in_executor(self._device, self.models.handle, job, control, send)
         running.add_done_callback(lambda _: updates.put_nowait(_DONE))  # after every update already queued
         try:
             while (update := await updates.get()) is not _DONE:
@@ -65,7 +76,7 @@ class RunpodHandler:
         yield running.result()
 
     def _control(self) -> JobControl:
-        return JobControl(self.worker.settings.watch.job_timeout_s)
+        return JobControl(self.models.settings.watch.job_timeout_s)
 
     @staticmethod
     async def _stopped(job: dict[str, Any], control: JobControl, running: asyncio.Future[dict[str, Any]]) -> None:

@@ -30,10 +30,10 @@ from sdxl_worker.delivery.bucket import Bucket, BucketError
 from sdxl_worker.delivery.reply import DeliveryError, deliver, refusal_ahead
 from sdxl_worker.loading.loader import LoadRecord, load_planned
 from sdxl_worker.loading.plan import plan_load, resolve_device
-from sdxl_worker.logs import PROMPT_LOG_CHARS, configure_logging, job_text, route_library_logs
+from sdxl_worker.logs import PROMPT_LOG_CHARS, job_text, route_library_logs
 from sdxl_worker.sentences import describe
 from sdxl_worker.serving.stack_test import RUNPOD_VOLUME, stack_test_pipeline, volume_evidence
-from sdxl_worker.settings import Settings, SettingsError
+from sdxl_worker.settings import DEFAULT_MODEL_NAME, Settings
 from sdxl_worker.speed.cuda_graphs import graphed_forward
 from sdxl_worker.speed.options import SpeedReport, apply_speedups, freeze_compiled_shapes
 from sdxl_worker.volume.check import check_volume
@@ -92,6 +92,7 @@ class Worker:
         self.controlnets = ControlNets(settings.controlnets)
         self.ip_adapters = IpAdapters(settings.ip_adapter)
         self.previewer: Previewer | None = None  # made at the first job that asks for previews
+        self.name: str | None = None  # its name among the endpoint's MODELS
         self.largest_fit: tuple[int, int, int] | None = None  # (images, width, height) of the largest job done
         self.start_timings: dict[str, float] = {}
 
@@ -99,7 +100,7 @@ class Worker:
     def start(cls, settings: Settings, *, warmup: bool = True) -> Worker:
         """settings -> volume check -> load plan -> load -> speed options -> warm-up -> freeze shapes.
 
-        `settings` is step 1, parsed by the caller (`start_from_env`). Any failure returns a worker that
+        `settings` is step 1, parsed by the caller (models.start_from_env). Any failure returns a worker that
         explains it to every job instead of crash-looping.
         """
         # 1. Settings: `settings`, already parsed and cross-checked, before the volume is touched.
@@ -200,7 +201,8 @@ class Worker:
         control = control if control is not None else JobControl(self.settings.watch.job_timeout_s)
         job_id = str(job.get("id", "local"))[:64] if isinstance(job, dict) else "local"
         if self.pipe is None:
-            reply: dict[str, Any] = {"error": f"This worker cannot serve jobs: {self.startup_error}"}
+            who = f"Model {self.name!r}" if self.name is not None else "This worker"
+            reply: dict[str, Any] = {"error": f"{who} cannot serve jobs: {self.startup_error}"}
             if self.refresh_on_error:
                 reply["refresh_worker"] = True
             return reply
@@ -323,7 +325,8 @@ class Worker:
             "prompt_tokens": {**prompts.tokens, "dropped": 0},
             "format": params.output_format,
             "timings": timings,
-            "model": {"variant": self.record.variant, "dtype": self.record.dtype, "device": self.record.device,
+            "model": {"name": self.name or DEFAULT_MODEL_NAME, "variant": self.record.variant,
+                      "dtype": self.record.dtype, "device": self.record.device,
                       "source": self.report.source["label"] if self.report and self.report.source else None},
         }
         return deliver(reply, job_id, params.output, self.settings.result_max_mb, self.bucket)
@@ -386,18 +389,3 @@ def _cuda_unusable(exc: BaseException, device: str | None) -> bool:
     except RuntimeError:
         return True
     return False
-
-
-def start_from_env(*, warmup: bool = True) -> Worker:
-    """Read the settings (the start's first step), set up logging at their level, then start the worker.
-
-    A bad setting leaves the worker up, answering every job with the sentence that names it.
-    """
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        configure_logging("INFO")
-        log.error("cannot serve: bad setting: %s", exc)
-        return Worker.cannot_serve(f"bad setting: {exc}")
-    configure_logging(settings.log_level, torchao_notices=settings.speed.quantize == "fp8")
-    return Worker.start(settings, warmup=warmup)

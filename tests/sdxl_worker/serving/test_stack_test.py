@@ -91,7 +91,7 @@ def test_without_a_volume_the_stack_test_serves_a_labelled_job(tmp_path: Path) -
     assert worker.startup_error is None and worker.report is None
     reply = worker.handle({"id": "hub", "input": {"prompt": "a fox", "width": 320, "height": 256,
                                                    "num_inference_steps": 2, "num_images": 2, "seed": 3}})
-    assert reply["model"] == {"variant": STACK_TEST_VARIANT, "dtype": "float32", "device": "cpu"}
+    assert reply["model"] == {"name": "default", "variant": STACK_TEST_VARIANT, "dtype": "float32", "device": "cpu"}
     images = [Image.open(io.BytesIO(base64.b64decode(image))) for image in reply["images"]]
     assert [image.size for image in images] == [(320, 256)] * 2
     assert reply["seeds"] == [3, 4]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from sdxl_worker.serving import worker as worker_module
+from sdxl_worker.serving.models import start_from_env
 from sdxl_worker.serving.worker import Worker
 from tests.helpers import cpu_settings, decode
 
@@ -38,7 +39,7 @@ def test_output_contract(worker: Worker) -> None:
     assert decode(reply["images"][0]).size == (320, 256)
     assert set(reply["timings"]) == {"inference_s", "encode_s", "total_s"}
     assert reply["timings"]["total_s"] >= reply["timings"]["inference_s"] > 0
-    assert reply["model"] == {"variant": "standard", "dtype": "float32", "device": "cpu",
+    assert reply["model"] == {"name": "default", "variant": "standard", "dtype": "float32", "device": "cpu",
                               "source": worker.settings.model_path}
 
 
@@ -311,12 +312,12 @@ def test_unusable_volume_answers_every_job_with_the_problem(volume: Path) -> Non
 def test_bad_operator_setting_is_reported_to_every_job(tiny_volume_source: Path, monkeypatch) -> None:
     monkeypatch.setenv("MODEL_PATH", str(tiny_volume_source))
     monkeypatch.setenv("VAE_DTYPE", "fp8")
-    broken = worker_module.start_from_env()
+    broken = start_from_env()
     assert broken.handle({"id": "a", "input": SMALL})["error"].startswith(
         "This worker cannot serve jobs: bad setting: VAE_DTYPE must be one of auto, bf16, fp32")
     monkeypatch.setenv("VAE_DTYPE", "auto")
     monkeypatch.setenv("MAX_PIXELS", "lots")
-    assert "MAX_PIXELS must be a whole number" in worker_module.start_from_env().startup_error
+    assert "MAX_PIXELS must be a whole number" in start_from_env().first.startup_error
 
 
 def test_missing_volume_root_named(tmp_path: Path) -> None:

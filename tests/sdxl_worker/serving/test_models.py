@@ -1,0 +1,125 @@
+"""Several models behind one endpoint (MODELS): each job drawn by the model it names, exactly as a worker serving
+that model alone draws it; LoRAs reach only the job's model; the host-memory budget drops the least recently
+used; a model replaced on the volume is read again; a broken or unknown model is one sentence."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from dev.lora import write_lora
+from dev.synthetic_volume import build_volume
+from sdxl_worker.serving.models import ModelSet
+from sdxl_worker.serving.worker import Worker
+from sdxl_worker.weights.loras import LoraSettings
+from tests.helpers import cpu_settings
+
+SMALL = {"prompt": "a photonic lighthouse", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 5}
+
+
+@pytest.fixture(scope="module")
+def second_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another tiny model: other weights, the same architecture."""
+    return build_volume(tmp_path_factory.mktemp("second") / "photonicfusion-sdxl", "tiny", ["standard"], seed=7)
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tiny_volume_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("loras")
+    write_lora(tiny_volume_source, folder / "style.safetensors", seed=1)
+    return folder
+
+
+def models_of(*pairs: tuple[str, Path], **fields: object) -> ModelSet:
+    settings = cpu_settings(pairs[0][1], models=",".join(f"{name}={path}" for name, path in pairs), **fields)
+    models = ModelSet.start(settings, warmup=False)
+    for _, worker in models.workers():
+        worker.progress = lambda job, update: None
+    return models
+
+
+def job(**fields: object) -> dict:
+    return {"id": "multi", "input": {**SMALL, **fields}}
+
+
+def alone(source: Path, **fields: object) -> dict:
+    worker = Worker.start(cpu_settings(source, **fields), warmup=False)
+    worker.progress = lambda job, update: None
+    return worker.handle(job())
+
+
+def test_each_job_is_drawn_by_the_model_it_names_as_that_model_alone_draws_it(
+        tiny_volume_source: Path, second_source: Path, lora_dir: Path) -> None:
+    models = models_of(("photonic", tiny_volume_source), ("base", second_source),
+                       loras=LoraSettings(lora_dir=str(lora_dir)))
+    expected = {"photonic": alone(tiny_volume_source)["images"], "base": alone(second_source)["images"]}
+    assert expected["photonic"] != expected["base"]
+    styled = models.handle(job(model="photonic", loras=[{"name": "style"}]))["images"]
+    for name in ["base", None, "base", "photonic", "base"]:  # None: the first
+        reply = models.handle(job() if name is None else job(model=name))
+        assert reply["images"] == expected[name or "photonic"], name
+        assert reply["model"]["name"] == (name or "photonic") and reply["timings"]["switch_s"] >= 0
+    # The LoRA drew on its job's model only, and left it as it was.
+    assert styled != expected["photonic"]
+    assert models.handle(job(model="base", loras=[{"name": "style"}]))["images"] != expected["base"]
+    assert models.handle(job(model="photonic"))["images"] == expected["photonic"]
+    assert [name for name, _ in models.workers()] == ["base", "photonic"]  # least recently used first
+
+
+def test_an_unknown_model_is_one_sentence_with_the_names(tiny_volume_source: Path, second_source: Path) -> None:
+    models = models_of(("photonic", tiny_volume_source), ("base", second_source))
+    assert models.handle(job(model="photnic"))["error"] == (
+        "Unknown model 'photnic'. Did you mean 'photonic'? Available: photonic, base.")
+    assert "model: Input should be a valid string" in models.handle(job(model=3))["error"]
+    single = ModelSet.start(cpu_settings(tiny_volume_source), warmup=False)
+    assert single.handle(job(model="base"))["error"] == (
+        "Unknown model 'base': this endpoint serves one model (MODEL_PATH), 'default'; set MODELS to serve several.")
+    assert single.handle(job(model="default"))["model"]["name"] == "default"
+
+
+def test_a_broken_model_is_refused_by_name_while_the_others_serve(tiny_volume_source: Path, tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_volume_source, broken)
+    shutil.rmtree(broken / "unet")
+    with caplog.at_level("INFO"):
+        models = models_of(("photonic", tiny_volume_source), ("broken", broken))
+    assert f"model 'broken' ({broken}): " in caplog.text  # said at start
+    reply = models.handle(job(model="broken"))
+    assert reply["error"].startswith("Model 'broken' cannot serve jobs: ") and "unet" in reply["error"]
+    assert "images" in models.handle(job(model="photonic"))
+
+
+def test_the_host_memory_budget_drops_the_least_recently_used_and_reads_it_again(
+        tiny_volume_source: Path, second_source: Path, tmp_path: Path) -> None:
+    third = tmp_path / "third"
+    shutil.copytree(second_source, third)
+    models = models_of(("a", tiny_volume_source), ("b", second_source), ("c", third))
+    size = models.sizes["a"]
+    models = models_of(("a", tiny_volume_source), ("b", second_source), ("c", third),
+                       model_host_cache_gb=1.5 * size / 1e9)  # room for one model besides the one serving
+    for name in ["b", "c"]:
+        models.handle(job(model=name))
+    assert [name for name, _ in models.workers()] == ["b", "c"]  # a, the oldest, dropped
+    first_b = models.loaded["b"]
+    models.handle(job(model="a"))  # read again; b is now the oldest beyond the budget
+    assert [name for name, _ in models.workers()] == ["c", "a"]
+    models.handle(job(model="b"))
+    assert models.loaded["b"] is not first_b
+
+
+def test_a_model_replaced_on_the_volume_is_read_again_at_its_next_switch(
+        tiny_volume_source: Path, second_source: Path, tmp_path: Path) -> None:
+    changing = tmp_path / "changing"
+    shutil.copytree(tiny_volume_source, changing)
+    models = models_of(("a", changing), ("b", second_source))
+    before = models.handle(job(model="a"))["images"]
+    models.handle(job(model="b"))
+    for path in (second_source / "unet").iterdir():  # a fine-tune replaced: another model's UNet
+        shutil.copy2(path, changing / "unet" / path.name)
+    os.utime(changing / "unet" / "config.json")
+    after = models.handle(job(model="a"))
+    assert after["images"] != before and after["images"] == alone(changing)["images"]
