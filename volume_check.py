@@ -16,7 +16,8 @@ cache. Exit 0: loadable; 1: incomplete or corrupt; 2: the volume, the model fold
 The LoRAs in $LORA_DIR (else /runpod-volume/loras), the textual-inversion embeddings in $EMBEDDINGS_DIR (else
 /runpod-volume/embeddings) and the ControlNets in $CONTROLNET_DIR (else /runpod-volume/controlnets) are listed
 after the model, a broken one with its reason; they never change the exit code: a job that uses a broken one gets
-that reason, and every other job is served.
+that reason, and every other job is served. With MODELS set (several models) and no PATH, each model is checked and
+named; the exit code is the worst of theirs, and the add-ons are checked against the first.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from sdxl_worker.sentences import without_packages
 
 try:
     from sdxl_worker.logs import configure_logging
-    from sdxl_worker.settings import DEFAULT_MODEL_PATH, SettingsError, setting_from_env
+    from sdxl_worker.settings import DEFAULT_MODEL_PATH, SettingsError, model_sources, setting_from_env
     from sdxl_worker.volume.check import check_controlnets, check_embeddings, check_loras, check_volume
     from sdxl_worker.volume.report import ControlNetReport, EmbeddingReport, LoraReport
     from sdxl_worker.weights.controlnets import DEFAULT_CONTROLNET_DIR
@@ -53,8 +54,15 @@ def main(argv: list[str] | None = None) -> int:
                                                  f"{DEFAULT_CONTROLNET_DIR})")
     args = parser.parse_args(argv)
     configure_logging("WARNING", stream=sys.stderr)  # --tensors imports the model libraries: their notices quieted
-    report = check_volume(args.path or setting_from_env("model_path"), tensors=args.tensors,
-                          model_cache=setting_from_env("model_cache"))
+    try:
+        models = setting_from_env("models") if args.path is None else None
+        sources = model_sources(models) if models else {"": args.path or setting_from_env("model_path")}
+    except (SettingsError, ValueError) as exc:
+        print(f"❌ {exc}")
+        return 1
+    reports = {name: check_volume(source, tensors=args.tensors, model_cache=setting_from_env("model_cache"))
+               for name, source in sources.items()}
+    report = next(iter(reports.values()))
     model_path = report.model_path  # a Hub id's cached snapshot: the add-ons are checked against its configs
     try:
         loras: LoraReport | str = check_loras(args.lora_dir or setting_from_env("lora_dir"),
@@ -73,14 +81,19 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         controlnets = f"ControlNets not checked: {exc}"
     folders = {"loras": loras, "embeddings": embeddings, "controlnets": controlnets}
+    add_ons = {key: value if isinstance(value, str) else value.to_dict() for key, value in folders.items()}
     if args.json:
-        print(json.dumps({**report.to_dict(), **{key: value if isinstance(value, str) else value.to_dict()
-                                                 for key, value in folders.items()}}, indent=2))
+        checked = ({"models": {name: each.to_dict() for name, each in reports.items()}} if models else
+                   report.to_dict())
+        print(json.dumps({**checked, **add_ons}, indent=2))
     else:
-        print(report.render())
+        for name, each in reports.items():
+            if models:
+                print(f"model {name!r} (MODELS):")
+            print(each.render())
         for value in folders.values():
             print(value if isinstance(value, str) else value.render())
-    return report.exit_code
+    return max(each.exit_code for each in reports.values())
 
 
 if __name__ == "__main__":

@@ -38,6 +38,22 @@ def test_cli_json_and_exit_codes(volume: Path, capsys: pytest.CaptureFixture[str
     assert "model folder" in capsys.readouterr().out
 
 
+def test_with_models_each_is_checked_and_named_and_the_worst_verdict_is_the_exit_code(
+        volume: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELS", f"photonic={volume},base={tmp_path / 'base'}")
+    assert main([]) == 2  # base's folder is missing
+    out = capsys.readouterr().out
+    assert "model 'photonic' (MODELS):" in out and "model 'base' (MODELS):" in out
+    assert f"model at {volume} is loadable" in out and f"model at {tmp_path / 'base'} is not loadable" in out
+    assert main(["--json"]) == 2
+    assert set(json.loads(capsys.readouterr().out)["models"]) == {"photonic", "base"}
+    assert main([str(volume)]) == 0  # a PATH is checked alone
+    capsys.readouterr()
+    monkeypatch.setenv("MODELS", "photonic")
+    assert main([]) == 1
+    assert "MODELS: 'photonic' is not NAME=SOURCE" in capsys.readouterr().out
+
+
 def test_cli_lists_the_loras_without_changing_the_verdict(volume: Path, tmp_path: Path, capsys,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from dev.lora import write_lora

@@ -121,8 +121,8 @@ class ModelSet:
         self.signatures[name] = files_signature(worker)
         self.sizes[name] = weight_bytes(worker.pipe) if worker.pipe is not None else 0
         if worker.pipe is not None:
-            log.info("model %r (%s) read in %.2f s: %.2f GB of weights", name, source,
-                     time.perf_counter() - started, self.sizes[name] / 1e9)
+            log.info("model %r (%s) read in %.2f s: %.2f GB of weights; %s", name, source,
+                     time.perf_counter() - started, self.sizes[name] / 1e9, memory_in_use(worker.record.device))
         return worker
 
     def _trim(self) -> None:
@@ -157,6 +157,20 @@ def move(worker: Worker, device: str) -> None:
     graphed = graphed_forward(worker.pipe)
     if graphed is not None:
         graphed.graphs.clear()
+
+
+def memory_in_use(device: str) -> str:
+    """The process's resident host memory and, on a GPU, the memory torch holds there: the start log's figures."""
+    import torch
+
+    status = Path("/proc/self/status")  # Linux's: the image's
+    lines = status.read_text().splitlines() if status.is_file() else []
+    rss = next((int(line.split()[1]) * 1024 for line in lines if line.startswith("VmRSS:")), 0)
+    text = f"host memory in use {rss / 1e9:.2f} GB"
+    if device.startswith("cuda"):
+        text += (f", {device} {torch.cuda.memory_allocated(device) / 1e9:.2f} GB allocated "
+                 f"({torch.cuda.memory_reserved(device) / 1e9:.2f} GB reserved)")
+    return text
 
 
 def weight_bytes(pipe: Any) -> int:
