@@ -31,6 +31,14 @@ from tests.helpers import MODELS, ROOT, draw_latents, tmpfs, tree_state
 GUARD = ROOT / "tests" / "guard"
 
 
+def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """prepare_volume.py's exit code, stdout and stderr, run in this process (no second torch import)."""
+    capsys.readouterr()
+    code = prepare_volume.main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "prepare_volume.py", *args], cwd=ROOT, capture_output=True, text=True,
                           env=env, timeout=300)
@@ -185,13 +193,14 @@ def test_too_little_free_space_is_refused_before_the_first_byte(fp32_volume: Pat
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="mounting a small tmpfs needs root")
-def test_a_really_small_filesystem_is_refused_before_the_first_byte(fp32_volume_source: Path, tmp_path: Path) -> None:
+def test_a_really_small_filesystem_is_refused_before_the_first_byte(fp32_volume_source: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     with tmpfs(tmp_path / "small", "24m") as mount:
         volume = mount / "photonicfusion-sdxl"
         shutil.copytree(fp32_volume_source, volume)
         before = tree_state(volume)
-        result = run_cli("add-fp16", str(volume))
-        assert result.returncode == 1 and "not enough free space" in result.stderr, result.stderr[-2000:]
+        code, _, err = run_main(capsys, "add-fp16", str(volume))
+        assert code == 1 and "not enough free space" in err, err[-2000:]
         assert tree_state(volume) == before
 
 
@@ -472,8 +481,8 @@ def test_bin_only_components_are_converted_and_then_served(layout_volume: Path) 
 
 
 @pytest.mark.parametrize("content", ["runs code", "not tensors", "not a pickle"])
-def test_a_bin_that_is_not_plain_weights_is_refused_and_nothing_written(volume: Path, tmp_path: Path,
-                                                                        content: str) -> None:
+def test_a_bin_that_is_not_plain_weights_is_refused_and_nothing_written(volume: Path, tmp_path: Path, content: str,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
     pickle_weights(volume, "vae")
     path = volume / "vae" / "diffusion_pytorch_model.bin"
     marker = tmp_path / "code-ran"
@@ -484,9 +493,9 @@ def test_a_bin_that_is_not_plain_weights_is_refused_and_nothing_written(volume: 
     else:
         path.write_bytes(b"\x80\x02not a pickle at all")
     before = tree_state(volume)
-    result = run_cli("convert-bin", str(volume))
-    assert result.returncode == 1
-    refusal = next(line for line in result.stdout.splitlines() if line.startswith("  ❌ vae: "))
+    code, out, _ = run_main(capsys, "convert-bin", str(volume))
+    assert code == 1
+    refusal = next(line for line in out.splitlines() if line.startswith("  ❌ vae: "))
     assert len(refusal) < 400 and refusal.endswith("; nothing written for it"), refusal
     assert {"runs code": "does not read it as plain tensors (Trying to load unsupported GLOBAL posix.mkdir",
             "not tensors": "entry 'decoder.conv_in.weight' is a str, not a dense tensor",
@@ -527,12 +536,12 @@ def test_a_bin_linked_out_of_the_model_folder_is_not_read(volume: Path, tmp_path
     assert tree_state(volume) == before
 
 
-def test_convert_bin_dry_run_writes_nothing(volume: Path) -> None:
+def test_convert_bin_dry_run_writes_nothing(volume: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pickle_weights(volume, "text_encoder")
     before = tree_state(volume)
-    result = run_cli("convert-bin", str(volume), "--dry-run")
-    assert result.returncode == 0, result.stderr
-    assert "text_encoder: would convert pytorch_model.bin to model.safetensors" in result.stdout
+    code, out, err = run_main(capsys, "convert-bin", str(volume), "--dry-run")
+    assert code == 0, err
+    assert "text_encoder: would convert pytorch_model.bin to model.safetensors" in out
     assert tree_state(volume) == before
 
 
