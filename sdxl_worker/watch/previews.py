@@ -71,7 +71,7 @@ class Previewer:
 
         try:
             with libraries_quiet():  # diffusers' AutoencoderTiny notes the options its own save_pretrained wrote
-                decoder = AutoencoderTiny.from_pretrained(str(folder), dtype=dtype).to(device).eval()
+                decoder = AutoencoderTiny.from_pretrained(str(folder), dtype=dtype).to(device).train(False)
         except (OSError, ValueError, RuntimeError) as exc:  # tensors of other shapes than its config's
             log.warning("previews: the tiny decoder at %s does not load (%s); using the latents' linear colour map",
                         folder, str(exc).splitlines()[0][:300])
