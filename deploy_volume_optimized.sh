@@ -20,7 +20,7 @@ default_python=python3
 if [[ -x .venv/bin/python ]]; then default_python=.venv/bin/python; fi
 python=${PYTHON:-$default_python}
 command -v "$python" >/dev/null || die "$python is not installed"
-"$python" -c "import runpod" 2>/dev/null || die "the runpod package is missing: $python -m pip install runpod==1.12.0"
+"$python" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('runpod') is None)" 2>/dev/null || die "the runpod package is missing: $python -m pip install runpod==1.12.0"
 
 args=("$@")
 image=${IMAGE:-}
