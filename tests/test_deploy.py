@@ -193,6 +193,14 @@ def test_missing_docker_fails_before_any_command(runpod_api, tmp_path: Path) -> 
     assert fake.requests == []
 
 
+def test_a_python_without_runpod_is_one_line_naming_the_package(tmp_path: Path) -> None:
+    bare = tmp_path / "bare"  # a venv of its own: no packages but pip's
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    run = subprocess.run(["bash", "deploy_volume_optimized.sh", "--dry-run"], cwd=ROOT, capture_output=True,
+                         text=True, env={**BASE, "PYTHON": str(bare / "bin" / "python")})
+    assert run.returncode != 0 and "the runpod package is missing" in run.stderr, run.stderr
+
+
 def test_dry_run_needs_no_docker(runpod_api, tmp_path: Path) -> None:
     """A dry run prints the docker commands it would run: it must work where docker is not installed."""
     fake, url = runpod_api
