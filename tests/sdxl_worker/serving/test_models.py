@@ -4,7 +4,6 @@ used; a model replaced on the volume is read again; a broken or unknown model is
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 
 from dev.lora import write_lora
 from dev.synthetic_volume import build_volume
-from sdxl_worker.serving.models import ModelSet
+from sdxl_worker.serving.models import ModelSet, weight_bytes
 from sdxl_worker.serving.worker import Worker
 from sdxl_worker.weights.loras import LoraSettings
 from tests.helpers import cpu_settings
@@ -31,6 +30,17 @@ def lora_dir(tiny_volume_source: Path, tmp_path_factory: pytest.TempPathFactory)
     folder = tmp_path_factory.mktemp("loras")
     write_lora(tiny_volume_source, folder / "style.safetensors", seed=1)
     return folder
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_volume_source: Path, second_source: Path, lora_dir: Path) -> ModelSet:
+    return models_of(("photonic", tiny_volume_source), ("base", second_source),
+                     loras=LoraSettings(lora_dir=str(lora_dir)))
+
+
+@pytest.fixture(scope="module")
+def second_alone(second_source: Path) -> list[str]:
+    return alone(second_source)["images"]
 
 
 def models_of(*pairs: tuple[str, Path], **fields: object) -> ModelSet:
@@ -52,10 +62,10 @@ def alone(source: Path, **fields: object) -> dict:
 
 
 def test_each_job_is_drawn_by_the_model_it_names_as_that_model_alone_draws_it(
-        tiny_volume_source: Path, second_source: Path, lora_dir: Path) -> None:
-    models = models_of(("photonic", tiny_volume_source), ("base", second_source),
-                       loras=LoraSettings(lora_dir=str(lora_dir)))
-    expected = {"photonic": alone(tiny_volume_source)["images"], "base": alone(second_source)["images"]}
+        pair: ModelSet, worker: Worker, second_alone: list[str]) -> None:
+    models = pair
+    # `worker`: the session's worker serving the tiny model alone, with no MODELS.
+    expected = {"photonic": worker.handle(job())["images"], "base": second_alone}
     assert expected["photonic"] != expected["base"]
     styled = models.handle(job(model="photonic", loras=[{"name": "style"}]))["images"]
     for name in ["base", None, "base", "photonic", "base"]:  # None: the first
@@ -69,8 +79,8 @@ def test_each_job_is_drawn_by_the_model_it_names_as_that_model_alone_draws_it(
     assert [name for name, _ in models.workers()] == ["base", "photonic"]  # least recently used first
 
 
-def test_an_unknown_model_is_one_sentence_with_the_names(tiny_volume_source: Path, second_source: Path) -> None:
-    models = models_of(("photonic", tiny_volume_source), ("base", second_source))
+def test_an_unknown_model_is_one_sentence_with_the_names(pair: ModelSet, tiny_volume_source: Path) -> None:
+    models = pair
     assert models.handle(job(model="photnic"))["error"] == (
         "Unknown model 'photnic'. Did you mean 'photonic'? Available: photonic, base.")
     assert "model: Input should be a valid string" in models.handle(job(model=3))["error"]
@@ -94,11 +104,10 @@ def test_a_broken_model_is_refused_by_name_while_the_others_serve(tiny_volume_so
 
 
 def test_the_host_memory_budget_drops_the_least_recently_used_and_reads_it_again(
-        tiny_volume_source: Path, second_source: Path, tmp_path: Path) -> None:
+        tiny_volume_source: Path, second_source: Path, tmp_path: Path, worker: Worker) -> None:
     third = tmp_path / "third"
     shutil.copytree(second_source, third)
-    models = models_of(("a", tiny_volume_source), ("b", second_source), ("c", third))
-    size = models.sizes["a"]
+    size = weight_bytes(worker.pipe)  # each tiny model's: the same architecture
     models = models_of(("a", tiny_volume_source), ("b", second_source), ("c", third),
                        model_host_cache_gb=1.5 * size / 1e9)  # room for one model besides the one serving
     for name in ["b", "c"]:
@@ -112,14 +121,13 @@ def test_the_host_memory_budget_drops_the_least_recently_used_and_reads_it_again
 
 
 def test_a_model_replaced_on_the_volume_is_read_again_at_its_next_switch(
-        tiny_volume_source: Path, second_source: Path, tmp_path: Path) -> None:
+        tiny_volume_source: Path, second_source: Path, tmp_path: Path, second_alone: list[str]) -> None:
     changing = tmp_path / "changing"
     shutil.copytree(tiny_volume_source, changing)
     models = models_of(("a", changing), ("b", second_source))
     before = models.handle(job(model="a"))["images"]
     models.handle(job(model="b"))
-    for path in (second_source / "unet").iterdir():  # a fine-tune replaced: another model's UNet
-        shutil.copy2(path, changing / "unet" / path.name)
-    os.utime(changing / "unet" / "config.json")
+    shutil.rmtree(changing)  # the folder replaced by another model, as an operator uploads a new fine-tune
+    shutil.copytree(second_source, changing)
     after = models.handle(job(model="a"))
-    assert after["images"] != before and after["images"] == alone(changing)["images"]
+    assert after["images"] != before and after["images"] == second_alone  # now b's files
