@@ -29,13 +29,13 @@ import sys
 from sdxl_worker.sentences import without_packages
 
 try:
+    from sdxl_worker.controlnets.files import DEFAULT_CONTROLNET_DIR
+    from sdxl_worker.embeddings.files import DEFAULT_EMBEDDINGS_DIR
     from sdxl_worker.logs import configure_logging
+    from sdxl_worker.loras.files import DEFAULT_LORA_DIR
     from sdxl_worker.settings import DEFAULT_MODEL_PATH, SettingsError, model_sources, setting_from_env
     from sdxl_worker.volume.check import check_controlnets, check_embeddings, check_loras, check_volume
     from sdxl_worker.volume.report import ControlNetReport, EmbeddingReport, LoraReport
-    from sdxl_worker.weights.controlnets import DEFAULT_CONTROLNET_DIR
-    from sdxl_worker.weights.embeddings import DEFAULT_EMBEDDINGS_DIR
-    from sdxl_worker.weights.loras import DEFAULT_LORA_DIR
 except ModuleNotFoundError as missing:  # started by a Python without the worker's packages
     raise SystemExit(without_packages(missing, "volume_check.py")) from None
 

@@ -13,8 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from sdxl_worker.embeddings.files import PARTS
 from sdxl_worker.logs import configure_logging
-from sdxl_worker.weights.embeddings import PARTS
 
 
 def widths(model_dir: Path) -> tuple[int, int]:

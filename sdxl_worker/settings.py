@@ -19,14 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic.fields import FieldInfo
 
 from sdxl_worker.contract.job_schema import DEFAULT_MAX_PIXELS, MAX_SIDE, MIN_PIXELS, MIN_SIDE
+from sdxl_worker.controlnets.files import ControlNetSettings
 from sdxl_worker.delivery.bucket import BucketSettings
+from sdxl_worker.embeddings.files import EmbeddingSettings
+from sdxl_worker.ip_adapters.files import IpAdapterSettings
+from sdxl_worker.loras.files import LoraSettings
 from sdxl_worker.sources import DEFAULT_MODEL_CACHE
 from sdxl_worker.speed.options import SpeedOptions
 from sdxl_worker.watch.settings import WatchSettings
-from sdxl_worker.weights.controlnets import ControlNetSettings
-from sdxl_worker.weights.embeddings import EmbeddingSettings
-from sdxl_worker.weights.ip_adapters import IpAdapterSettings
-from sdxl_worker.weights.loras import LoraSettings
 
 DEFAULT_MODEL_PATH = "/runpod-volume/photonicfusion-sdxl"
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"

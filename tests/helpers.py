@@ -218,7 +218,7 @@ def peft_layers() -> Iterator[None]:
     import pytest
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("sdxl_worker.contract.loras.mergeable_layers", lambda unet: None)
+        patch.setattr("sdxl_worker.loras.runtime.mergeable_layers", lambda unet: None)
         yield
 
 

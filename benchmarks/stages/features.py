@@ -17,12 +17,12 @@ from typing import Any
 
 from benchmarks.results import FeatureJob, FeaturesResult, Spread
 from benchmarks.stages.common import PROMPT, SEED, timed
+from sdxl_worker.controlnets.files import ControlNetSettings
+from sdxl_worker.embeddings.files import EmbeddingSettings
+from sdxl_worker.ip_adapters.files import IpAdapterSettings
+from sdxl_worker.loras.files import LoraSettings
 from sdxl_worker.settings import Settings
 from sdxl_worker.watch.settings import WatchSettings
-from sdxl_worker.weights.controlnets import ControlNetSettings
-from sdxl_worker.weights.embeddings import EmbeddingSettings
-from sdxl_worker.weights.ip_adapters import IpAdapterSettings
-from sdxl_worker.weights.loras import LoraSettings
 
 LORA = "bench-style"
 LORA_RANK = 32

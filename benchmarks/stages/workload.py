@@ -30,8 +30,8 @@ from benchmarks.results import Spread, WorkloadKind, WorkloadResult
 from benchmarks.stages.common import PROMPT, SEED, memory_gib, peak_gib, release_cached, reset_peak, stock_load, timed
 from sdxl_worker.contract.job_schema import MIN_SIDE
 from sdxl_worker.logs import libraries_quiet
+from sdxl_worker.loras.files import LoraSettings
 from sdxl_worker.settings import Settings
-from sdxl_worker.weights.loras import LoraSettings
 
 LORA, LORA_RANK, LORA_SCALE = "workload-style", 32, 0.8
 FAST_LORA, FAST_LORA_RANK = "workload-distilled", 64  # SDXL-Lightning's and LCM-LoRA's rank

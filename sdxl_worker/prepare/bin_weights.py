@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdxl_worker.loras.files import confined
 from sdxl_worker.prepare.fp16_set import PrepareError
 from sdxl_worker.sentences import bounded, describe
 from sdxl_worker.weights.files import read_text_bounded
@@ -31,7 +32,6 @@ from sdxl_worker.weights.layout import (
     shard_file_name,
     single_file_name,
 )
-from sdxl_worker.weights.loras import confined
 from sdxl_worker.weights.safetensors_io import (
     SAFETENSORS_DTYPES,
     Progress,

@@ -16,21 +16,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sdxl_worker.contract.controlnets import ControlNets, control_images
-from sdxl_worker.contract.embeddings import PromptEmbeddings
 from sdxl_worker.contract.generation import NonFiniteLatents, generate, pipeline_on, progress_interval
 from sdxl_worker.contract.image_encoding import encode_image
 from sdxl_worker.contract.image_input import InputImages, decode_image, load_inputs
-from sdxl_worker.contract.ip_adapters import IpAdapters
 from sdxl_worker.contract.job_schema import JobInput, JobInputError, parse_job_input
-from sdxl_worker.contract.loras import LoraAdapters
 from sdxl_worker.contract.prompts import PromptEncoder
 from sdxl_worker.contract.schedulers import build_schedulers, takes_timesteps
+from sdxl_worker.controlnets.files import ControlNetFileError
+from sdxl_worker.controlnets.runtime import ControlNets, control_images
 from sdxl_worker.delivery.bucket import Bucket, BucketError
 from sdxl_worker.delivery.reply import DeliveryError, deliver, refusal_ahead
+from sdxl_worker.embeddings.files import EmbeddingFileError
+from sdxl_worker.embeddings.runtime import PromptEmbeddings
+from sdxl_worker.ip_adapters.files import IpAdapterFileError
+from sdxl_worker.ip_adapters.runtime import IpAdapters
 from sdxl_worker.loading.loader import LoadRecord, load_planned
 from sdxl_worker.loading.plan import plan_load, resolve_device
 from sdxl_worker.logs import PROMPT_LOG_CHARS, job_text, route_library_logs
+from sdxl_worker.loras.files import LoraFileError
+from sdxl_worker.loras.runtime import LoraAdapters
 from sdxl_worker.sentences import describe
 from sdxl_worker.serving.stack_test import RUNPOD_VOLUME, stack_test_pipeline, volume_evidence
 from sdxl_worker.settings import DEFAULT_MODEL_NAME, Settings
@@ -40,10 +44,6 @@ from sdxl_worker.volume.check import check_volume
 from sdxl_worker.volume.report import VolumeReport
 from sdxl_worker.watch.control import JobControl, JobStopped
 from sdxl_worker.watch.previews import Previewer
-from sdxl_worker.weights.controlnets import ControlNetFileError
-from sdxl_worker.weights.embeddings import EmbeddingFileError
-from sdxl_worker.weights.ip_adapters import IpAdapterFileError
-from sdxl_worker.weights.loras import LoraFileError
 
 log = logging.getLogger("worker")
 

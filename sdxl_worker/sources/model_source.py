@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from sdxl_worker.loras.files import confined
 from sdxl_worker.sentences import bounded
-from sdxl_worker.weights.loras import confined
 
 DEFAULT_MODEL_CACHE = "/runpod-volume/huggingface-cache/hub"
 DEFAULT_REVISION = "main"

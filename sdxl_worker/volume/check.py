@@ -16,6 +16,9 @@ from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
+from sdxl_worker.controlnets.files import scan as scan_controlnets
+from sdxl_worker.embeddings.files import scan as scan_embeddings
+from sdxl_worker.loras.files import scan
 from sdxl_worker.sentences import bounded
 from sdxl_worker.sources import DEFAULT_MODEL_CACHE, ModelSource, SourceError, cached_repo_ids, resolve_source
 from sdxl_worker.volume.report import (
@@ -31,8 +34,6 @@ from sdxl_worker.volume.report import (
 )
 from sdxl_worker.volume.sdxl import MODELS, SDXL_CLASSES, SDXL_REQUIRED, SUPPORTED_PIPELINES
 from sdxl_worker.weights import architecture
-from sdxl_worker.weights.controlnets import scan as scan_controlnets
-from sdxl_worker.weights.embeddings import scan as scan_embeddings
 from sdxl_worker.weights.files import present, read_text_bounded, special_kind
 from sdxl_worker.weights.layout import (
     VARIANTS,
@@ -41,7 +42,6 @@ from sdxl_worker.weights.layout import (
     index_file_names,
     single_file_name,
 )
-from sdxl_worker.weights.loras import scan
 from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError, read_safetensors_header
 
 

@@ -7,13 +7,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from sdxl_worker.weights.controlnets import ControlNetFolder
-from sdxl_worker.weights.embeddings import EmbeddingFile
+from sdxl_worker.controlnets.files import ControlNetFolder
+from sdxl_worker.embeddings.files import EmbeddingFile
+from sdxl_worker.loras.files import LoraFile
 from sdxl_worker.weights.layout import (
     VARIANTS,
     Variant,
 )
-from sdxl_worker.weights.loras import LoraFile
 from sdxl_worker.weights.safetensors_header import SafetensorsInfo
 
 Status = Literal["ok", "warn", "fail"]

@@ -11,9 +11,9 @@ import pytest
 
 from dev.lora import write_lora
 from dev.synthetic_volume import build_volume
+from sdxl_worker.loras.files import LoraSettings
 from sdxl_worker.serving.models import ModelSet, weight_bytes
 from sdxl_worker.serving.worker import Worker
-from sdxl_worker.weights.loras import LoraSettings
 from tests.helpers import cpu_settings
 
 SMALL = {"prompt": "a photonic lighthouse", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 5}

@@ -17,12 +17,12 @@ import pytest
 
 from dev.controlnet import write_controlnet
 from dev.lora import write_lora
+from sdxl_worker.controlnets.files import ControlNetSettings
+from sdxl_worker.loras.files import LoraSettings
 from sdxl_worker.serving.runpod_handler import STOPPED_BY_RUNPOD, RunpodHandler
 from sdxl_worker.serving.worker import Worker
 from sdxl_worker.speed.cuda_graphs import graph_unet
 from sdxl_worker.watch.settings import WatchSettings
-from sdxl_worker.weights.controlnets import ControlNetSettings
-from sdxl_worker.weights.loras import LoraSettings
 from tests.helpers import RecordingCapture, cpu_settings, decode, every_tensor
 
 JOB = {"prompt": "a photonic lighthouse", "width": 256, "height": 256, "num_inference_steps": 50, "seed": 3}

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from dev.lora import write_lora
+from sdxl_worker.loras.files import LoraSettings
 from sdxl_worker.serving.worker import Worker
 from sdxl_worker.speed.cuda_graphs import graph_unet
 from sdxl_worker.speed.options import SpeedOptions
-from sdxl_worker.weights.loras import LoraSettings
 from tests.helpers import RecordingCapture, cpu_settings, decode, peft_layers
 
 SMALL = {"prompt": "a photonic lighthouse", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 5}

@@ -28,11 +28,11 @@ from typing import Any
 
 from sdxl_worker.contract.job_schema import LoraRequest
 from sdxl_worker.logs import libraries_quiet
+from sdxl_worker.loras.files import LoraFile, LoraFileError, LoraSettings, inspect, resolve, signature_of
 from sdxl_worker.sentences import bounded
 from sdxl_worker.speed.lora_merge import mergeable_layers, merged_unet
 from sdxl_worker.speed.plain import plain_module, plain_unet
 from sdxl_worker.weights.finite import first_non_finite
-from sdxl_worker.weights.loras import LoraFile, LoraFileError, LoraSettings, inspect, resolve, signature_of
 from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError
 from sdxl_worker.weights.safetensors_io import read_tensors
 

@@ -1,7 +1,7 @@
 """A job's ControlNets: their control images decoded with the job's input, the models loaded once, and the job run
 by diffusers' SDXL ControlNet pipeline of its mode, built on the loaded pipeline's own components.
 
-A ControlNet folder is checked from its config and headers (weights/controlnets.py), then its tensors against the
+A ControlNet folder is checked from its config and headers (files.py beside this one), then its tensors against the
 model its config describes, before any weight is read: a folder for another model or with missing tensors is one
 sentence, and nothing is loaded. Loaded ControlNets stay on the model's device between jobs, the least recently
 used dropped past CONTROLNET_CACHE_MB, loaded again when a file of theirs changes. The UNet is the loaded one,
@@ -20,11 +20,11 @@ from typing import Any
 from sdxl_worker.contract.generation import pipeline_on
 from sdxl_worker.contract.image_input import decode_image
 from sdxl_worker.contract.job_schema import ControlNetRequest
+from sdxl_worker.controlnets.files import ControlNetFileError, ControlNetFolder, ControlNetSettings, signature
+from sdxl_worker.controlnets.files import inspect as inspect_folder
 from sdxl_worker.logs import libraries_quiet
 from sdxl_worker.sentences import bounded
 from sdxl_worker.weights import architecture
-from sdxl_worker.weights.controlnets import ControlNetFileError, ControlNetFolder, ControlNetSettings, signature
-from sdxl_worker.weights.controlnets import inspect as inspect_folder
 from sdxl_worker.weights.finite import non_finite_weights
 
 CANNY_THRESHOLDS = (100, 200)  # diffusers' and the canny ControlNets' model cards' values

@@ -19,9 +19,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sdxl_worker.loras.files import available, confined, signature_of
 from sdxl_worker.sentences import alternatives, bounded
 from sdxl_worker.weights.files import read_text_bounded
-from sdxl_worker.weights.loras import available, confined, signature_of
 from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError, SafetensorsInfo, read_safetensors_header
 
 DEFAULT_IP_ADAPTER_DIR = "/runpod-volume/ip-adapter"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dev.lora import write_lora
-from sdxl_worker.weights.loras import LoraFileError, available, inspect, resolve, scan
+from sdxl_worker.loras.files import LoraFileError, available, inspect, resolve, scan
 
 MB = 1_000_000
 

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dev.lora import lora_tensors, write_lora
+from sdxl_worker.loras.files import LoraSettings
 from sdxl_worker.serving.worker import Worker
-from sdxl_worker.weights.loras import LoraSettings
 from tests.helpers import assert_images_match, cpu_settings, decode
 
 SMALL = {"prompt": "a photonic lighthouse", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 5}

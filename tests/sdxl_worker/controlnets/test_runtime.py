@@ -18,8 +18,8 @@ from PIL import Image, ImageDraw
 from safetensors.torch import load_file, save_file
 
 from dev.controlnet import write_controlnet
+from sdxl_worker.controlnets.files import ControlNetSettings
 from sdxl_worker.serving.worker import Worker
-from sdxl_worker.weights.controlnets import ControlNetSettings
 from tests.helpers import RecordingCapture, cpu_settings, decode
 from tests.sdxl_worker.contract.test_image_input import png_header_only
 
@@ -133,7 +133,7 @@ def test_each_controlnets_scale_and_end_reach_the_pipeline(served: Worker) -> No
 
 
 def test_canny_draws_the_edges_white_on_black() -> None:
-    from sdxl_worker.contract.controlnets import canny
+    from sdxl_worker.controlnets.runtime import canny
 
     picture = Image.new("RGB", (64, 64), "black")
     ImageDraw.Draw(picture).rectangle((16, 16, 47, 47), fill=(200, 180, 40))

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from sdxl_worker.contract.job_schema import MAX_PROMPT_CHARS
+from sdxl_worker.embeddings.files import EmbeddingFile, EmbeddingFileError, EmbeddingSettings, inspect, names
 from sdxl_worker.logs import libraries_quiet
+from sdxl_worker.loras.files import confined, signature_of
 from sdxl_worker.sentences import bounded
-from sdxl_worker.weights.embeddings import EmbeddingFile, EmbeddingFileError, EmbeddingSettings, inspect, names
 from sdxl_worker.weights.finite import first_non_finite
-from sdxl_worker.weights.loras import confined, signature_of
 from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError
 from sdxl_worker.weights.safetensors_io import read_tensors
 

@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import save_file
 
 from dev.embedding import write_embedding
+from sdxl_worker.embeddings.files import EmbeddingSettings
 from sdxl_worker.serving.worker import Worker
-from sdxl_worker.weights.embeddings import EmbeddingSettings
 from tests.helpers import cpu_settings, decode
 
 JOB = {"width": 256, "height": 256, "num_inference_steps": 2, "seed": 7}

@@ -21,10 +21,10 @@ from safetensors.torch import load_file, save_file
 from dev.controlnet import write_controlnet
 from dev.ip_adapter import adapter_tensors, write_ip_adapter
 from dev.lora import write_lora
+from sdxl_worker.controlnets.files import ControlNetSettings
+from sdxl_worker.ip_adapters.files import IpAdapterSettings
+from sdxl_worker.loras.files import LoraSettings
 from sdxl_worker.serving.worker import Worker
-from sdxl_worker.weights.controlnets import ControlNetSettings
-from sdxl_worker.weights.ip_adapters import IpAdapterSettings
-from sdxl_worker.weights.loras import LoraSettings
 from tests.helpers import RecordingCapture, cpu_settings, decode
 
 JOB = {"prompt": "a lighthouse", "width": 256, "height": 256, "num_inference_steps": 3, "seed": 9}

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sdxl_worker.loras.files import FLOAT_DTYPES, available, confined, signature_of
 from sdxl_worker.sentences import bounded
-from sdxl_worker.weights.loras import FLOAT_DTYPES, available, confined, signature_of
 from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError, SafetensorsInfo, read_safetensors_header
 
 DEFAULT_EMBEDDINGS_DIR = "/runpod-volume/embeddings"

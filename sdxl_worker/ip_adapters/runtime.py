@@ -18,12 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sdxl_worker.contract.job_schema import IpAdapterRequest
-from sdxl_worker.logs import libraries_quiet
-from sdxl_worker.sentences import bounded
-from sdxl_worker.speed.plain import plain_unet
-from sdxl_worker.weights import architecture
-from sdxl_worker.weights.finite import non_finite_weights
-from sdxl_worker.weights.ip_adapters import (
+from sdxl_worker.ip_adapters.files import (
     ENCODER,
     IpAdapterFile,
     IpAdapterFileError,
@@ -31,7 +26,12 @@ from sdxl_worker.weights.ip_adapters import (
     encoder_config,
     inspect,
 )
-from sdxl_worker.weights.loras import signature_of
+from sdxl_worker.logs import libraries_quiet
+from sdxl_worker.loras.files import signature_of
+from sdxl_worker.sentences import bounded
+from sdxl_worker.speed.plain import plain_unet
+from sdxl_worker.weights import architecture
+from sdxl_worker.weights.finite import non_finite_weights
 from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError, read_safetensors_header
 
 KEPT = 4  # adapters' processors kept between jobs (a published SDXL adapter is 0.7-1.0 GB)
