@@ -29,10 +29,6 @@ class JobControl:
             self._reason = reason
             self._stop.set()
 
-    @property
-    def stopped(self) -> bool:
-        return self._stop.is_set()
-
     def check(self, step: int, total: int) -> None:
         """Raise JobStopped when the job was stopped or ran past its bound; `step` of `total` are done."""
         if not self._stop.is_set() and self.deadline is not None and time.monotonic() > self.deadline:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sdxl_worker.logs import libraries_quiet
+from sdxl_worker.weights.files import read_text_bounded
 from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError, read_safetensors_header
 
 log = logging.getLogger("worker")
@@ -34,7 +35,7 @@ def tiny_decoder_problem(folder: Path) -> str | None:
     if not config_file.is_file():
         return f"{folder} has no config.json"
     try:
-        config = json.loads(config_file.read_bytes()[:1_000_000])
+        config = json.loads(read_text_bounded(config_file))
     except (ValueError, OSError) as exc:
         return f"{config_file} is not readable JSON ({exc})"
     if not isinstance(config, dict) or config.get("_class_name") != TINY_DECODER_CLASS:

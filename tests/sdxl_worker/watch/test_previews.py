@@ -12,6 +12,7 @@ import torch
 
 from dev.tiny_decoder import write_tiny_decoder
 from sdxl_worker.watch.previews import PREVIEW_SIDE, SDXL_LATENT_RGB_BIAS, Previewer, tiny_decoder_problem
+from sdxl_worker.weights.files import MAX_TEXT_BYTES
 from tests.helpers import decode
 
 
@@ -47,6 +48,7 @@ def test_a_tiny_decoder_draws_the_previews(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("damage", "words"), [
     (lambda f: (f / "config.json").unlink(), "has no config.json"),
     (lambda f: (f / "config.json").write_text("{"), "is not readable JSON"),
+    (lambda f: (f / "config.json").write_text(" " * (MAX_TEXT_BYTES + 1)), "larger than any config"),
     (lambda f: (f / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"})), "is no AutoencoderTiny"),
     (lambda f: (f / "config.json").write_text(json.dumps({"_class_name": "AutoencoderTiny", "latent_channels": 16})),
      "decodes 16 latent channels, not SDXL's 4"),
