@@ -163,3 +163,30 @@ def test_with_stream_on_the_local_api_streams_progress_and_previews_then_the_rep
         assert [chunk["step"] for chunk in synced["output"][:-1]] == [1, 2, 3, 4, 5, 6]
     finally:
         stop(process)
+
+
+def test_two_models_behind_the_local_api_never_mix_under_concurrent_jobs(
+        tiny_volume_source: Path, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dev.synthetic_volume import build_volume
+
+    other = build_volume(tmp_path / "other" / "photonicfusion-sdxl", "tiny", ["standard"], seed=7)
+    process, base = start_api(tiny_volume_source, tmp_path / "api.log",
+                              {"MODELS": f"photonic={tiny_volume_source},other={other}"})
+    try:
+        names = ["photonic", "other"] * 3
+        with ThreadPoolExecutor(len(names)) as pool:
+            replies = list(pool.map(lambda name: request(base, "/runsync", {"input": {**JOB, "model": name}},
+                                                         timeout=300), names))
+        outputs = [reply["output"] for status, reply in replies if status == 200 and reply["status"] == "COMPLETED"]
+        assert len(outputs) == len(names), replies
+        by_model: dict[str, set[str]] = {}
+        for name, output in zip(names, outputs, strict=True):
+            assert output["model"]["name"] == name and output["timings"]["switch_s"] >= 0
+            by_model.setdefault(name, set()).add(output["images"][0])
+        # The same job on the same model draws one image; the two models draw two.
+        assert [len(images) for images in by_model.values()] == [1, 1]
+        assert by_model["photonic"] != by_model["other"]
+    finally:
+        stop(process)
