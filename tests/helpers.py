@@ -58,16 +58,10 @@ def every_tensor(pipe: Any) -> dict[str, Any]:
 
 
 def weight_bytes(model: Any) -> int:
-    """Bytes of distinct storage behind a model's parameters: what it holds in memory (for a tensor subclass
-    such as an fp8 weight, the storage of its data and scales)."""
-    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+    """Bytes of distinct storage behind a model's parameters and buffers: what it holds in memory."""
+    from sdxl_worker.serving.models import held_bytes
 
-    storages = {}
-    for param in model.parameters():
-        inner = [getattr(param, name) for name in param.__tensor_flatten__()[0]] \
-            if is_traceable_wrapper_subclass(param) else [param]
-        storages.update({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in inner})
-    return sum(storages.values())
+    return held_bytes([model])
 
 
 def free_port() -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -174,14 +174,24 @@ def memory_in_use(device: str) -> str:
 
 
 def weight_bytes(pipe: Any) -> int:
-    """The bytes of every parameter and buffer of the pipeline's models."""
+    """What the pipeline's models hold in memory: see held_bytes."""
     import torch
 
-    total = 0
-    for component in pipe.components.values():
-        if isinstance(component, torch.nn.Module):
-            total += sum(t.numel() * t.element_size() for t in (*component.parameters(), *component.buffers()))
-    return total
+    return held_bytes(component for component in pipe.components.values() if isinstance(component, torch.nn.Module))
+
+
+def held_bytes(modules: Iterable[Any]) -> int:
+    """Bytes of distinct storage behind the modules' parameters and buffers: views of one tensor (fused q/k/v)
+    counted once, a tensor subclass (an fp8 weight) by the storage of its data and scales."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    storages = {}
+    for module in modules:
+        for tensor in (*module.parameters(), *module.buffers()):
+            inner = [getattr(tensor, name) for name in tensor.__tensor_flatten__()[0]] \
+                if is_traceable_wrapper_subclass(tensor) else [tensor]
+            storages.update({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in inner})
+    return sum(storages.values())
 
 
 def files_signature(worker: Worker) -> tuple[tuple[str, int, int], ...]:
