@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sdxl_worker.logs import configure_logging
+from sdxl_worker.loras.files import signature_of
 from sdxl_worker.sentences import alternatives
 from sdxl_worker.serving.worker import ProgressSink, Worker
 from sdxl_worker.settings import DEFAULT_MODEL_NAME, Settings, SettingsError
@@ -27,6 +28,8 @@ from sdxl_worker.volume.check import check_volume
 from sdxl_worker.watch.control import JobControl
 
 log = logging.getLogger("worker")
+
+FilesSignature = tuple[tuple[str, tuple[int, int, int, int] | None], ...]  # (file, its signature_of)
 
 
 class ModelSet:
@@ -37,7 +40,7 @@ class ModelSet:
         self.sources = settings.model_sources
         self.names = list(self.sources)
         self.loaded: OrderedDict[str, Worker] = OrderedDict()  # least recently used first
-        self.signatures: dict[str, tuple[tuple[str, int, int], ...]] = {}
+        self.signatures: dict[str, FilesSignature] = {}
         self.sizes: dict[str, int] = {}  # weight bytes of each loaded model
         self.resident: str | None = None  # the model on the device
 
@@ -194,13 +197,14 @@ def held_bytes(modules: Iterable[Any]) -> int:
     return sum(storages.values())
 
 
-def files_signature(worker: Worker) -> tuple[tuple[str, int, int], ...]:
-    """(path, size, modification time) of the model's files, as read: a change means the model was replaced."""
+def files_signature(worker: Worker) -> FilesSignature:
+    """Each of the model's files with its signature_of (size, times, inode; None if unreadable): a change means the
+    model was replaced."""
     if worker.report is None:
         return ()
     folder = Path(worker.report.model_path)
-    return tuple((str(path.relative_to(folder)), stat.st_size, stat.st_mtime_ns)
-                 for path in sorted(folder.rglob("*")) if path.is_file() and (stat := path.stat()))
+    return tuple((str(path.relative_to(folder)), signature_of(path)) for path in sorted(folder.rglob("*"))
+                 if path.is_file())
 
 
 def start_from_env(*, warmup: bool = True) -> ModelSet:
