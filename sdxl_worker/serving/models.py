@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -69,14 +69,11 @@ class ModelSet:
         """The first model's worker (the self-test's)."""
         return self.activate(self.names[0])
 
-    def workers(self) -> Iterator[tuple[str, Worker]]:
-        yield from self.loaded.items()
-
     def handle(self, job: dict[str, Any], control: JobControl | None = None,
                progress: ProgressSink | None = None) -> dict[str, Any]:
         """The job through the model it names; an unknown name is one sentence."""
-        asked = job.get("input", {}).get("model") if isinstance(job, dict) and isinstance(job.get("input"),
-                                                                                        dict) else None
+        fields = job.get("input") if isinstance(job, dict) else None
+        asked = fields.get("model") if isinstance(fields, dict) else None
         if isinstance(asked, str) and asked not in self.sources:
             if self.settings.models is None:
                 return {"error": f"Unknown model {asked!r}: this endpoint serves one model (MODEL_PATH), "
