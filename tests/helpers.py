@@ -32,6 +32,13 @@ def drop_variant(volume: Path, variant: str, components: tuple[str, ...] = MODEL
                 path.unlink()
 
 
+def png_b64(image: Any) -> str:
+    """A PIL image as a job sends it: base64 of its PNG."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
 def decode(b64: str) -> Any:
     """A reply's base64 image as a Pillow image (and proof that it is one)."""
     from PIL import Image

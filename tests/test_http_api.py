@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, decode, request, start_api, stop
+from tests.helpers import ROOT, decode, png_b64, request, start_api, stop
 
 pytestmark = pytest.mark.slow
 
@@ -95,17 +95,10 @@ def test_smoke_test_script_against_local_api(api: str) -> None:
 
 
 def test_image_to_image_and_inpainting_over_runsync(api: str) -> None:
-    import base64
-    import io
 
     from PIL import Image
 
-    def png(image: Image.Image) -> str:
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        return base64.b64encode(buffer.getvalue()).decode()
-
-    image, mask = png(Image.new("RGB", (320, 256), (30, 140, 200))), png(Image.new("L", (320, 256), 255))
+    image, mask = png_b64(Image.new("RGB", (320, 256), (30, 140, 200))), png_b64(Image.new("L", (320, 256), 255))
     for fields, mode in (({"image": image, "strength": 0.6}, "img2img"), ({"image": image, "mask": mask}, "inpaint")):
         status, reply = request(api, "/runsync", {"input": {"prompt": "a lighthouse", "num_inference_steps": 2,
                                                             "num_images": 2, **fields}})

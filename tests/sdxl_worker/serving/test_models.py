@@ -46,7 +46,7 @@ def second_alone(second_source: Path) -> list[str]:
 def models_of(*pairs: tuple[str, Path], **fields: object) -> ModelSet:
     settings = cpu_settings(pairs[0][1], models=",".join(f"{name}={path}" for name, path in pairs), **fields)
     models = ModelSet.start(settings, warmup=False)
-    for _, worker in models.loaded.items():
+    for worker in models.loaded.values():
         worker.progress = lambda job, update: None
     return models
 
@@ -76,7 +76,7 @@ def test_each_job_is_drawn_by_the_model_it_names_as_that_model_alone_draws_it(
     assert styled != expected["photonic"]
     assert models.handle(job(model="base", loras=[{"name": "style"}]))["images"] != expected["base"]
     assert models.handle(job(model="photonic"))["images"] == expected["photonic"]
-    assert [name for name, _ in models.loaded.items()] == ["base", "photonic"]  # least recently used first
+    assert list(models.loaded) == ["base", "photonic"]  # least recently used first
 
 
 def test_an_unknown_model_is_one_sentence_with_the_names(pair: ModelSet, tiny_volume_source: Path) -> None:
@@ -112,10 +112,10 @@ def test_the_host_memory_budget_drops_the_least_recently_used_and_reads_it_again
                        model_host_cache_gb=1.5 * size / 1e9)  # room for one model besides the one serving
     for name in ["b", "c"]:
         models.handle(job(model=name))
-    assert [name for name, _ in models.loaded.items()] == ["b", "c"]  # a, the oldest, dropped
+    assert list(models.loaded) == ["b", "c"]  # a, the oldest, dropped
     first_b = models.loaded["b"]
     models.handle(job(model="a"))  # read again; b is now the oldest beyond the budget
-    assert [name for name, _ in models.loaded.items()] == ["c", "a"]
+    assert list(models.loaded) == ["c", "a"]
     models.handle(job(model="b"))
     assert models.loaded["b"] is not first_b
 

@@ -5,8 +5,6 @@ updates and previews in order, the reply last."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,7 +21,7 @@ from sdxl_worker.serving.runpod_handler import STOPPED_BY_RUNPOD, RunpodHandler
 from sdxl_worker.serving.worker import Worker
 from sdxl_worker.speed.cuda_graphs import graph_unet
 from sdxl_worker.watch.settings import WatchSettings
-from tests.helpers import RecordingCapture, cpu_settings, decode, every_tensor
+from tests.helpers import RecordingCapture, cpu_settings, decode, every_tensor, png_b64
 
 JOB = {"prompt": "a photonic lighthouse", "width": 256, "height": 256, "num_inference_steps": 50, "seed": 3}
 
@@ -106,12 +104,6 @@ def model_weights(worker: Worker) -> dict[str, Any]:
     them, which are not the model's."""
     return {name.replace(".base_layer.", "."): tensor.clone() for name, tensor in every_tensor(worker.pipe).items()
             if ".lora_" not in name}
-
-
-def png_b64(image: Any) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def test_a_stopped_lora_or_controlnet_job_leaves_the_model_bit_identical(served: Worker) -> None:

@@ -13,7 +13,7 @@ import pytest
 from sdxl_worker.serving import worker as worker_module
 from sdxl_worker.serving.models import start_from_env
 from sdxl_worker.serving.worker import Worker
-from tests.helpers import cpu_settings, decode
+from tests.helpers import cpu_settings, decode, png_b64
 
 SMALL = {"prompt": "a photonic lighthouse", "width": 256, "height": 256, "num_inference_steps": 3}
 
@@ -242,7 +242,7 @@ def test_out_of_memory_answers_sizes_and_keeps_serving(worker: Worker, monkeypat
     reply = run(worker, width=2048, height=1024, num_images=4, seed=1, output_format="jpeg")
     assert reply == {"error": "CUDA out of memory generating 4 image(s) of 2048x1024; the largest job that has fit "
                               "on this worker is 1 image(s) of 512x256: retry with fewer images or a smaller size."}
-    image_job = run_image(worker, image=_png_b64(_source_image()), num_images=2)
+    image_job = run_image(worker, image=png_b64(_source_image()), num_images=2)
     assert image_job["error"].startswith("CUDA out of memory generating 2 image(s) of 296x264;")
     monkeypatch.undo()
     assert "images" in run(worker)
@@ -398,15 +398,6 @@ def test_refusals_are_bounded_whatever_the_input(worker: Worker, caplog: pytest.
     assert all(len(record.getMessage()) < 800 for record in caplog.records)
 
 
-def _png_b64(image: object) -> str:
-    import base64
-    import io
-
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
 def run_image(worker: Worker, **fields: object) -> dict:
     """A job without width and height: the input image decides the size."""
     return worker.handle({"id": "image-job", "input": {"prompt": SMALL["prompt"], "num_inference_steps": 4, **fields}})
@@ -421,7 +412,7 @@ def _source_image() -> object:
 
 def test_image_to_image_follows_its_input_and_its_strength(worker: Worker) -> None:
     """The image sets the size (cut to multiples of 8) and anchors the result: a low strength stays nearer it."""
-    source = _png_b64(_source_image())
+    source = png_b64(_source_image())
     light = run_image(worker, image=source, strength=0.3, seed=4)
     strong = run_image(worker, image=source, strength=1.0, seed=4)
     assert (light["mode"], light["width"], light["height"]) == ("img2img", 296, 264)
@@ -437,7 +428,7 @@ def test_inpainting_repaints_the_masked_part(worker: Worker) -> None:
     source = _source_image()
     mask = Image.new("L", source.size, 0)
     mask.paste(255, (0, 0, 150, 264))
-    reply = run_image(worker, image=_png_b64(source), mask=_png_b64(mask), strength=1.0, seed=6)
+    reply = run_image(worker, image=png_b64(source), mask=png_b64(mask), strength=1.0, seed=6)
     assert reply["mode"] == "inpaint" and decode(reply["images"][0]).size == (296, 264)
     out = pixels(reply["images"][0])
     original = np.asarray(source.resize((296, 264))).astype(int)
