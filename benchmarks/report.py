@@ -15,6 +15,7 @@ from benchmarks.results import (
     Run,
     Spread,
     StockGeneration,
+    SwitchResult,
     TracingResult,
     WorkloadResult,
 )
@@ -32,7 +33,7 @@ def render(run: Run) -> str:
                   "are overheads (imports, threads, Python), not what a full-size model does: loaders and speed "
                   "options are compared at `--scale full`."]
     lines += _generation(run) + _features(run) + _workload(run) + _cached_starts(run) + _loads(run)
-    lines += _network_loads(run) + _prepare(run)
+    lines += _network_loads(run) + _prepare(run) + _switches(run)
     lines += _profiles(run) + _attention(run) + _meta(run)
     failures = run.of(Failure)
     if failures:
@@ -165,6 +166,21 @@ def _prepare(run: Run) -> list[str]:
     lines += [f"| {name} (cache: {r.cache_drop}) | {r.bytes_read / 1e9:.2f} GB | {r.bytes_written / 1e9:.2f} GB | "
               f"{_spread(r.raw_copy)} | {_spread(r.ours)} | {_spread(r.ours_write)} | **{r.ratio:.2f}x** | "
               f"{r.peak_rss_gib} GiB |" for name, r in results]
+    return lines
+
+
+def _switches(run: Run) -> list[str]:
+    results = run.of(SwitchResult)
+    if not results:
+        return []
+    lines = ["", "Two models on one worker, a fine-tune beside its base (MODELS): a switch between the two loaded "
+             "models (the reply's switch_s) and the inference time of the first job after it and of the next one "
+             "(seconds: median, range).", "",
+             "| scenario | first read | switch | first job after | next job | one model | held besides the serving "
+             "one | shared |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {name} | {s.first_read_s} s | {_spread(s.switch)} | {_spread(s.first_job_after)} | "
+              f"{_spread(s.next_job)} | {s.model_gib} GiB | {s.host_gib} GiB | {', '.join(s.shared) or 'none'} |"
+              for name, s in results]
     return lines
 
 

@@ -206,6 +206,19 @@ class PrepareResult:
 
 
 @dataclass(frozen=True)
+class SwitchResult:
+    """Two models on one worker, a fine-tune beside its base (MODELS): switches between them once both are loaded."""
+
+    first_read_s: float  # the first job naming the second model: reading it (and its warm-up)
+    switch: Spread  # the reply's switch_s
+    first_job_after: Spread  # inference seconds of the first job after a switch
+    next_job: Spread  # and of the job after it, on the same model
+    model_gib: float  # one model's weights
+    host_gib: float  # what the model not serving holds besides the serving one's
+    shared: tuple[str, ...]  # the components the two hold once
+
+
+@dataclass(frozen=True)
 class FeatureJob:
     """One kind of job beyond text to image, warm, and how the UNet served it (per job; None: no CUDA graph)."""
 
@@ -275,7 +288,8 @@ class Failure:
 
 
 Result = (LoadResult | NetworkLoadResult | StockGeneration | GenerationResult | CachedStart | AttentionResult
-          | FlopsResult | TracingResult | PrepareResult | FeaturesResult | WorkloadResult | Failure)
+          | FlopsResult | TracingResult | PrepareResult | FeaturesResult | WorkloadResult | SwitchResult
+          | Failure)
 
 
 @dataclass

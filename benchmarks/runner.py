@@ -18,7 +18,8 @@ from benchmarks.results import Failure, Result, Run
 from benchmarks.scenarios import Scenario
 from benchmarks.stages.common import environment, free
 
-VOLUME_STAGES = {"loads", "network_loads", "generation", "features", "workload", "cached_start", "prepare"}
+VOLUME_STAGES = {"loads", "network_loads", "generation", "features", "workload", "cached_start", "prepare",
+                 "switch"}
 
 
 class Bench:
@@ -52,6 +53,7 @@ def run_scenarios(bench: Bench, scenarios: list[Scenario], *, scale: str, device
     from benchmarks.stages.io import measure_loads
     from benchmarks.stages.netfs import measure_network_loads
     from benchmarks.stages.prepare import measure_prepare
+    from benchmarks.stages.switch import measure_switch
     from benchmarks.stages.tracing import measure_tracing
     from benchmarks.stages.workload import measure_workload
     from dev.netfs import unavailable
@@ -98,6 +100,8 @@ def run_scenarios(bench: Bench, scenarios: list[Scenario], *, scale: str, device
                     bench.record(scenario.name, measure_features(settings, size, steps, runs, volume_dir / "loras"))
                 elif stage == "workload":
                     bench.record(scenario.name, measure_workload(settings, size, steps, runs, volume_dir / "loras"))
+                elif stage == "switch":
+                    bench.record(scenario.name, measure_switch(settings, size, steps, runs, volume_dir))
                 elif stage == "cached_start":
                     bench.record(scenario.name, measure_cached_start(settings, size, steps))
                 elif stage == "prepare":

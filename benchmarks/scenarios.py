@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Stage = Literal["loads", "network_loads", "attention", "generation", "profile", "features", "workload", "cached_start",
-                "flops", "tracing", "prepare"]
+                "flops", "tracing", "prepare", "switch"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ FLOPS = Scenario("UNet FLOPs", ("flops",))
 TRACING = Scenario("Dynamo tracing", ("tracing",))
 PREPARE = Scenario("add-fp16", ("prepare",))
 NETWORK_LOADS = Scenario("network volume", ("network_loads",))
+SWITCH = Scenario("two models", ("switch",))
 COMPILED_BLOCKS = {"COMPILE": "1", "COMPILE_SCOPE": "blocks"}
 
 SUITES: dict[str, tuple[Scenario, ...]] = {
@@ -78,6 +79,8 @@ SUITES: dict[str, tuple[Scenario, ...]] = {
     "netfs": (NETWORK_LOADS,),
     # Writing the fp16 set onto a volume that lacks it: CPU and disk only, any machine.
     "prepare": (PREPARE,),
+    # Several models on one worker (MODELS): a switch between a fine-tune and its base, and the job after it.
+    "models": (SWITCH,),
     "compile-full": (
         Scenario("ours compiled", ("generation", "profile", "cached_start"),
                  {"COMPILE": "1", "COMPILE_MODE": "reduce-overhead"}),
@@ -99,5 +102,6 @@ SUITES: dict[str, tuple[Scenario, ...]] = {
         FLOPS,
         TRACING,
         PREPARE,
+        SWITCH,
     ),
 }

@@ -36,6 +36,10 @@ from sdxl_worker.weights.finite import first_non_finite
 from sdxl_worker.weights.safetensors_header import SafetensorsHeaderError
 from sdxl_worker.weights.safetensors_io import read_tensors
 
+# Adapter names unique in the process: two models sharing their text encoders (MODELS) add adapters to the same
+# modules, and PEFT refuses a name already there.
+ADAPTER_IDS = itertools.count()
+
 
 @dataclass
 class LoadedLora:
@@ -57,7 +61,6 @@ class LoraAdapters:
         # Compiled code (the whole UNet's or its blocks') guards on the layers a LoRA adds.
         self.keep_in_model = not compiled
         self.loaded: OrderedDict[str, LoadedLora] = OrderedDict()  # least recently used first
-        self._ids = itertools.count()
 
     @property
     def held_bytes(self) -> int:
@@ -118,7 +121,7 @@ class LoraAdapters:
             tensors = _read_finite(file)
             dtype_size = next(plain_module(pipe.unet).parameters()).element_size()
             held = sum(t.numel() for t in tensors.values()) * dtype_size if self.keep_in_model else file.bytes
-            lora = LoadedLora(file, f"lora{next(self._ids)}", held,
+            lora = LoadedLora(file, f"lora{next(ADAPTER_IDS)}", held,
                               tensors=None if self.keep_in_model else tensors)
             self._evict(pipe, self.settings.lora_cache_mb * 1_000_000 - held, keep)
             self._into_model(pipe, lora, tensors)

@@ -6,7 +6,9 @@ memory up to MODEL_HOST_CACHE_GB, least recently used dropped first and read aga
 switch moves the weights of the model going out to host memory and those of the model coming in to the device
 (into the same module objects), and drops the captured CUDA graphs of both, which are bound to the old weights'
 addresses: the next job of each shape captures again. On the CPU the device is host memory: a switch moves
-nothing. A model whose files changed on the volume since it was read is read again.
+nothing. A model whose files changed on the volume since it was read is read again. Components identical to those
+of a model already loaded (a fine-tune's text encoders and VAE next to its base) are shared, not held twice
+(serving/shared_components.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 from sdxl_worker.logs import configure_logging
 from sdxl_worker.loras.files import signature_of
 from sdxl_worker.sentences import alternatives
+from sdxl_worker.serving.shared_components import Digests, adopt, digests
 from sdxl_worker.serving.worker import ProgressSink, Worker
 from sdxl_worker.settings import DEFAULT_MODEL_NAME, Settings, SettingsError
 from sdxl_worker.speed.cuda_graphs import graphed_forward
@@ -41,7 +44,7 @@ class ModelSet:
         self.names = list(self.sources)
         self.loaded: OrderedDict[str, Worker] = OrderedDict()  # least recently used first
         self.signatures: dict[str, FilesSignature] = {}
-        self.sizes: dict[str, int] = {}  # weight bytes of each loaded model
+        self.digests: dict[str, Digests] = {}  # each loaded model's shareable components, as read
         self.resident: str | None = None  # the model on the device
 
     @classmethod
@@ -119,30 +122,56 @@ class ModelSet:
         worker.name = name if self.settings.models is not None else None
         self.loaded[name] = worker
         self.signatures[name] = files_signature(worker)
-        self.sizes[name] = weight_bytes(worker.pipe) if worker.pipe is not None else 0
         if worker.pipe is not None:
-            log.info("model %r (%s) read in %.2f s: %.2f GB of weights; %s", name, source,
-                     time.perf_counter() - started, self.sizes[name] / 1e9, memory_in_use(worker.record.device))
+            shared = self._share(name, worker) if len(self.names) > 1 else []
+            log.info("model %r (%s) read in %.2f s: %.2f GB of weights%s; %s", name, source,
+                     time.perf_counter() - started, weight_bytes(worker.pipe) / 1e9,
+                     "".join(f", {group} shared with model {other!r}" for group, other in shared),
+                     memory_in_use(worker.record.device))
         return worker
+
+    def _share(self, name: str, worker: Worker) -> list[tuple[str, str]]:
+        """`worker` takes the components it has in common with a loaded model; the groups taken and from whom."""
+        started = time.perf_counter()
+        self.digests[name] = found = digests(worker.pipe)
+        shared = []
+        for group, digest in found.items():
+            donor = next((other for other, theirs in self.digests.items()
+                          if other != name and other in self.loaded and theirs.get(group) == digest), None)
+            if donor is not None:
+                adopt(worker, self.loaded[donor], group)
+                shared.append((group, donor))
+        if shared:
+            move(worker, worker.record.device)  # what it took from a model in host memory, onto its device
+        log.info("model %r: its components compared with the other models' in %.2f s", name,
+                 time.perf_counter() - started)
+        return shared
+
+    def host_bytes(self) -> int:
+        """What the models besides the resident one hold: a tensor several share counted once, one the resident
+        model shares not at all (MODEL_HOST_CACHE_GB's measure)."""
+        resident = self.loaded.get(self.resident) if self.resident is not None else None
+        serving = storage_sizes(pipe_modules(resident.pipe)) if resident is not None and resident.pipe else {}
+        held = storage_sizes(module for other in self.loaded.values() if other is not resident and other.pipe
+                             for module in pipe_modules(other.pipe))
+        return sum(size for storage, size in held.items() if storage not in serving)
 
     def _trim(self) -> None:
         """Drop the least recently used models past MODEL_HOST_CACHE_GB (the resident one is not counted)."""
         budget = self.settings.model_host_cache_gb * 1e9
-        held = {name: self.sizes.get(name, 0) for name in self.loaded if name != self.resident}
-        for name in list(held):  # oldest first
-            if sum(held.values()) <= budget:
+        for name in [name for name in self.loaded if name != self.resident]:  # oldest first
+            if self.host_bytes() <= budget:
                 break
             log.info("model %r dropped from host memory (MODEL_HOST_CACHE_GB=%g); read again when asked for",
                      name, self.settings.model_host_cache_gb)
             self._drop(name)
-            del held[name]
 
     def _drop(self, name: str) -> None:
         import gc
 
         self.loaded.pop(name, None)
         self.signatures.pop(name, None)
-        self.sizes.pop(name, None)
+        self.digests.pop(name, None)
         if self.resident == name:
             self.resident = None
         gc.collect()
@@ -173,16 +202,27 @@ def memory_in_use(device: str) -> str:
     return text
 
 
-def weight_bytes(pipe: Any) -> int:
-    """What the pipeline's models hold in memory: see held_bytes."""
+def pipe_modules(pipe: Any) -> list[Any]:
+    """The pipeline's models (its components that hold weights)."""
     import torch
 
-    return held_bytes(component for component in pipe.components.values() if isinstance(component, torch.nn.Module))
+    return [component for component in pipe.components.values() if isinstance(component, torch.nn.Module)]
+
+
+def weight_bytes(pipe: Any) -> int:
+    """What the pipeline's models hold in memory: see held_bytes."""
+    return held_bytes(pipe_modules(pipe))
 
 
 def held_bytes(modules: Iterable[Any]) -> int:
-    """Bytes of distinct storage behind the modules' parameters and buffers: views of one tensor (fused q/k/v)
-    counted once, a tensor subclass (an fp8 weight) by the storage of its data and scales."""
+    """Bytes of distinct storage behind the modules' parameters and buffers: see storage_sizes."""
+    return sum(storage_sizes(modules).values())
+
+
+def storage_sizes(modules: Iterable[Any]) -> dict[tuple[str, int], int]:
+    """Each distinct storage behind the modules' parameters and buffers, by device and address, with its bytes:
+    views of one tensor (fused q/k/v) once, a tensor subclass (an fp8 weight) by the storages of its data and
+    scales."""
     from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
     storages = {}
@@ -190,8 +230,9 @@ def held_bytes(modules: Iterable[Any]) -> int:
         for tensor in (*module.parameters(), *module.buffers()):
             inner = [getattr(tensor, name) for name in tensor.__tensor_flatten__()[0]] \
                 if is_traceable_wrapper_subclass(tensor) else [tensor]
-            storages.update({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in inner})
-    return sum(storages.values())
+            storages.update({(str(t.device), t.untyped_storage().data_ptr()): t.untyped_storage().nbytes()
+                             for t in inner})
+    return storages
 
 
 def files_signature(worker: Worker) -> FilesSignature:

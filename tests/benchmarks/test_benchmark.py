@@ -76,7 +76,7 @@ def test_the_chart_draws_each_scenario(tmp_path: Path) -> None:
 SMOKE_PARTS = {
     "jobs": ("smoke", ("loads", "attention kernels", "ours", "ours nofuse", "ours fp8")),
     "compiled": ("smoke", ("ours compiled blocks",)),
-    "prepare": ("smoke", ("add-fp16",)),
+    "prepare": ("smoke", ("add-fp16", "two models")),
     "meta": ("meta", ()),
 }
 
@@ -154,10 +154,15 @@ def test_smoke_compiled_blocks_and_their_cached_start_at_tiny_scale(tmp_path: Pa
 @pytest.mark.slow
 def test_smoke_prepare_at_tiny_scale(tmp_path: Path) -> None:
     by_name, table, _ = run_smoke(tmp_path, "prepare")
-    assert set(by_name) == {("add-fp16", "PrepareResult")}
+    assert set(by_name) == {("add-fp16", "PrepareResult"), ("two models", "SwitchResult")}
     prepared = by_name["add-fp16", "PrepareResult"]
     assert prepared["bytes_written"] * 2 == pytest.approx(prepared["bytes_read"], rel=0.01)
     assert prepared["peak_rss_gib"] > 0 and "| add-fp16 (cache: fadvise DONTNEED) |" in table
+    # The fine-tune beside its base holds its own UNet only; each of the 2 runs is a switch there and back.
+    switch = by_name["two models", "SwitchResult"]
+    assert switch["shared"] == ["text_encoder", "text_encoder_2", "vae"] and 0 < switch["host_gib"] < \
+        switch["model_gib"]
+    assert len(switch["switch"]["runs"]) == len(switch["next_job"]["runs"]) == 4 and "| two models | " in table
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """Several models behind one endpoint (MODELS): each job drawn by the model it names, exactly as a worker serving
 that model alone draws it; LoRAs reach only the job's model; the host-memory budget drops the least recently
-used; a model replaced on the volume is read again; a broken or unknown model is one sentence."""
+used; a model replaced on the volume is read again; a broken or unknown model is one sentence; a fine-tune shares
+its base's text encoders and VAE."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from dev.embedding import write_embedding
 from dev.lora import write_lora
 from dev.synthetic_volume import build_volume
+from sdxl_worker.embeddings.files import EmbeddingSettings
 from sdxl_worker.loras.files import LoraSettings
-from sdxl_worker.serving.models import ModelSet, weight_bytes
+from sdxl_worker.serving.models import ModelSet, held_bytes, weight_bytes
+from sdxl_worker.serving.shared_components import GROUPS
 from sdxl_worker.serving.worker import Worker
 from tests.helpers import cpu_settings
 
@@ -77,6 +81,8 @@ def test_each_job_is_drawn_by_the_model_it_names_as_that_model_alone_draws_it(
     assert models.handle(job(model="base", loras=[{"name": "style"}]))["images"] != expected["base"]
     assert models.handle(job(model="photonic"))["images"] == expected["photonic"]
     assert list(models.loaded) == ["base", "photonic"]  # least recently used first
+    photonic, base = models.loaded["photonic"].pipe, models.loaded["base"].pipe
+    assert not any(getattr(photonic, name) is getattr(base, name) for names in GROUPS.values() for name in names)
 
 
 def test_an_unknown_model_is_one_sentence_with_the_names(pair: ModelSet, tiny_volume_source: Path) -> None:
@@ -105,8 +111,7 @@ def test_a_broken_model_is_refused_by_name_while_the_others_serve(tiny_volume_so
 
 def test_the_host_memory_budget_drops_the_least_recently_used_and_reads_it_again(
         tiny_volume_source: Path, second_source: Path, tmp_path: Path, worker: Worker) -> None:
-    third = tmp_path / "third"
-    shutil.copytree(second_source, third)
+    third = build_volume(tmp_path / "third", "tiny", ["standard"], seed=11)  # nothing in common with the others
     size = weight_bytes(worker.pipe)  # each tiny model's: the same architecture
     models = models_of(("a", tiny_volume_source), ("b", second_source), ("c", third),
                        model_host_cache_gb=1.5 * size / 1e9)  # room for one model besides the one serving
@@ -131,3 +136,42 @@ def test_a_model_replaced_on_the_volume_is_read_again_at_its_next_switch(
     shutil.copytree(second_source, changing)
     after = models.handle(job(model="a"))
     assert after["images"] != before and after["images"] == second_alone  # now b's files
+
+
+@pytest.fixture(scope="module")
+def fine_tune(tiny_volume_source: Path, second_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with another UNet: its text encoders, tokenizers and VAE the same files, as a fine-tune's."""
+    folder = tmp_path_factory.mktemp("fine-tune") / "photonicfusion-sdxl"
+    shutil.copytree(tiny_volume_source, folder)
+    shutil.rmtree(folder / "unet")
+    shutil.copytree(second_source / "unet", folder / "unet")
+    return folder
+
+
+def test_a_fine_tune_shares_its_bases_text_encoders_and_vae_and_draws_as_it_does_alone(
+        tiny_volume_source: Path, fine_tune: Path, lora_dir: Path, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    write_embedding(tiny_volume_source, tmp_path / "grainy.safetensors", vectors=3, seed=1)
+    addons = {"loras": LoraSettings(lora_dir=str(lora_dir)),
+              "embeddings": EmbeddingSettings(embeddings_dir=str(tmp_path))}
+    with_both = {"prompt": "a grainy photonic lighthouse", "loras": [{"name": "style"}]}
+    expected = {}
+    for name, source in (("base", tiny_volume_source), ("tuned", fine_tune)):
+        lone = Worker.start(cpu_settings(source, **addons), warmup=False)
+        lone.progress = lambda job, update: None
+        expected[name] = [lone.handle(job(**fields))["images"] for fields in ({}, with_both)]
+    with caplog.at_level("INFO"):
+        models = models_of(("base", tiny_volume_source), ("tuned", fine_tune), **addons)
+        # Each model's plain job, then its job with a LoRA (text encoders' layers too) and an embedding, then
+        # plain again: the LoRA layers and embedding tokens one model's job adds to the shared encoders reach
+        # no other job.
+        for name in ["tuned", "base", "tuned", "base", "tuned", "base"]:
+            for fields, image in zip(({}, with_both, {}), (*expected[name], expected[name][0]), strict=True):
+                assert models.handle(job(model=name, **fields))["images"] == image, (name, fields)
+    assert "model 'tuned' (" in caplog.text and "text encoders shared with model 'base', VAE shared with " \
+        "model 'base'" in caplog.text
+    base, tuned = models.loaded["base"].pipe, models.loaded["tuned"].pipe
+    assert all(getattr(tuned, name) is getattr(base, name) for names in GROUPS.values() for name in names)
+    assert tuned.unet is not base.unet
+    # Held in host memory besides the serving model (base, the last job's): the fine-tune's UNet alone.
+    assert models.resident == "base" and models.host_bytes() == held_bytes([tuned.unet])
