@@ -5,6 +5,7 @@
                                              [--dry-run] [--json] [--progress]
     python prepare_volume.py convert-bin MODEL_DIR [--dry-run] [--json] [--progress]
     python prepare_volume.py plan MODEL_DIR [--json]
+    python prepare_volume.py compile MODEL_DIR [--shapes WxH,...] [--device cuda|cpu] [--json]
 
 `add-fp16` writes the fp16 variant of every model component whose fp16 set is missing or broken, from its
 standard files (sdxl_worker/prepare/fp16_set.py): without it every cold start reads twice the bytes.
@@ -13,7 +14,9 @@ to its source cast. `from-single-file` converts an SDXL single-file checkpoint i
 the fp16 variant (sdxl_worker/prepare/single_file.py). `convert-bin` writes safetensors files from components'
 pickled `.bin` weights, which the worker never loads, refusing any pickle that is not plain tensors
 (sdxl_worker/prepare/bin_weights.py). `plan` (and `--dry-run`) says what would be written, how
-many bytes and the free space, and writes nothing.
+many bytes and the free space, and writes nothing. `compile` compiles the UNet ahead of time for the worker's torch,
+device and dtype, one package a size (sdxl_worker/prepare/compile.py): a worker with AOT=auto (the default) then
+runs those sizes compiled with no compiling at start.
 
 Before the first byte, the free space is checked. Every file is written under a hidden temporary name, fsynced
 and renamed into place (an index last; a new folder is renamed as a whole), so a crash or kill at any moment
@@ -36,6 +39,7 @@ from sdxl_worker.sentences import without_packages
 try:
     from sdxl_worker.logs import configure_logging
     from sdxl_worker.prepare.commands import add_fp16, convert_bin, from_single_file, progress_bar
+    from sdxl_worker.prepare.compile import compile_packages, parse_shapes
     from sdxl_worker.prepare.fp16_set import PrepareError
     from sdxl_worker.prepare.pipeline_files import ConfigFolderError
 except ModuleNotFoundError as missing:  # started by a Python without the worker's packages
@@ -60,7 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     bins.add_argument("model_dir", type=Path)
     plan = commands.add_parser("plan", help="what add-fp16 would write; writes nothing")
     plan.add_argument("model_dir", type=Path)
-    for sub in (add, convert, bins, plan):
+    aot = commands.add_parser("compile", help="compile the UNet ahead of time for this torch and device")
+    aot.add_argument("model_dir", type=Path)
+    aot.add_argument("--shapes", default="1024x1024", help="image sizes WxH, comma-separated (default 1024x1024)")
+    aot.add_argument("--device", choices=("cuda", "cpu"), default=None,
+                     help="where the worker runs (default: cuda when there is one, else cpu)")
+    for sub in (add, convert, bins, plan, aot):
         sub.add_argument("--json", action="store_true", help="print a machine-readable summary")
     for sub in (add, convert, bins):
         sub.add_argument("--dry-run", action="store_true", help="say what would be written; write nothing")
@@ -73,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "from-single-file":
             summary = from_single_file(args.checkpoint, args.model_dir, config_dir=args.config, vae_dir=args.vae,
                                        dry_run=args.dry_run, progress=progress)
+        elif args.command == "compile":
+            try:
+                shapes = parse_shapes(args.shapes)
+            except ValueError as exc:
+                parser.error(f"--shapes: {exc}")
+            summary = compile_packages(args.model_dir, shapes, args.device or default_device())
         elif args.command == "convert-bin":
             summary = convert_bin(args.model_dir, dry_run=args.dry_run, progress=progress)
         else:
@@ -91,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(summary.render())
     return summary.exit_code
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 if __name__ == "__main__":

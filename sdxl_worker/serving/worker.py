@@ -140,7 +140,7 @@ class Worker:
                 pipe, record = load_planned(plan, streams=settings.load_streams)
             loaded = time.perf_counter()
             # 5. Speed options.
-            speed = apply_speedups(pipe, settings.speed, device)
+            speed = apply_speedups(pipe, settings.speed, device, Path(report.model_path) if report else None)
             log.info("speed options applied: %s", ", ".join(speed.labels()) or "none")
             worker = cls(pipe, record, settings=settings, report=report, speed=speed)
             worker.start_timings = {"load_s": loaded - started, "speedups_s": time.perf_counter() - loaded}

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sdxl_worker.speed.aot import use_packages
 from sdxl_worker.speed.attention import configure_attention
 from sdxl_worker.speed.cuda_graphs import graph_unet
 from sdxl_worker.speed.fp8_linear import cast_for_fp8, fp8_unsupported_reason, quantize_unet_fp8
@@ -67,6 +68,11 @@ class SpeedOptions(BaseModel):
         "A folder on the volume for the compiled kernels, reused by later starts (the image sets one)."))
     torchinductor_cache_dir: str | None = Field(None, description=(
         "torch's own: the kernels' folder when `COMPILE_CACHE_DIR` is unset; with neither, every start compiles."))
+    aot: Literal["auto", "off"] = Field("auto", description=(
+        "`auto`: the model folder's compiled UNet packages (`prepare_volume.py compile`) built for this worker's "
+        "torch, device, dtype and weights run their shapes, with no compiling at start; `off`: never."))
+    aot_extract_dir: str = Field("/dev/shm", min_length=1, description=(
+        "Where a compiled package's library is unpacked at start: memory-backed, never the container disk."))
     quantize: Literal["none", "fp8"] = Field("none", description=(
         "`fp8` linear layers in the UNet's blocks (compute capability 8.9+, else skipped): measured slower, "
         "and it changes the output."))
@@ -129,6 +135,7 @@ class SpeedReport:
     compile_mode: str | None = None
     compile_scope: str | None = None
     compile_cache_dir: str | None = None
+    aot_packages: int = 0
     skipped: tuple[tuple[str, str], ...] = ()  # (setting, why)
 
     @property
@@ -142,7 +149,8 @@ class SpeedReport:
         flags = {"vae_dtype=bf16": self.vae_bf16, "fuse_qkv": self.fuse_qkv, "channels_last": self.channels_last,
                  "cudnn_benchmark": self.cudnn_benchmark, f"attention={self.attention}": self.attention != "sdpa",
                  f"quantize=fp8, fp8_layers={self.fp8_layers}": self.fp8_layers > 0, "cuda_graphs": self.cuda_graphs,
-                 f"compile={self.compile_mode}, compile_scope={self.compile_scope}": self.compile_mode is not None}
+                 f"compile={self.compile_mode}, compile_scope={self.compile_scope}": self.compile_mode is not None,
+                 f"aot_packages={self.aot_packages}": self.aot_packages > 0}
         return [label for label, on in flags.items() if on] + [f"{setting} skipped" for setting, _ in self.skipped]
 
 
@@ -157,7 +165,7 @@ def use_compile_cache(cache_dir: str) -> None:
     os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
 
 
-def apply_speedups(pipe: Any, options: SpeedOptions, device: str) -> SpeedReport:
+def apply_speedups(pipe: Any, options: SpeedOptions, device: str, model_dir: Path | None = None) -> SpeedReport:
     """Apply `options` to `pipe` in place, in the order the module's docstring explains; say what was done."""
     import torch
 
@@ -200,6 +208,10 @@ def apply_speedups(pipe: Any, options: SpeedOptions, device: str) -> SpeedReport
     # on every parameter: off from the start, a LoRA job leaves the guards of the code compiled before it intact.
     for model in (pipe.unet, pipe.vae):
         model.requires_grad_(False)
+    if options.aot == "auto" and not options.compile and not fp8 and model_dir is not None:
+        # Under the CUDA graphs, which then capture the package's kernels.
+        aot = use_packages(pipe.unet, model_dir, device, options.aot_extract_dir)
+        done["aot_packages"] = len(aot.runners) if aot is not None else 0
     if options.use_cuda_graphs and on_cuda:
         graph_unet(pipe.unet, max_graphs=options.cuda_graph_max)
         done["cuda_graphs"] = True

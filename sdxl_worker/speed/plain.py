@@ -19,8 +19,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sdxl_worker.speed.cuda_graphs import GraphedForward
-
 
 def plain_module(module: Any) -> Any:
     """The module itself under a `torch.compile` wrapper (the wrapper's `_orig_mod`), else `module`."""
@@ -35,13 +33,18 @@ def plain_unet(pipe: Any) -> Iterator[Any]:
 
     wrapped = pipe.unet
     unet = plain_module(wrapped)
-    graphed = unet.forward if isinstance(unet.forward, GraphedForward) else None
+    # The forwards standing in for the UNet's own (a CUDA graph's, a compiled package's), outermost first.
+    standing_in = []
+    forward = unet.__dict__.get("forward")
+    while hasattr(forward, "bypass"):
+        standing_in.append(forward)
+        forward = forward.eager
     processors = dict(unet.attn_processors)
     fused = any(isinstance(p, FusedAttnProcessor2_0) for p in processors.values())
     if unet is not wrapped:
         pipe.unet = unet
-    if graphed is not None:
-        graphed.bypass = True
+    for stand_in in standing_in:
+        stand_in.bypass = True
     if fused:
         unet.set_attn_processor(AttnProcessor2_0())
     try:
@@ -50,7 +53,7 @@ def plain_unet(pipe: Any) -> Iterator[Any]:
     finally:
         if fused:
             unet.set_attn_processor(processors)
-        if graphed is not None:
-            graphed.bypass = False
+        for stand_in in standing_in:
+            stand_in.bypass = False
         if unet is not wrapped:
             pipe.unet = wrapped

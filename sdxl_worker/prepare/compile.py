@@ -1,0 +1,94 @@
+"""`prepare_volume.py compile`: the UNet compiled ahead of time (AOTInductor) for the worker's module structure, one
+package a shape, next to the model (speed/aot.py), so that no start ever compiles.
+
+The model is loaded as the worker loads it on the device named (its dtype, fused q/k/v), exported and compiled; the
+compiler is silent for minutes, so a line every 30 s says it is still working. Each package is compiled into a
+hidden folder beside the others and renamed into place whole, under the model folder's writer lock: a crash leaves
+no half-written package the worker would read, and a rerun removes the leftovers.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sdxl_worker.prepare.commands import Summary, finish
+from sdxl_worker.prepare.fp16_set import PrepareError
+from sdxl_worker.prepare.lock import writer_lock
+from sdxl_worker.speed.aot import AOT_DIR, Shape, compile_unet, shape_name
+from sdxl_worker.volume.check import check_volume
+
+TEMPORARY = ".compiling-"
+
+
+def parse_shapes(text: str) -> list[Shape]:
+    """`WxH,WxH`: image sizes, each compiled for one image with guidance (batch 2); ValueError naming a bad one."""
+    shapes = []
+    for part in text.split(","):
+        width, _, height = part.strip().partition("x")
+        if not (width.isdigit() and height.isdigit()) or int(width) % 8 or int(height) % 8 or \
+                not 256 <= int(width) <= 4096 or not 256 <= int(height) <= 4096:
+            raise ValueError(f"{part.strip()!r} is not a size WxH with sides of 256-4096 pixels, multiples of 8")
+        shapes.append(Shape(2, int(height) // 8, int(width) // 8))
+    return shapes
+
+
+def compile_packages(model_path: Path, shapes: list[Shape], device: str) -> Summary:
+    """The `compile` command (see the module docstring)."""
+    from sdxl_worker.loading.loader import load_pipeline
+    from sdxl_worker.speed.options import SpeedOptions, apply_speedups
+
+    summary = Summary("compile", str(model_path))
+    report = check_volume(model_path)
+    if not report.loadable:
+        raise PrepareError(f"{model_path} is not a model folder the worker can load: {report.summary()}", 2)
+    with writer_lock(model_path):
+        folder = model_path / AOT_DIR
+        folder.mkdir(exist_ok=True)
+        for leftover in folder.glob(f"{TEMPORARY}*"):
+            shutil.rmtree(leftover)
+            summary.removed_leftovers.append(str(leftover.relative_to(model_path)))
+        pipe, _ = load_pipeline(model_path, device)
+        # The worker's module structure: fused q/k/v; no graphs, no compiling, no package of its own.
+        apply_speedups(pipe, SpeedOptions(cuda_graphs=False, aot="off"), device)
+        started = time.perf_counter()
+        for shape in shapes:
+            what = f"{shape.latent_width * 8}x{shape.latent_height * 8} (batch {shape.batch})"
+            staging = folder / f"{TEMPORARY}{shape_name(shape)}"
+            staging.mkdir()
+            with still_working(f"compiling the UNet for {what}"):
+                key = compile_unet(pipe.unet, shape, staging, device)
+            name = f"{shape_name(shape)}-{key.device.split()[0]}-{key.dtype}"
+            shutil.rmtree(folder / name, ignore_errors=True)
+            staging.rename(folder / name)
+            size = sum(p.stat().st_size for p in (folder / name).iterdir())
+            summary.bytes_to_write += size
+            summary.written.append(f"{AOT_DIR}/{name}")
+            summary.actions.append(f"compiled the UNet for {what}: {AOT_DIR}/{name} ({size / 1e6:.1f} MB; "
+                                   f"{key.device}, {key.dtype}, torch {key.torch})")
+        summary.seconds = time.perf_counter() - started
+    return finish(summary, check_volume(model_path))
+
+
+@contextmanager
+def still_working(what: str, every_s: float = 30.0) -> Iterator[None]:
+    """A line on stderr every `every_s` while the block runs: the compiler prints nothing for minutes."""
+    done = threading.Event()
+    started = time.perf_counter()
+
+    def say() -> None:
+        while not done.wait(every_s):
+            print(f"... {what}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=say, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()

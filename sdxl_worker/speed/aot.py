@@ -1,0 +1,262 @@
+"""Ahead-of-time compiled UNet (AOTInductor): compiled once by `prepare_volume.py compile`, loaded at start with no
+compiler, fed the worker's own weights.
+
+A package holds the compiled code for one UNet call shape (batch, latent sides, prompt tokens) and none of the
+weights: at load, the package is handed the worker's own tensors (`user_managed`), so an in-place LoRA merge, or a
+write through the fused q/k/v views, is what the next call reads. What a package was built for is in its manifest,
+the key a worker must match: torch's version, the device (the CPU's instruction set or the GPU's architecture), the
+dtype, and the module structure (every weight's name, shape and dtype, which fusing q/k/v changes). A package whose
+key differs is ignored with one log line.
+
+The package checks none of its inputs: a call of another shape or dtype would run and return garbage. So the
+worker's forward (AotForward) compares each call with the package's shapes and runs the eager forward for any other.
+Calling a package before its weights are loaded ends the process, so loading and handing over the weights is one
+step (load_package).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Next to the model, one folder per package key.
+AOT_DIR = "aot"
+MANIFEST = "manifest.json"
+PACKAGE = "unet.pt2"
+# Weights stay outside the code (the worker hands its own); without always_keep_tensor_constants, parameters of a
+# few elements (SDXL's conv_out.bias) are baked into the code and a later change to them is silently ignored.
+INDUCTOR_CONFIGS = {"aot_inductor.package_constants_in_so": False, "always_keep_tensor_constants": True}
+INPUTS = ("sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One UNet call shape: the batch (2 with guidance), the latents' sides and the prompt's tokens."""
+
+    batch: int
+    latent_height: int
+    latent_width: int
+    tokens: int = 77
+
+
+@dataclass(frozen=True)
+class PackageKey:
+    """What a package was compiled for; a worker uses it only where every field is its own."""
+
+    torch: str
+    device: str
+    dtype: str
+    structure: str  # digest of the weights' names, shapes and dtypes
+
+    def mismatch(self, other: PackageKey) -> str | None:
+        """The first field that differs, said as a sentence; None when they match."""
+        for field, ours in asdict(self).items():
+            theirs = getattr(other, field)
+            if ours != theirs:
+                return f"it was compiled for {field} {theirs!r}, this worker has {ours!r}"
+        return None
+
+
+class UNetCall:
+    """The UNet as a module of plain tensors in and one tensor out, as export wants it (SDXL's added conditions as
+    inputs of their own)."""
+
+    def __new__(cls, unet: Any) -> Any:
+        import torch
+
+        class _Call(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.unet = unet
+
+            def forward(self, sample: Any, timestep: Any, encoder_hidden_states: Any, text_embeds: Any,
+                        time_ids: Any) -> Any:
+                return self.unet(sample, timestep, encoder_hidden_states, return_dict=False,
+                                 added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids})[0]
+
+        return _Call()
+
+
+def device_key(device: str) -> str:
+    """The device a package runs on: the GPU's architecture, or the CPU's instruction set."""
+    import torch
+
+    if device.startswith("cuda"):
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"cuda sm_{major}{minor}"
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    return f"cpu {platform.machine()} {pick_vec_isa()}"
+
+
+def package_key(unet: Any, device: str) -> PackageKey:
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(constants(UNetCall(unet)).items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+    return PackageKey(torch=torch.__version__, device=device_key(device), dtype=str(unet.dtype).removeprefix("torch."),
+                      structure=digest.hexdigest()[:16])
+
+
+def constants(module: Any) -> dict[str, Any]:
+    """The module's parameters and buffers by name: what the package reads, the worker's own tensors."""
+    return {**dict(module.named_parameters()), **dict(module.named_buffers())}
+
+
+def example_inputs(unet: Any, shape: Shape) -> tuple[Any, ...]:
+    import torch
+
+    config, device, dtype = unet.config, unet.device, unet.dtype
+    width = config.cross_attention_dim
+    text_embeds = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+    return (torch.randn(shape.batch, config.in_channels, shape.latent_height, shape.latent_width, device=device,
+                        dtype=dtype),
+            torch.tensor(999.0, device=device),  # float32 whatever the sampler (unet_timestep.py)
+            torch.randn(shape.batch, shape.tokens, width, device=device, dtype=dtype),
+            torch.randn(shape.batch, text_embeds, device=device, dtype=dtype),
+            torch.randn(shape.batch, 6, device=device, dtype=dtype))
+
+
+def compile_unet(unet: Any, shape: Shape, folder: Path, device: str) -> PackageKey:
+    """Export and compile `unet` for `shape` into `folder` (the package and its manifest); returns its key."""
+    import torch
+
+    call = UNetCall(unet).eval()
+    with torch.no_grad():
+        program = torch.export.export(call, example_inputs(unet, shape), strict=False)
+        # The call changes the configs it is given: a copy.
+        torch._inductor.aoti_compile_and_package(program, package_path=str(folder / PACKAGE),
+                                                 inductor_configs=dict(INDUCTOR_CONFIGS))
+    key = package_key(unet, device)
+    (folder / MANIFEST).write_text(json.dumps({"key": asdict(key), "shape": asdict(shape)}, indent=2) + "\n")
+    return key
+
+
+def read_manifest(folder: Path) -> tuple[PackageKey, Shape]:
+    """The package's key and shape; ValueError for a manifest this worker cannot read (one sentence)."""
+    path = folder / MANIFEST
+    if not path.is_file() or path.stat().st_size > 64_000:
+        raise ValueError(f"{path} is missing or not a manifest")
+    try:
+        data = json.loads(path.read_text())
+        return PackageKey(**data["key"]), Shape(**data["shape"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path} is not a manifest this worker reads ({type(exc).__name__})") from exc
+
+
+def load_package(folder: Path, unet: Any, extract_dir: str) -> Any:
+    """The package's runner, already reading `unet`'s own tensors (never called before that: it would crash).
+    The package's library is extracted under `extract_dir` (a memory-backed folder, not the container disk)."""
+    import torch
+
+    previous = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = extract_dir  # where the loader extracts the package's library
+    try:
+        runner = torch._inductor.aoti_load_package(str(folder / PACKAGE))
+    finally:
+        if previous is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = previous
+    ours = constants(UNetCall(unet))
+    runner.load_constants({name: ours[name] for name in runner.get_constant_fqns()}, check_full_update=True,
+                          user_managed=True)
+    return runner
+
+
+class AotForward:
+    """Stands in for the UNet's `forward`: calls of a package's shape go through it, any other eagerly (and every
+    call while `bypass` is set: a job whose LoRA adds layers the package does not have)."""
+
+    def __init__(self, forward: Callable[..., Any], runners: dict[Shape, Any], dtype: Any, device: Any) -> None:
+        self.eager = forward
+        self.runners = runners
+        self.dtype = dtype
+        self.device = device
+        self.bypass = False
+        self.calls = 0
+        self.eager_calls = 0
+
+    def __call__(self, sample: Any, timestep: Any, encoder_hidden_states: Any, *args: Any, **kwargs: Any) -> Any:
+        found = None if self.bypass else self._inputs(sample, timestep, encoder_hidden_states, args, kwargs)
+        if found is None:
+            self.eager_calls += 1
+            return self.eager(sample, timestep, encoder_hidden_states, *args, **kwargs)
+        runner, inputs = found
+        self.calls += 1
+        output = runner(*inputs)
+        return (output,) if not kwargs.get("return_dict", True) else _Output(output)
+
+    def _inputs(self, sample: Any, timestep: Any, hidden: Any, args: tuple, kwargs: dict) -> tuple | None:
+        """The package for this call and its five inputs, or None when no package can take it."""
+        import torch
+
+        extra = {key: value for key, value in kwargs.items()
+                 if value is not None and key not in ("added_cond_kwargs", "return_dict")}
+        added = kwargs.get("added_cond_kwargs") or {}
+        if args or extra or set(added) != {"text_embeds", "time_ids"} or torch.is_grad_enabled():
+            return None  # a ControlNet's residuals, IP-Adapter's embeddings, a timestep condition: eager
+        tensors = (sample, hidden, added["text_embeds"], added["time_ids"])
+        if not all(isinstance(t, torch.Tensor) and t.dtype == self.dtype and t.device == self.device
+                   for t in tensors) or sample.dim() != 4 or hidden.dim() != 3:
+            return None
+        if not isinstance(timestep, torch.Tensor) or timestep.numel() != 1:
+            return None
+        runner = self.runners.get(Shape(sample.shape[0], sample.shape[2], sample.shape[3], hidden.shape[1]))
+        if runner is None or any(t.shape[0] != sample.shape[0] for t in tensors):
+            return None
+        return runner, (sample.contiguous(), timestep.reshape(()).to(torch.float32), hidden.contiguous(),
+                        added["text_embeds"].contiguous(), added["time_ids"].contiguous())
+
+
+def use_packages(unet: Any, model_dir: Path, device: str, extract_dir: str) -> AotForward | None:
+    """Route `unet`'s calls through the packages under `model_dir` built for this worker; None when there is none.
+    A package for another torch, device, dtype or structure, or an unreadable one, is ignored with one log line."""
+    folder = model_dir / AOT_DIR
+    if not folder.is_dir():
+        return None
+    ours = package_key(unet, device)
+    runners = {}
+    for candidate in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            key, shape = read_manifest(candidate)
+        except ValueError as exc:
+            log.warning("compiled UNet package %s ignored: %s", candidate.name, exc)
+            continue
+        if (why := ours.mismatch(key)) is not None:
+            log.warning("compiled UNet package %s ignored: %s (prepare_volume.py compile builds one)",
+                        candidate.name, why)
+            continue
+        if not (candidate / PACKAGE).is_file():
+            log.warning("compiled UNet package %s ignored: it has no %s", candidate.name, PACKAGE)
+            continue
+        runners[shape] = load_package(candidate, unet, extract_dir)
+        log.info("compiled UNet package %s loaded: batch %d, latents %dx%d, %d prompt tokens", candidate.name,
+                 shape.batch, shape.latent_height, shape.latent_width, shape.tokens)
+    if not runners:
+        return None
+    forward = AotForward(unet.forward, runners, unet.dtype, unet.device)
+    unet.forward = forward
+    return forward
+
+
+def shape_name(shape: Shape) -> str:
+    """A package folder's name for `shape`."""
+    return f"b{shape.batch}-{shape.latent_height * 8}x{shape.latent_width * 8}-t{shape.tokens}"
+
+
+class _Output:
+    """diffusers' UNet2DConditionOutput's one field, for a caller that asked for a dataclass."""
+
+    def __init__(self, sample: Any) -> None:
+        self.sample = sample
