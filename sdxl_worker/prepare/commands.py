@@ -78,6 +78,10 @@ class Summary:
             done = {"convert-bin": "no component has .bin weights that it lacks as safetensors"}.get(
                 self.command, "the volume already has every fp16 set")
             lines.append(f"Nothing to do: {done}. Nothing written.")
+        elif self.written and self.command == "compile":
+            peak = f"; peak memory {format_bytes(self.peak_memory_bytes)}" if self.peak_memory_bytes else ""
+            lines.append(f"Compiled {len(self.written)} package(s), {format_bytes(self.bytes_to_write)}, in "
+                         f"{self.seconds:.1f} s{peak}")
         elif self.written:
             rate = self.bytes_to_write / self.seconds / 1e6 if self.seconds else 0.0
             peak = f"; peak memory {format_bytes(self.peak_memory_bytes)}" if self.peak_memory_bytes else ""

@@ -1,5 +1,5 @@
-"""`prepare_volume.py compile`: the UNet compiled ahead of time (AOTInductor) for the worker's module structure, one
-package a shape, next to the model (speed/aot.py), so that no start ever compiles.
+"""`prepare_volume.py compile`: the UNet and the VAE decoder compiled ahead of time (AOTInductor) for the worker's
+module structure, one package a module and size, next to the model (speed/aot.py), so that no start ever compiles.
 
 The model is loaded as the worker loads it on the device named (its dtype, fused q/k/v), exported and compiled; the
 compiler is silent for minutes, so a line every 30 s says it is still working. Each package is compiled into a
@@ -20,14 +20,15 @@ from pathlib import Path
 from sdxl_worker.prepare.commands import Summary, finish
 from sdxl_worker.prepare.fp16_set import PrepareError
 from sdxl_worker.prepare.lock import writer_lock
-from sdxl_worker.speed.aot import AOT_DIR, Shape, compile_unet, shape_name
+from sdxl_worker.speed.aot import AOT_DIR, Shape, compile_module, package_name
 from sdxl_worker.volume.check import check_volume
 
 TEMPORARY = ".compiling-"
 
 
 def parse_shapes(text: str) -> list[Shape]:
-    """`WxH,WxH`: image sizes, each compiled for one image with guidance (batch 2); ValueError naming a bad one."""
+    """`WxH,WxH`: image sizes, each as the UNet sees one image with guidance (batch 2); ValueError naming a bad
+    one."""
     shapes = []
     for part in text.split(","):
         width, _, height = part.strip().partition("x")
@@ -58,19 +59,22 @@ def compile_packages(model_path: Path, shapes: list[Shape], device: str) -> Summ
         apply_speedups(pipe, SpeedOptions(cuda_graphs=False, aot="off"), device)
         started = time.perf_counter()
         for shape in shapes:
-            what = f"{shape.latent_width * 8}x{shape.latent_height * 8} (batch {shape.batch})"
-            staging = folder / f"{TEMPORARY}{shape_name(shape)}"
-            staging.mkdir()
-            with still_working(f"compiling the UNet for {what}"):
-                key = compile_unet(pipe.unet, shape, staging, device)
-            name = f"{shape_name(shape)}-{key.device.split()[0]}-{key.dtype}"
-            shutil.rmtree(folder / name, ignore_errors=True)
-            staging.rename(folder / name)
-            size = sum(p.stat().st_size for p in (folder / name).iterdir())
-            summary.bytes_to_write += size
-            summary.written.append(f"{AOT_DIR}/{name}")
-            summary.actions.append(f"compiled the UNet for {what}: {AOT_DIR}/{name} ({size / 1e6:.1f} MB; "
-                                   f"{key.device}, {key.dtype}, torch {key.torch})")
+            what = f"{shape.latent_width * 8}x{shape.latent_height * 8}"
+            # The UNet as it sees one image with guidance; the decoder, one image's latents.
+            for module_name, module_shape in (("unet", shape), ("vae_decoder", Shape(1, shape.latent_height,
+                                                                                     shape.latent_width, 0))):
+                staging = folder / f"{TEMPORARY}{module_name}-{what}"
+                staging.mkdir()
+                with still_working(f"compiling the {module_name} for {what}"):
+                    key = compile_module(module_name, pipe, module_shape, staging, device)
+                name = package_name(module_name, module_shape, key)
+                shutil.rmtree(folder / name, ignore_errors=True)
+                staging.rename(folder / name)
+                size = sum(p.stat().st_size for p in (folder / name).iterdir())
+                summary.bytes_to_write += size
+                summary.written.append(f"{AOT_DIR}/{name}")
+                summary.actions.append(f"compiled the {module_name} for {what}: {AOT_DIR}/{name} ({size / 1e6:.1f} "
+                                       f"MB; {key.device}, {key.dtype}, torch {key.torch})")
         summary.seconds = time.perf_counter() - started
     return finish(summary, check_volume(model_path))
 

@@ -1,17 +1,17 @@
-"""Ahead-of-time compiled UNet (AOTInductor): compiled once by `prepare_volume.py compile`, loaded at start with no
-compiler, fed the worker's own weights.
+"""Ahead-of-time compiled UNet and VAE decoder (AOTInductor): compiled once by `prepare_volume.py compile`, loaded
+at start with no compiler, fed the worker's own weights.
 
-A package holds the compiled code for one UNet call shape (batch, latent sides, prompt tokens) and none of the
-weights: at load, the package is handed the worker's own tensors (`user_managed`), so an in-place LoRA merge, or a
-write through the fused q/k/v views, is what the next call reads. What a package was built for is in its manifest,
-the key a worker must match: torch's version, the device (the CPU's instruction set or the GPU's architecture), the
-dtype, and the module structure (every weight's name, shape and dtype, which fusing q/k/v changes). A package whose
-key differs is ignored with one log line.
+A package holds the compiled code of one module (the UNet, or the VAE's decoder) for one call shape (batch, latent
+sides, and the prompt's tokens for the UNet) and none of the weights: at load, the package is handed the worker's
+own tensors (`user_managed`), so an in-place LoRA merge, or a write through the fused q/k/v views, is what the next
+call reads. What a package was built for is in its manifest, the key a worker must match: torch's version, the
+device (the CPU's instruction set or the GPU's architecture), the dtype, and the module structure (every weight's
+name, shape and dtype, which fusing q/k/v changes). A package whose key differs is ignored with one log line.
 
 The package checks none of its inputs: a call of another shape or dtype would run and return garbage. So the
-worker's forward (AotForward) compares each call with the package's shapes and runs the eager forward for any other.
-Calling a package before its weights are loaded ends the process, so loading and handing over the weights is one
-step (load_package).
+forwards standing in for the modules' own (AotForward, AotDecoder) compare each call with the packages' shapes and
+run the eager forward for any other. Calling a package before its weights are loaded ends the process, so loading
+and handing over the weights is one step (load_package).
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# Next to the model, one folder per package key.
+# Next to the model, one folder a package: its code and its manifest.
 AOT_DIR = "aot"
 MANIFEST = "manifest.json"
-PACKAGE = "unet.pt2"
+PACKAGE = "package.pt2"
+MODULES = ("unet", "vae_decoder")
 # Weights stay outside the code (the worker hands its own); without always_keep_tensor_constants, parameters of a
 # few elements (SDXL's conv_out.bias) are baked into the code and a later change to them is silently ignored.
 INDUCTOR_CONFIGS = {"aot_inductor.package_constants_in_so": False, "always_keep_tensor_constants": True}
@@ -40,7 +41,8 @@ INPUTS = ("sample", "timestep", "encoder_hidden_states", "text_embeds", "time_id
 
 @dataclass(frozen=True)
 class Shape:
-    """One UNet call shape: the batch (2 with guidance), the latents' sides and the prompt's tokens."""
+    """One call shape: the batch (the UNet's 2 with guidance; the decoder's, the images), the latents' sides and
+    the prompt's tokens (the UNet's; 0 for the decoder)."""
 
     batch: int
     latent_height: int
@@ -98,13 +100,21 @@ def device_key(device: str) -> str:
     return f"cpu {platform.machine()} {pick_vec_isa()}"
 
 
-def package_key(unet: Any, device: str) -> PackageKey:
+def exported(module_name: str, pipe: Any) -> Any:
+    """The module a package of `module_name` is compiled from and fed by: its names are the package's constants'."""
+    return UNetCall(pipe.unet) if module_name == "unet" else pipe.vae.decoder
+
+
+def package_key(module: Any, device: str) -> PackageKey:
+    """What a package compiled from `module` (as `exported` gives it) on `device` is built for."""
     import torch
 
     digest = hashlib.sha256()
-    for name, tensor in sorted(constants(UNetCall(unet)).items()):
+    tensors = constants(module)
+    for name, tensor in sorted(tensors.items()):
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
-    return PackageKey(torch=torch.__version__, device=device_key(device), dtype=str(unet.dtype).removeprefix("torch."),
+    dtype = next(iter(module.parameters())).dtype
+    return PackageKey(torch=torch.__version__, device=device_key(device), dtype=str(dtype).removeprefix("torch."),
                       structure=digest.hexdigest()[:16])
 
 
@@ -113,9 +123,15 @@ def constants(module: Any) -> dict[str, Any]:
     return {**dict(module.named_parameters()), **dict(module.named_buffers())}
 
 
-def example_inputs(unet: Any, shape: Shape) -> tuple[Any, ...]:
+def example_inputs(module_name: str, pipe: Any, shape: Shape) -> tuple[Any, ...]:
     import torch
 
+    if module_name == "vae_decoder":
+        vae = pipe.vae
+        weight = next(iter(vae.decoder.parameters()))
+        return (torch.randn(shape.batch, vae.config.latent_channels, shape.latent_height, shape.latent_width,
+                            device=weight.device, dtype=weight.dtype),)
+    unet = pipe.unet
     config, device, dtype = unet.config, unet.device, unet.dtype
     width = config.cross_attention_dim
     text_embeds = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
@@ -127,35 +143,39 @@ def example_inputs(unet: Any, shape: Shape) -> tuple[Any, ...]:
             torch.randn(shape.batch, 6, device=device, dtype=dtype))
 
 
-def compile_unet(unet: Any, shape: Shape, folder: Path, device: str) -> PackageKey:
-    """Export and compile `unet` for `shape` into `folder` (the package and its manifest); returns its key."""
+def compile_module(module_name: str, pipe: Any, shape: Shape, folder: Path, device: str) -> PackageKey:
+    """Export and compile `pipe`'s `module_name` for `shape` into `folder` (the package and its manifest)."""
     import torch
 
-    call = UNetCall(unet).eval()
+    module = exported(module_name, pipe).eval()
     with torch.no_grad():
-        program = torch.export.export(call, example_inputs(unet, shape), strict=False)
+        program = torch.export.export(module, example_inputs(module_name, pipe, shape), strict=False)
         # The call changes the configs it is given: a copy.
         torch._inductor.aoti_compile_and_package(program, package_path=str(folder / PACKAGE),
                                                  inductor_configs=dict(INDUCTOR_CONFIGS))
-    key = package_key(unet, device)
-    (folder / MANIFEST).write_text(json.dumps({"key": asdict(key), "shape": asdict(shape)}, indent=2) + "\n")
+    key = package_key(module, device)
+    manifest = {"module": module_name, "key": asdict(key), "shape": asdict(shape)}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return key
 
 
-def read_manifest(folder: Path) -> tuple[PackageKey, Shape]:
-    """The package's key and shape; ValueError for a manifest this worker cannot read (one sentence)."""
+def read_manifest(folder: Path) -> tuple[str, PackageKey, Shape]:
+    """The package's module, key and shape; ValueError for a manifest this worker cannot read (one sentence)."""
     path = folder / MANIFEST
     if not path.is_file() or path.stat().st_size > 64_000:
         raise ValueError(f"{path} is missing or not a manifest")
     try:
         data = json.loads(path.read_text())
-        return PackageKey(**data["key"]), Shape(**data["shape"])
+        module_name, key, shape = data["module"], PackageKey(**data["key"]), Shape(**data["shape"])
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"{path} is not a manifest this worker reads ({type(exc).__name__})") from exc
+    if module_name not in MODULES:
+        raise ValueError(f"{path} is for a module this worker does not compile ({module_name!r})")
+    return module_name, key, shape
 
 
-def load_package(folder: Path, unet: Any, extract_dir: str) -> Any:
-    """The package's runner, already reading `unet`'s own tensors (never called before that: it would crash).
+def load_package(folder: Path, module: Any, extract_dir: str) -> Any:
+    """The package's runner, already reading `module`'s own tensors (never called before that: it would crash).
     The package's library is extracted under `extract_dir` (a memory-backed folder, not the container disk)."""
     import torch
 
@@ -168,7 +188,7 @@ def load_package(folder: Path, unet: Any, extract_dir: str) -> Any:
             os.environ.pop("TMPDIR", None)
         else:
             os.environ["TMPDIR"] = previous
-    ours = constants(UNetCall(unet))
+    ours = constants(module)
     runner.load_constants({name: ours[name] for name in runner.get_constant_fqns()}, check_full_update=True,
                           user_managed=True)
     return runner
@@ -219,40 +239,71 @@ class AotForward:
                         added["text_embeds"].contiguous(), added["time_ids"].contiguous())
 
 
-def use_packages(unet: Any, model_dir: Path, device: str, extract_dir: str) -> AotForward | None:
-    """Route `unet`'s calls through the packages under `model_dir` built for this worker; None when there is none.
-    A package for another torch, device, dtype or structure, or an unreadable one, is ignored with one log line."""
+class AotDecoder:
+    """Stands in for the VAE decoder's `forward`: latents of a package's shape go through it, any other eagerly."""
+
+    def __init__(self, forward: Callable[..., Any], runners: dict[Shape, Any], dtype: Any, device: Any) -> None:
+        self.eager = forward
+        self.runners = runners
+        self.dtype = dtype
+        self.device = device
+        self.bypass = False
+        self.calls = 0
+        self.eager_calls = 0
+
+    def __call__(self, sample: Any, latent_embeds: Any = None) -> Any:
+        import torch
+
+        runner = None
+        if not self.bypass and latent_embeds is None and not torch.is_grad_enabled() and \
+                isinstance(sample, torch.Tensor) and sample.dim() == 4 and sample.dtype == self.dtype and \
+                sample.device == self.device:
+            runner = self.runners.get(Shape(sample.shape[0], sample.shape[2], sample.shape[3], 0))
+        if runner is None:
+            self.eager_calls += 1
+            return self.eager(sample, latent_embeds)
+        self.calls += 1
+        return runner(sample.contiguous())
+
+
+def use_packages(pipe: Any, model_dir: Path, device: str, extract_dir: str) -> dict[str, int]:
+    """Route the UNet's and the VAE decoder's calls through the packages under `model_dir` built for this worker;
+    how many each got. A package for another torch, device, dtype or structure, or an unreadable one, is ignored
+    with one log line."""
     folder = model_dir / AOT_DIR
     if not folder.is_dir():
-        return None
-    ours = package_key(unet, device)
-    runners = {}
+        return {}
+    keys = {name: package_key(exported(name, pipe), device) for name in MODULES}
+    runners: dict[str, dict[Shape, Any]] = {name: {} for name in MODULES}
     for candidate in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         try:
-            key, shape = read_manifest(candidate)
+            module_name, key, shape = read_manifest(candidate)
         except ValueError as exc:
-            log.warning("compiled UNet package %s ignored: %s", candidate.name, exc)
+            log.warning("compiled package %s ignored: %s", candidate.name, exc)
             continue
-        if (why := ours.mismatch(key)) is not None:
-            log.warning("compiled UNet package %s ignored: %s (prepare_volume.py compile builds one)",
-                        candidate.name, why)
+        if (why := keys[module_name].mismatch(key)) is not None:
+            log.warning("compiled package %s ignored: %s (prepare_volume.py compile builds one)", candidate.name, why)
             continue
         if not (candidate / PACKAGE).is_file():
-            log.warning("compiled UNet package %s ignored: it has no %s", candidate.name, PACKAGE)
+            log.warning("compiled package %s ignored: it has no %s", candidate.name, PACKAGE)
             continue
-        runners[shape] = load_package(candidate, unet, extract_dir)
-        log.info("compiled UNet package %s loaded: batch %d, latents %dx%d, %d prompt tokens", candidate.name,
-                 shape.batch, shape.latent_height, shape.latent_width, shape.tokens)
-    if not runners:
-        return None
-    forward = AotForward(unet.forward, runners, unet.dtype, unet.device)
-    unet.forward = forward
-    return forward
+        runners[module_name][shape] = load_package(candidate, exported(module_name, pipe), extract_dir)
+        log.info("compiled package %s loaded: %s, batch %d, latents %dx%d", candidate.name, module_name,
+                 shape.batch, shape.latent_height, shape.latent_width)
+    if runners["unet"]:
+        pipe.unet.forward = AotForward(pipe.unet.forward, runners["unet"], pipe.unet.dtype, pipe.unet.device)
+    if runners["vae_decoder"]:
+        decoder = pipe.vae.decoder
+        weight = next(iter(decoder.parameters()))
+        decoder.forward = AotDecoder(decoder.forward, runners["vae_decoder"], weight.dtype, weight.device)
+    return {name: len(found) for name, found in runners.items() if found}
 
 
-def shape_name(shape: Shape) -> str:
-    """A package folder's name for `shape`."""
-    return f"b{shape.batch}-{shape.latent_height * 8}x{shape.latent_width * 8}-t{shape.tokens}"
+def package_name(module_name: str, shape: Shape, key: PackageKey) -> str:
+    """A package's folder name: what it is, for whom."""
+    tokens = f"-t{shape.tokens}" if shape.tokens else ""
+    return (f"{module_name}-b{shape.batch}-{shape.latent_width * 8}x{shape.latent_height * 8}{tokens}-"
+            f"{key.device.split()[0]}-{key.dtype}")
 
 
 class _Output:

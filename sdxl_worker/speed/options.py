@@ -210,8 +210,7 @@ def apply_speedups(pipe: Any, options: SpeedOptions, device: str, model_dir: Pat
         model.requires_grad_(False)
     if options.aot == "auto" and not options.compile and not fp8 and model_dir is not None:
         # Under the CUDA graphs, which then capture the package's kernels.
-        aot = use_packages(pipe.unet, model_dir, device, options.aot_extract_dir)
-        done["aot_packages"] = len(aot.runners) if aot is not None else 0
+        done["aot_packages"] = sum(use_packages(pipe, model_dir, device, options.aot_extract_dir).values())
     if options.use_cuda_graphs and on_cuda:
         graph_unet(pipe.unet, max_graphs=options.cuda_graph_max)
         done["cuda_graphs"] = True

@@ -4,10 +4,11 @@ A job that changes the UNet's modules (a LoRA adds layers beside its projections
 options built from the modules as they were: a captured CUDA graph replays the base model's kernels and would
 silently leave the LoRA out; compiled code guards on the modules' types and would recompile inside the job; and
 fused q/k/v attention multiplies by the fused weight, leaving out a LoRA on `to_q`, `to_k` or `to_v` (measured:
-0.69 apart from the unfused result on the tiny model). Inside `plain_unet` the graph is bypassed, compiled code
-is skipped (torch's `force_eager` stance; the pipeline holds the uncompiled UNet, whose methods diffusers' LoRA
-functions need), and attention goes through the separate projections, which share the fused weight's memory
-(options.share_fused_weights), so the arithmetic is the base model's plus the LoRA. Everything is put back on
+0.69 apart from the unfused result on the tiny model). Inside `plain_unet` the graph and any ahead-of-time
+compiled package (aot.py) are bypassed, compiled code is skipped (torch's `force_eager` stance; the pipeline holds
+the uncompiled UNet, whose methods diffusers' LoRA functions need), and attention goes through the separate
+projections, which share the fused weight's memory (options.share_fused_weights), so the arithmetic is the base
+model's plus the LoRA. Everything is put back on
 the way out; the speed options' code and graphs are untouched, so the next plain job replays them as before.
 LoRA jobs run inside it only where their LoRAs cannot be merged (lora_merge.py) or no graph or compiled code runs;
 with a compiled UNet, loading and taking out a LoRA run inside it too.

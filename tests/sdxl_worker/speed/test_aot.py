@@ -1,7 +1,8 @@
-"""The UNet compiled ahead of time (`prepare_volume.py compile`, speed/aot.py): compiled once for the module (the
-tiny model, 256x256, on the CPU), then a worker starting on that folder runs jobs of that size through the package
-with no compiling at start, drawing what the eager worker draws, LoRA jobs included (merged into the weights the
-package reads); other sizes run eagerly; a package built for anything else is ignored with one log line."""
+"""The UNet and VAE decoder compiled ahead of time (`prepare_volume.py compile`, speed/aot.py): compiled once for
+the module (the tiny model, 256x256, on the CPU), then a worker starting on that folder runs jobs of that size
+through the packages with no compiling at start, drawing what the eager worker draws, LoRA jobs included (merged
+into the weights the package reads); other sizes run eagerly; a package built for anything else is ignored with one
+log line."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ import prepare_volume
 from dev.lora import write_lora
 from sdxl_worker.loras.files import LoraSettings
 from sdxl_worker.serving.worker import Worker
-from sdxl_worker.speed.aot import AOT_DIR, MANIFEST, AotForward
+from sdxl_worker.speed.aot import AOT_DIR, MANIFEST, AotDecoder, AotForward
 from sdxl_worker.speed.options import SpeedOptions
+from sdxl_worker.speed.plain import plain_unet
 from tests.helpers import cpu_settings, decode
 
 pytestmark = pytest.mark.slow  # the module's compile (about 100 s here) starts first, beside the short tests
@@ -31,7 +33,7 @@ def compiled(tiny_volume_source: Path, tmp_path_factory: pytest.TempPathFactory)
     """A copy of the tiny model with its 256x256 package, and the command's summary."""
     volume = tmp_path_factory.mktemp("compiled") / "photonicfusion-sdxl"
     shutil.copytree(tiny_volume_source, volume)
-    (volume / AOT_DIR / ".compiling-b2-512x512-t77").mkdir(parents=True)  # an interrupted run's leftover
+    (volume / AOT_DIR / ".compiling-unet-512x512").mkdir(parents=True)  # an interrupted run's leftover
     import contextlib
     import io
 
@@ -66,8 +68,9 @@ def draw(worker: Worker, **fields: object) -> np.ndarray:
 def test_the_command_writes_one_package_and_removes_what_an_interrupted_run_left(compiled: tuple[Path, dict]) -> None:
     volume, summary = compiled
     packages = sorted(p.name for p in (volume / AOT_DIR).iterdir())
-    assert packages == ["b2-256x256-t77-cpu-float32"] and summary["written"] == [f"{AOT_DIR}/{packages[0]}"]
-    assert summary["removed_leftovers"] == [f"{AOT_DIR}/.compiling-b2-512x512-t77"]
+    assert packages == ["unet-b2-256x256-t77-cpu-float32", "vae_decoder-b1-256x256-cpu-float32"]
+    assert summary["written"] == [f"{AOT_DIR}/{name}" for name in packages]
+    assert summary["removed_leftovers"] == [f"{AOT_DIR}/.compiling-unet-512x512"]
     assert summary["volume_check"]["exit_code"] == 0
 
 
@@ -77,19 +80,25 @@ def test_a_worker_runs_its_size_through_the_package_and_draws_as_the_eager_worke
     loras = LoraSettings(lora_dir=str(lora_dir))
     eager = start(tiny_volume_source, tmp_path, loras=loras)
     worker = start(volume, tmp_path, loras=loras)
-    assert "aot_packages=1" in worker.speed.labels() and eager.speed.aot_packages == 0
-    forward = worker.pipe.unet.forward
-    assert isinstance(forward, AotForward)
-    calls = forward.calls
+    assert "aot_packages=2" in worker.speed.labels() and eager.speed.aot_packages == 0
+    forward, decoder = worker.pipe.unet.forward, worker.pipe.vae.decoder.forward
+    assert isinstance(forward, AotForward) and isinstance(decoder, AotDecoder)
+    calls, decodes = forward.calls, decoder.calls
     plain = draw(worker)
     assert forward.calls == calls + 2 and np.abs(plain - draw(eager)).max() <= 1  # 2 steps, batch 2 each
+    assert decoder.calls == decodes + 1 and decoder.eager_calls == 0
     # A LoRA job: merged into the weights the package reads, within the merge's rounding of the eager worker's.
     styled = draw(worker, loras=STYLE)
     assert forward.calls == calls + 4 and np.abs(styled - draw(eager, loras=STYLE)).max() <= 2
     assert np.abs(styled - plain).mean() > 1 and np.array_equal(draw(worker), plain)  # the weights put back
+    calls = forward.calls
+    with plain_unet(worker.pipe):  # where a LoRA that cannot be merged runs: the package is bypassed
+        draw(worker)
+    assert forward.calls == calls
     eager_calls = forward.eager_calls
     wide = draw(worker, width=320)  # no package for 320x256: eager, the eager worker's image
     assert forward.eager_calls == eager_calls + 2 and np.abs(wide - draw(eager, width=320)).max() <= 1
+    assert decoder.eager_calls == 1  # the 320x256 job's decode; the bypass is the UNet's alone
 
 
 @pytest.mark.parametrize("damage", ["another torch", "not json"])
@@ -97,7 +106,7 @@ def test_a_package_built_for_anything_else_is_ignored_with_one_line(
         compiled: tuple[Path, dict], tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture) -> None:
     volume = tmp_path / "photonicfusion-sdxl"
     shutil.copytree(compiled[0], volume)
-    manifest = next((volume / AOT_DIR).iterdir()) / MANIFEST
+    manifest = volume / AOT_DIR / "unet-b2-256x256-t77-cpu-float32" / MANIFEST
     if damage == "another torch":
         data = json.loads(manifest.read_text())
         data["key"]["torch"] = "2.0.0"
@@ -106,7 +115,7 @@ def test_a_package_built_for_anything_else_is_ignored_with_one_line(
         manifest.write_text("{")
     with caplog.at_level("WARNING"):
         worker = start(volume, tmp_path)
-    assert worker.speed.aot_packages == 0 and not isinstance(worker.pipe.unet.forward, AotForward)
+    assert worker.speed.aot_packages == 1 and not isinstance(worker.pipe.unet.forward, AotForward)
     said = [r.getMessage() for r in caplog.records if "package" in r.getMessage()]
     expected = "it was compiled for torch '2.0.0', this worker has" if damage == "another torch" else \
         "is not a manifest this worker reads (JSONDecodeError)"
