@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from benchmarks.results import (
+    AotCompileResult,
     AttentionResult,
     CachedStart,
     Failure,
@@ -33,7 +34,7 @@ def render(run: Run) -> str:
                   "are overheads (imports, threads, Python), not what a full-size model does: loaders and speed "
                   "options are compared at `--scale full`."]
     lines += _generation(run) + _features(run) + _workload(run) + _cached_starts(run) + _loads(run)
-    lines += _network_loads(run) + _prepare(run) + _switches(run)
+    lines += _network_loads(run) + _prepare(run) + _switches(run) + _aot_compiles(run)
     lines += _profiles(run) + _attention(run) + _meta(run)
     failures = run.of(Failure)
     if failures:
@@ -166,6 +167,18 @@ def _prepare(run: Run) -> list[str]:
     lines += [f"| {name} (cache: {r.cache_drop}) | {r.bytes_read / 1e9:.2f} GB | {r.bytes_written / 1e9:.2f} GB | "
               f"{_spread(r.raw_copy)} | {_spread(r.ours)} | {_spread(r.ours_write)} | **{r.ratio:.2f}x** | "
               f"{r.peak_rss_gib} GiB |" for name, r in results]
+    return lines
+
+
+def _aot_compiles(run: Run) -> list[str]:
+    results = run.of(AotCompileResult)
+    if not results:
+        return []
+    lines = ["", "`prepare_volume.py compile` for the run's size (its own process: wall time with Python and the "
+             "load; compile: the packages alone).", "",
+             "| scenario | wall | compile | packages | size | peak memory |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {name} | {a.wall_s} s | {a.compile_s} s | {', '.join(a.packages) or 'there already'} | "
+              f"{a.bytes_written / 1e6:.1f} MB | {a.peak_rss_gib} GiB |" for name, a in results]
     return lines
 
 

@@ -206,6 +206,18 @@ class PrepareResult:
 
 
 @dataclass(frozen=True)
+class AotCompileResult:
+    """`prepare_volume.py compile` for the run's size, in its own process; the packages it wrote (none: there
+    already)."""
+
+    wall_s: float
+    compile_s: float
+    packages: tuple[str, ...]
+    bytes_written: int
+    peak_rss_gib: float
+
+
+@dataclass(frozen=True)
 class SwitchResult:
     """Two models on one worker, a fine-tune beside its base (MODELS): switches between them once both are loaded."""
 
@@ -289,7 +301,7 @@ class Failure:
 
 Result = (LoadResult | NetworkLoadResult | StockGeneration | GenerationResult | CachedStart | AttentionResult
           | FlopsResult | TracingResult | PrepareResult | FeaturesResult | WorkloadResult | SwitchResult
-          | Failure)
+          | AotCompileResult | Failure)
 
 
 @dataclass

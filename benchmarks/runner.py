@@ -19,7 +19,7 @@ from benchmarks.scenarios import Scenario
 from benchmarks.stages.common import environment, free
 
 VOLUME_STAGES = {"loads", "network_loads", "generation", "features", "workload", "cached_start", "prepare",
-                 "switch"}
+                 "switch", "aot_compile"}
 
 
 class Bench:
@@ -45,6 +45,7 @@ class Bench:
 
 def run_scenarios(bench: Bench, scenarios: list[Scenario], *, scale: str, device: str, size: int, steps: int,
                   runs: int, volume_dir: Path, drop_caches: bool, layout: str = "current") -> None:
+    from benchmarks.stages.aot import measure_aot_compile
     from benchmarks.stages.attention import measure_attention
     from benchmarks.stages.compile_cache import measure_cached_start
     from benchmarks.stages.features import measure_features
@@ -100,6 +101,8 @@ def run_scenarios(bench: Bench, scenarios: list[Scenario], *, scale: str, device
                     bench.record(scenario.name, measure_features(settings, size, steps, runs, volume_dir / "loras"))
                 elif stage == "workload":
                     bench.record(scenario.name, measure_workload(settings, size, steps, runs, volume_dir / "loras"))
+                elif stage == "aot_compile":
+                    bench.record(scenario.name, measure_aot_compile(volume, device, size))
                 elif stage == "switch":
                     bench.record(scenario.name, measure_switch(settings, size, steps, runs, volume_dir))
                 elif stage == "cached_start":

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Stage = Literal["loads", "network_loads", "attention", "generation", "profile", "features", "workload", "cached_start",
-                "flops", "tracing", "prepare", "switch"]
+                "flops", "tracing", "prepare", "switch", "aot_compile"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,10 @@ SUITES: dict[str, tuple[Scenario, ...]] = {
     "netfs": (NETWORK_LOADS,),
     # Writing the fp16 set onto a volume that lacks it: CPU and disk only, any machine.
     "prepare": (PREPARE,),
+    # The compiled packages (prepare_volume.py compile, then AOT=auto) against the default without them, each
+    # against stock; the packages stay on the run's volume, so this suite runs alone or last.
+    "aot": (Scenario("ours", ("generation",), {"AOT": "off"}),
+            Scenario("ours aot", ("aot_compile", "generation", "profile"))),
     # Several models on one worker (MODELS): a switch between a fine-tune and its base, and the job after it.
     "models": (SWITCH,),
     "compile-full": (

@@ -75,7 +75,8 @@ class Summary:
         if self.status == "dry run":
             lines.append(f"Dry run: would write {format_bytes(self.bytes_to_write)}; {free} free. Nothing written.")
         elif self.status == "nothing to do":
-            done = {"convert-bin": "no component has .bin weights that it lacks as safetensors"}.get(
+            done = {"convert-bin": "no component has .bin weights that it lacks as safetensors",
+                    "compile": "every package asked for is compiled already"}.get(
                 self.command, "the volume already has every fp16 set")
             lines.append(f"Nothing to do: {done}. Nothing written.")
         elif self.written and self.command == "compile":

@@ -4,7 +4,8 @@ module structure, one package a module and size, next to the model (speed/aot.py
 The model is loaded as the worker loads it on the device named (its dtype, fused q/k/v), exported and compiled; the
 compiler is silent for minutes, so a line every 30 s says it is still working. Each package is compiled into a
 hidden folder beside the others and renamed into place whole, under the model folder's writer lock: a crash leaves
-no half-written package the worker would read, and a rerun removes the leftovers.
+no half-written package the worker would read, and a rerun removes the leftovers and compiles only what is missing
+(a package whose manifest matches what it would build is kept).
 """
 
 from __future__ import annotations
@@ -20,7 +21,17 @@ from pathlib import Path
 from sdxl_worker.prepare.commands import Summary, finish
 from sdxl_worker.prepare.fp16_set import PrepareError
 from sdxl_worker.prepare.lock import writer_lock
-from sdxl_worker.speed.aot import AOT_DIR, Shape, compile_module, package_name
+from sdxl_worker.speed.aot import (
+    AOT_DIR,
+    PACKAGE,
+    PackageKey,
+    Shape,
+    compile_module,
+    exported,
+    package_key,
+    package_name,
+    read_manifest,
+)
 from sdxl_worker.volume.check import check_volume
 
 TEMPORARY = ".compiling-"
@@ -63,6 +74,11 @@ def compile_packages(model_path: Path, shapes: list[Shape], device: str) -> Summ
             # The UNet as it sees one image with guidance; the decoder, one image's latents.
             for module_name, module_shape in (("unet", shape), ("vae_decoder", Shape(1, shape.latent_height,
                                                                                      shape.latent_width, 0))):
+                key = package_key(exported(module_name, pipe), device)
+                name = package_name(module_name, module_shape, key)
+                if built(folder / name, module_name, key, module_shape):
+                    summary.actions.append(f"the {module_name} for {what}: {AOT_DIR}/{name} is compiled already")
+                    continue
                 staging = folder / f"{TEMPORARY}{module_name}-{what}"
                 staging.mkdir()
                 with still_working(f"compiling the {module_name} for {what}"):
@@ -76,7 +92,17 @@ def compile_packages(model_path: Path, shapes: list[Shape], device: str) -> Summ
                 summary.actions.append(f"compiled the {module_name} for {what}: {AOT_DIR}/{name} ({size / 1e6:.1f} "
                                        f"MB; {key.device}, {key.dtype}, torch {key.torch})")
         summary.seconds = time.perf_counter() - started
+        if not summary.written:
+            summary.status = "nothing to do"
     return finish(summary, check_volume(model_path))
+
+
+def built(folder: Path, module_name: str, key: PackageKey, shape: Shape) -> bool:
+    """Whether `folder` holds the package this run would write."""
+    try:
+        return read_manifest(folder) == (module_name, key, shape) and (folder / PACKAGE).is_file()
+    except ValueError:
+        return False
 
 
 @contextmanager

@@ -147,7 +147,7 @@ def compile_module(module_name: str, pipe: Any, shape: Shape, folder: Path, devi
     """Export and compile `pipe`'s `module_name` for `shape` into `folder` (the package and its manifest)."""
     import torch
 
-    module = exported(module_name, pipe).eval()
+    module = exported(module_name, pipe).train(False)  # inference behaviour (dropout off) for the export
     with torch.no_grad():
         program = torch.export.export(module, example_inputs(module_name, pipe, shape), strict=False)
         # The call changes the configs it is given: a copy.

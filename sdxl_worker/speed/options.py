@@ -69,8 +69,8 @@ class SpeedOptions(BaseModel):
     torchinductor_cache_dir: str | None = Field(None, description=(
         "torch's own: the kernels' folder when `COMPILE_CACHE_DIR` is unset; with neither, every start compiles."))
     aot: Literal["auto", "off"] = Field("auto", description=(
-        "`auto`: the model folder's compiled UNet packages (`prepare_volume.py compile`) built for this worker's "
-        "torch, device, dtype and weights run their shapes, with no compiling at start; `off`: never."))
+        "`auto`: the model folder's compiled UNet and VAE decoder packages (`prepare_volume.py compile`) built for "
+        "this worker's torch, device, dtype and weights run their sizes, with no compiling at start; `off`: never."))
     aot_extract_dir: str = Field("/dev/shm", min_length=1, description=(
         "Where a compiled package's library is unpacked at start: memory-backed, never the container disk."))
     quantize: Literal["none", "fp8"] = Field("none", description=(

@@ -20,7 +20,7 @@ from sdxl_worker.serving.worker import Worker
 from sdxl_worker.speed.aot import AOT_DIR, MANIFEST, AotDecoder, AotForward
 from sdxl_worker.speed.options import SpeedOptions
 from sdxl_worker.speed.plain import plain_unet
-from tests.helpers import cpu_settings, decode
+from tests.helpers import cpu_settings, decode, tree_state
 
 pytestmark = pytest.mark.slow  # the module's compile (about 100 s here) starts first, beside the short tests
 
@@ -121,3 +121,17 @@ def test_a_package_built_for_anything_else_is_ignored_with_one_line(
         "is not a manifest this worker reads (JSONDecodeError)"
     assert len(said) == 1 and expected in said[0], said
     assert "images" in worker.handle({"id": "t", "input": SMALL})
+
+
+def test_a_rerun_keeps_what_it_would_write_again_and_the_benchmark_says_so(compiled: tuple[Path, dict]) -> None:
+    """The benchmark's stage runs the command as an operator does; on the compiled folder, it compiles nothing."""
+    from benchmarks.report import render
+    from benchmarks.results import Run
+    from benchmarks.stages.aot import measure_aot_compile
+
+    volume, _ = compiled
+    before = tree_state(volume / AOT_DIR)
+    result = measure_aot_compile(volume, "cpu", 256)
+    assert result.packages == () and result.bytes_written == 0 and tree_state(volume / AOT_DIR) == before
+    table = render(Run({"size": 256, "steps": 2, "suite": ["aot"], "device": "cpu"}, entries=[("ours aot", result)]))
+    assert "| ours aot | " in table and "| there already | 0.0 MB |" in table
