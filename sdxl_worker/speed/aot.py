@@ -95,9 +95,9 @@ def device_key(device: str) -> str:
     if device.startswith("cuda"):
         major, minor = torch.cuda.get_device_capability(device)
         return f"cuda sm_{major}{minor}"
-    from torch._inductor.cpu_vec_isa import pick_vec_isa
-
-    return f"cpu {platform.machine()} {pick_vec_isa()}"
+    # ATen's pick of vector instructions, which inductor's code is built for too; asked of ATen, not of inductor,
+    # whose import (3.3 s here) would add to every start.
+    return f"cpu {platform.machine()} {torch.backends.cpu.get_cpu_capability().lower()}"
 
 
 def exported(module_name: str, pipe: Any) -> Any:
@@ -174,24 +174,37 @@ def read_manifest(folder: Path) -> tuple[str, PackageKey, Shape]:
     return module_name, key, shape
 
 
-def load_package(folder: Path, module: Any, extract_dir: str) -> Any:
+def load_package(folder: Path, module: Any, extract_dir: str) -> Runner:
     """The package's runner, already reading `module`'s own tensors (never called before that: it would crash).
     The package's library is extracted under `extract_dir` (a memory-backed folder, not the container disk)."""
-    import torch
-
     previous = os.environ.get("TMPDIR")
     os.environ["TMPDIR"] = extract_dir  # where the loader extracts the package's library
     try:
-        runner = torch._inductor.aoti_load_package(str(folder / PACKAGE))
+        runner = Runner(folder / PACKAGE, module)
     finally:
         if previous is None:
             os.environ.pop("TMPDIR", None)
         else:
             os.environ["TMPDIR"] = previous
     ours = constants(module)
-    runner.load_constants({name: ours[name] for name in runner.get_constant_fqns()}, check_full_update=True,
-                          user_managed=True)
+    runner.loader.load_constants({name: ours[name] for name in runner.loader.get_constant_fqns()}, False, True, True)
     return runner
+
+
+class Runner:
+    """A package's compiled model through torch's C++ loader, as `torch._inductor.aoti_load_package` returns it
+    minus its Python wrapper, whose import (inductor's, 3.3 s on this project's CPU) would add to every start. The
+    packages here take plain tensors and return one."""
+
+    def __init__(self, path: Path, module: Any) -> None:
+        import torch
+
+        device = next(iter(module.parameters())).device
+        index = device.index if device.type == "cuda" and device.index is not None else -1
+        self.loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, index)
+
+    def __call__(self, *tensors: Any) -> Any:
+        return self.loader.boxed_run(list(tensors))[0]
 
 
 class AotForward:
