@@ -23,7 +23,6 @@ from sdxl_worker.prepare.fp16_set import PrepareError
 from sdxl_worker.prepare.lock import writer_lock
 from sdxl_worker.speed.aot import (
     AOT_DIR,
-    PACKAGE,
     PackageKey,
     Shape,
     compile_module,
@@ -98,11 +97,12 @@ def compile_packages(model_path: Path, shapes: list[Shape], device: str) -> Summ
 
 
 def built(folder: Path, module_name: str, key: PackageKey, shape: Shape) -> bool:
-    """Whether `folder` holds the package this run would write."""
+    """Whether `folder` holds the package this run would write (its library there)."""
     try:
-        return read_manifest(folder) == (module_name, key, shape) and (folder / PACKAGE).is_file()
+        manifest = read_manifest(folder)
     except ValueError:
         return False
+    return (manifest.module, manifest.key, manifest.shape) == (module_name, key, shape)
 
 
 @contextmanager

@@ -12,6 +12,10 @@ The package checks none of its inputs: a call of another shape or dtype would ru
 forwards standing in for the modules' own (AotForward, AotDecoder) compare each call with the packages' shapes and
 run the eager forward for any other. Calling a package before its weights are loaded ends the process, so loading
 and handing over the weights is one step (load_package).
+
+torch's own package loader unpacks a `.pt2` archive into /tmp at every load (the container disk; TMPDIR is not
+read), so the compile step unpacks the compiled library once, next to the manifest, and the worker loads it where
+it is: a start writes nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import platform
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -28,10 +31,11 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# Next to the model, one folder a package: its code and its manifest.
+# Next to the model, one folder a package: its manifest, and its compiled library (with a GPU's kernel binaries)
+# in LIBRARY_DIR.
 AOT_DIR = "aot"
 MANIFEST = "manifest.json"
-PACKAGE = "package.pt2"
+LIBRARY_DIR = "library"
 MODULES = ("unet", "vae_decoder")
 # Weights stay outside the code (the worker hands its own); without always_keep_tensor_constants, parameters of a
 # few elements (SDXL's conv_out.bias) are baked into the code and a later change to them is silently ignored.
@@ -144,72 +148,93 @@ def example_inputs(module_name: str, pipe: Any, shape: Shape) -> tuple[Any, ...]
 
 
 def compile_module(module_name: str, pipe: Any, shape: Shape, folder: Path, device: str) -> PackageKey:
-    """Export and compile `pipe`'s `module_name` for `shape` into `folder` (the package and its manifest)."""
+    """Export and compile `pipe`'s `module_name` for `shape` into `folder` (its library and manifest)."""
+    import tempfile
+    import zipfile
+
     import torch
 
     module = exported(module_name, pipe).train(False)  # inference behaviour (dropout off) for the export
-    with torch.no_grad():
+    with torch.no_grad(), tempfile.TemporaryDirectory(dir=folder) as scratch:
         program = torch.export.export(module, example_inputs(module_name, pipe, shape), strict=False)
+        archive = Path(scratch) / "package.pt2"
         # The call changes the configs it is given: a copy.
-        torch._inductor.aoti_compile_and_package(program, package_path=str(folder / PACKAGE),
+        torch._inductor.aoti_compile_and_package(program, package_path=str(archive),
                                                  inductor_configs=dict(INDUCTOR_CONFIGS))
+        (folder / LIBRARY_DIR).mkdir()
+        with zipfile.ZipFile(archive) as files:
+            for member in files.namelist():
+                name = Path(member).name
+                if "/aotinductor/" in member and name.endswith((".so", ".cubin")):
+                    (folder / LIBRARY_DIR / name).write_bytes(files.read(member))
+    library = next(p.name for p in (folder / LIBRARY_DIR).iterdir() if p.name.endswith(".so"))
     key = package_key(module, device)
-    manifest = {"module": module_name, "key": asdict(key), "shape": asdict(shape)}
+    manifest = {"module": module_name, "library": library, "key": asdict(key), "shape": asdict(shape)}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return key
 
 
-def read_manifest(folder: Path) -> tuple[str, PackageKey, Shape]:
-    """The package's module, key and shape; ValueError for a manifest this worker cannot read (one sentence)."""
+@dataclass(frozen=True)
+class Manifest:
+    """What a package folder says it holds."""
+
+    module: str
+    library: str  # the compiled library's file name in LIBRARY_DIR
+    key: PackageKey
+    shape: Shape
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """The package's manifest; ValueError for one this worker cannot read, or whose library is not there (one
+    sentence)."""
     path = folder / MANIFEST
     if not path.is_file() or path.stat().st_size > 64_000:
         raise ValueError(f"{path} is missing or not a manifest")
     try:
         data = json.loads(path.read_text())
-        module_name, key, shape = data["module"], PackageKey(**data["key"]), Shape(**data["shape"])
+        manifest = Manifest(data["module"], data["library"], PackageKey(**data["key"]), Shape(**data["shape"]))
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"{path} is not a manifest this worker reads ({type(exc).__name__})") from exc
-    if module_name not in MODULES:
-        raise ValueError(f"{path} is for a module this worker does not compile ({module_name!r})")
-    return module_name, key, shape
+    if manifest.module not in MODULES:
+        raise ValueError(f"{path} is for a module this worker does not compile ({manifest.module!r})")
+    name = str(manifest.library)
+    if Path(name).name != name or not (folder / LIBRARY_DIR / name).is_file():
+        raise ValueError(f"{path} names a library that is not in {LIBRARY_DIR}/")
+    return manifest
 
 
-def load_package(folder: Path, module: Any, extract_dir: str) -> Runner:
-    """The package's runner, already reading `module`'s own tensors (never called before that: it would crash).
-    The package's library is extracted under `extract_dir` (a memory-backed folder, not the container disk)."""
-    previous = os.environ.get("TMPDIR")
-    os.environ["TMPDIR"] = extract_dir  # where the loader extracts the package's library
-    try:
-        runner = Runner(folder / PACKAGE, module)
-    finally:
-        if previous is None:
-            os.environ.pop("TMPDIR", None)
-        else:
-            os.environ["TMPDIR"] = previous
+def load_package(folder: Path, manifest: Manifest, module: Any) -> Runner:
+    """The package's runner, already reading `module`'s own tensors (never called before that: it would crash)."""
+    runner = Runner(folder / LIBRARY_DIR, manifest.library, module)
     ours = constants(module)
-    runner.loader.load_constants({name: ours[name] for name in runner.loader.get_constant_fqns()}, False, True, True)
+    runner.runner.update_constant_buffer(
+        {name: ours[fqn] for name, fqn in runner.runner.get_constant_names_to_original_fqns().items()},
+        False, True, True)  # into the active buffer, every constant, the worker's own tensors (no copy)
     return runner
 
 
 class Runner:
-    """A package's compiled model through torch's C++ loader, as `torch._inductor.aoti_load_package` returns it
-    minus its Python wrapper, whose import (inductor's, 3.3 s on this project's CPU) would add to every start. The
-    packages here take plain tensors and return one."""
+    """A compiled library loaded where it is, through torch's C++ runner: torch's package loader would unpack the
+    archive into /tmp at each start, and its Python wrapper imports inductor (3.3 s on this project's CPU). The
+    libraries here take plain tensors and return one."""
 
-    def __init__(self, path: Path, module: Any) -> None:
+    def __init__(self, library_dir: Path, library: str, module: Any) -> None:
         import torch
 
         device = next(iter(module.parameters())).device
-        index = device.index if device.type == "cuda" and device.index is not None else -1
-        self.loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, index)
+        path = str(library_dir / library)
+        if device.type == "cuda":
+            self.runner = torch._C._aoti.AOTIModelContainerRunnerCuda(path, 1, str(device), str(library_dir))
+        else:
+            self.runner = torch._C._aoti.AOTIModelContainerRunnerCpu(path, 1)
 
     def __call__(self, *tensors: Any) -> Any:
-        return self.loader.boxed_run(list(tensors))[0]
+        return self.runner.run(list(tensors))[0]
 
 
-class AotForward:
-    """Stands in for the UNet's `forward`: calls of a package's shape go through it, any other eagerly (and every
-    call while `bypass` is set: a job whose LoRA adds layers the package does not have)."""
+class StandIn:
+    """Stands in for a module's `forward`: calls of a package's shape go through it, any other to the module's own
+    (and every call while `bypass` is set: a job whose LoRA adds layers the package does not have)."""
 
     def __init__(self, forward: Callable[..., Any], runners: dict[Shape, Any], dtype: Any, device: Any) -> None:
         self.eager = forward
@@ -219,6 +244,10 @@ class AotForward:
         self.bypass = False
         self.calls = 0
         self.eager_calls = 0
+
+
+class AotForward(StandIn):
+    """The UNet's stand-in: its call with SDXL's added conditions, as the pipelines make it."""
 
     def __call__(self, sample: Any, timestep: Any, encoder_hidden_states: Any, *args: Any, **kwargs: Any) -> Any:
         found = None if self.bypass else self._inputs(sample, timestep, encoder_hidden_states, args, kwargs)
@@ -252,17 +281,8 @@ class AotForward:
                         added["text_embeds"].contiguous(), added["time_ids"].contiguous())
 
 
-class AotDecoder:
-    """Stands in for the VAE decoder's `forward`: latents of a package's shape go through it, any other eagerly."""
-
-    def __init__(self, forward: Callable[..., Any], runners: dict[Shape, Any], dtype: Any, device: Any) -> None:
-        self.eager = forward
-        self.runners = runners
-        self.dtype = dtype
-        self.device = device
-        self.bypass = False
-        self.calls = 0
-        self.eager_calls = 0
+class AotDecoder(StandIn):
+    """The VAE decoder's stand-in: latents in, pixels out."""
 
     def __call__(self, sample: Any, latent_embeds: Any = None) -> Any:
         import torch
@@ -279,7 +299,7 @@ class AotDecoder:
         return runner(sample.contiguous())
 
 
-def use_packages(pipe: Any, model_dir: Path, device: str, extract_dir: str) -> dict[str, int]:
+def use_packages(pipe: Any, model_dir: Path, device: str) -> dict[str, int]:
     """Route the UNet's and the VAE decoder's calls through the packages under `model_dir` built for this worker;
     how many each got. A package for another torch, device, dtype or structure, or an unreadable one, is ignored
     with one log line."""
@@ -290,18 +310,16 @@ def use_packages(pipe: Any, model_dir: Path, device: str, extract_dir: str) -> d
     runners: dict[str, dict[Shape, Any]] = {name: {} for name in MODULES}
     for candidate in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         try:
-            module_name, key, shape = read_manifest(candidate)
+            manifest = read_manifest(candidate)
         except ValueError as exc:
             log.warning("compiled package %s ignored: %s", candidate.name, exc)
             continue
-        if (why := keys[module_name].mismatch(key)) is not None:
+        if (why := keys[manifest.module].mismatch(manifest.key)) is not None:
             log.warning("compiled package %s ignored: %s (prepare_volume.py compile builds one)", candidate.name, why)
             continue
-        if not (candidate / PACKAGE).is_file():
-            log.warning("compiled package %s ignored: it has no %s", candidate.name, PACKAGE)
-            continue
-        runners[module_name][shape] = load_package(candidate, exported(module_name, pipe), extract_dir)
-        log.info("compiled package %s loaded: %s, batch %d, latents %dx%d", candidate.name, module_name,
+        shape = manifest.shape
+        runners[manifest.module][shape] = load_package(candidate, manifest, exported(manifest.module, pipe))
+        log.info("compiled package %s loaded: %s, batch %d, latents %dx%d", candidate.name, manifest.module,
                  shape.batch, shape.latent_height, shape.latent_width)
     if runners["unet"]:
         pipe.unet.forward = AotForward(pipe.unet.forward, runners["unet"], pipe.unet.dtype, pipe.unet.device)

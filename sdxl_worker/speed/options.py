@@ -71,8 +71,6 @@ class SpeedOptions(BaseModel):
     aot: Literal["auto", "off"] = Field("auto", description=(
         "`auto`: the model folder's compiled UNet and VAE decoder packages (`prepare_volume.py compile`) built for "
         "this worker's torch, device, dtype and weights run their sizes, with no compiling at start; `off`: never."))
-    aot_extract_dir: str = Field("/dev/shm", min_length=1, description=(
-        "Where a compiled package's library is unpacked at start: memory-backed, never the container disk."))
     quantize: Literal["none", "fp8"] = Field("none", description=(
         "`fp8` linear layers in the UNet's blocks (compute capability 8.9+, else skipped): measured slower, "
         "and it changes the output."))
@@ -210,7 +208,7 @@ def apply_speedups(pipe: Any, options: SpeedOptions, device: str, model_dir: Pat
         model.requires_grad_(False)
     if options.aot == "auto" and not options.compile and not fp8 and model_dir is not None:
         # Under the CUDA graphs, which then capture the package's kernels.
-        done["aot_packages"] = sum(use_packages(pipe, model_dir, device, options.aot_extract_dir).values())
+        done["aot_packages"] = sum(use_packages(pipe, model_dir, device).values())
     if options.use_cuda_graphs and on_cuda:
         graph_unet(pipe.unet, max_graphs=options.cuda_graph_max)
         done["cuda_graphs"] = True

@@ -18,7 +18,6 @@ from dev.lora import write_lora
 from sdxl_worker.loras.files import LoraSettings
 from sdxl_worker.serving.worker import Worker
 from sdxl_worker.speed.aot import AOT_DIR, MANIFEST, AotDecoder, AotForward
-from sdxl_worker.speed.options import SpeedOptions
 from sdxl_worker.speed.plain import plain_unet
 from tests.helpers import cpu_settings, decode, tree_state
 
@@ -51,9 +50,8 @@ def lora_dir(tiny_volume_source: Path, tmp_path_factory: pytest.TempPathFactory)
     return folder
 
 
-def start(volume: Path, tmp_path: Path, **fields: object) -> Worker:
-    speed = SpeedOptions(aot_extract_dir=str(tmp_path))
-    worker = Worker.start(cpu_settings(volume, speed=speed, **fields))
+def start(volume: Path, **fields: object) -> Worker:
+    worker = Worker.start(cpu_settings(volume, **fields))
     assert worker.pipe is not None, worker.startup_error
     worker.progress = lambda job, update: None
     return worker
@@ -78,8 +76,12 @@ def test_a_worker_runs_its_size_through_the_package_and_draws_as_the_eager_worke
         compiled: tuple[Path, dict], tiny_volume_source: Path, lora_dir: Path, tmp_path: Path) -> None:
     volume, _ = compiled
     loras = LoraSettings(lora_dir=str(lora_dir))
-    eager = start(tiny_volume_source, tmp_path, loras=loras)
-    worker = start(volume, tmp_path, loras=loras)
+    eager = start(tiny_volume_source, loras=loras)
+    before, unpacked = tree_state(volume), set(Path("/tmp").iterdir())
+    worker = start(volume, loras=loras)
+    # The libraries are loaded where they lie: nothing written beside them, nothing unpacked into /tmp.
+    assert tree_state(volume) == before
+    assert not [p for p in set(Path("/tmp").iterdir()) - unpacked if (p / "package" / "data").exists()]
     assert "aot_packages=2" in worker.speed.labels() and eager.speed.aot_packages == 0
     forward, decoder = worker.pipe.unet.forward, worker.pipe.vae.decoder.forward
     assert isinstance(forward, AotForward) and isinstance(decoder, AotDecoder)
@@ -114,7 +116,7 @@ def test_a_package_built_for_anything_else_is_ignored_with_one_line(
     else:
         manifest.write_text("{")
     with caplog.at_level("WARNING"):
-        worker = start(volume, tmp_path)
+        worker = start(volume)
     assert worker.speed.aot_packages == 1 and not isinstance(worker.pipe.unet.forward, AotForward)
     said = [r.getMessage() for r in caplog.records if "package" in r.getMessage()]
     expected = "it was compiled for torch '2.0.0', this worker has" if damage == "another torch" else \
