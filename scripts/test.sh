@@ -8,6 +8,4 @@ export PATH="$PWD/.venv/bin:$PATH"
 ruff check .
 shellcheck scripts/*.sh .ci/run ./*.sh
 if [[ -f Dockerfile.volume_optimized ]]; then hadolint Dockerfile.volume_optimized; fi
-# One test at a time to each process (--maxschedchunk 1): xdist otherwise hands out consecutive chunks of an
-# eighth of the suite, so one process got every slow test (they sort first) and ran them one after another.
-python -m pytest -n 2 --maxschedchunk 1 --durations=15 "$@"
+python -m pytest -n 2 --durations=15 "$@"

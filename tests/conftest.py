@@ -70,8 +70,7 @@ GUARD = pytest.StashKey[WriteGuard]()
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The tests that start processes or servers first: the two test processes take the longest ones while the
-    many short ones are still left to even out their ends (scripts/test.sh hands out one test at a time, so the
-    slow ones alternate between the processes)."""
+    many short ones are still left to even out their ends."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
