@@ -85,7 +85,7 @@ def compile_packages(model_path: Path, shapes: list[Shape], device: str) -> Summ
                 name = package_name(module_name, module_shape, key)
                 shutil.rmtree(folder / name, ignore_errors=True)
                 staging.rename(folder / name)
-                size = sum(p.stat().st_size for p in (folder / name).iterdir())
+                size = sum(p.stat().st_size for p in (folder / name).rglob("*") if p.is_file())
                 summary.bytes_to_write += size
                 summary.written.append(f"{AOT_DIR}/{name}")
                 summary.actions.append(f"compiled the {module_name} for {what}: {AOT_DIR}/{name} ({size / 1e6:.1f} "

@@ -69,6 +69,8 @@ def test_the_command_writes_one_package_and_removes_what_an_interrupted_run_left
     assert packages == ["unet-b2-256x256-t77-cpu-float32", "vae_decoder-b1-256x256-cpu-float32"]
     assert summary["written"] == [f"{AOT_DIR}/{name}" for name in packages]
     assert summary["removed_leftovers"] == [f"{AOT_DIR}/.compiling-unet-512x512"]
+    written = sum(p.stat().st_size for p in (volume / AOT_DIR).rglob("*") if p.is_file())
+    assert summary["bytes_to_write"] == written > 1_000_000  # the libraries, said as written
     assert summary["volume_check"]["exit_code"] == 0
 
 
