@@ -40,7 +40,6 @@ MODULES = ("unet", "vae_decoder")
 # Weights stay outside the code (the worker hands its own); without always_keep_tensor_constants, parameters of a
 # few elements (SDXL's conv_out.bias) are baked into the code and a later change to them is silently ignored.
 INDUCTOR_CONFIGS = {"aot_inductor.package_constants_in_so": False, "always_keep_tensor_constants": True}
-INPUTS = ("sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids")
 
 
 @dataclass(frozen=True)
