@@ -81,8 +81,7 @@ def compile_packages(model_path: Path, shapes: list[Shape], device: str) -> Summ
                 staging = folder / f"{TEMPORARY}{module_name}-{what}"
                 staging.mkdir()
                 with still_working(f"compiling the {module_name} for {what}"):
-                    key = compile_module(module_name, pipe, module_shape, staging, device)
-                name = package_name(module_name, module_shape, key)
+                    compile_module(module_name, pipe, module_shape, staging, key)
                 shutil.rmtree(folder / name, ignore_errors=True)
                 staging.rename(folder / name)
                 size = sum(p.stat().st_size for p in (folder / name).rglob("*") if p.is_file())

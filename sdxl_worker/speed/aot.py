@@ -146,8 +146,9 @@ def example_inputs(module_name: str, pipe: Any, shape: Shape) -> tuple[Any, ...]
             torch.randn(shape.batch, 6, device=device, dtype=dtype))
 
 
-def compile_module(module_name: str, pipe: Any, shape: Shape, folder: Path, device: str) -> PackageKey:
-    """Export and compile `pipe`'s `module_name` for `shape` into `folder` (its library and manifest)."""
+def compile_module(module_name: str, pipe: Any, shape: Shape, folder: Path, key: PackageKey) -> None:
+    """Export and compile `pipe`'s `module_name` for `shape` into `folder` (its library, and its manifest under
+    `key`, package_key's for that module)."""
     import tempfile
     import zipfile
 
@@ -167,10 +168,8 @@ def compile_module(module_name: str, pipe: Any, shape: Shape, folder: Path, devi
                 if "/aotinductor/" in member and name.endswith((".so", ".cubin")):
                     (folder / LIBRARY_DIR / name).write_bytes(files.read(member))
     library = next(p.name for p in (folder / LIBRARY_DIR).iterdir() if p.name.endswith(".so"))
-    key = package_key(module, device)
     manifest = {"module": module_name, "library": library, "key": asdict(key), "shape": asdict(shape)}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return key
 
 
 @dataclass(frozen=True)
