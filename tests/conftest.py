@@ -27,6 +27,11 @@ SESSION = Path(tempfile.mkdtemp(prefix="tests-session-"))
 hypothesis.settings.register_profile("no-database", database=None)
 hypothesis.settings.load_profile("no-database")
 set_hypothesis_home_dir(str(SESSION / "hypothesis"))
+# The tests compile the tiny UNet and VAE decoder for the CPU several times (COMPILE=1, the AOT packages, the
+# benchmark's compiled scenario). Inductor's SIMD kernels for the CPU cost g++ about twice the time of plain C++
+# ones (the whole tiny UNet: 67.6 s against 34.9 s here), and no GPU worker runs either (its kernels are Triton):
+# the tests, and the processes they start, compile plain ones. Read when torch's inductor is imported.
+os.environ.setdefault("TORCHINDUCTOR_VEC_ISA_OK", "0")
 
 
 def is_xdist_worker(config: pytest.Config) -> bool:
