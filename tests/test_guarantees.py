@@ -338,7 +338,7 @@ def test_sigterm_during_a_job_finishes_it_and_exits_cleanly(tiny_volume_source: 
 
     process, base = start_api(tiny_volume_source, tmp_path / "api.log")
     replies: list = []
-    job = {"input": {"prompt": "long", "width": 512, "height": 512, "num_inference_steps": 100, "seed": 1}}
+    job = {"input": {"prompt": "long", "width": 512, "height": 512, "num_inference_steps": 40, "seed": 1}}
     client = threading.Thread(target=lambda: replies.append(request(base, "/runsync", job, timeout=300)))
     client.start()
     time.sleep(1.5)
