@@ -164,9 +164,9 @@ S3_CREDENTIALS = {"BUCKET_ACCESS_KEY_ID": "AKIAWORKERTEST", "BUCKET_SECRET_ACCES
                   "BUCKET_NAME": "images", "BUCKET_REGION": "us-east-1"}
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def bucket_env(s3_server: str) -> dict[str, str]:
-    """The worker's bucket variables for the session's S3 server."""
+    """The worker's bucket variables for the session's S3 server (never modified: tests spread it)."""
     return {"BUCKET_ENDPOINT_URL": s3_server, **S3_CREDENTIALS}
 
 

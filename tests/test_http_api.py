@@ -16,8 +16,15 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def api(tiny_volume_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    process, base = start_api(tiny_volume_source, tmp_path_factory.mktemp("api") / "api.log")
+def api_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("api") / "api.log"
+
+
+@pytest.fixture(scope="module")
+def api(tiny_volume_source: Path, bucket_env: dict[str, str], api_log: Path) -> Iterator[str]:
+    """The worker behind runpod's local API for the module, with a bucket configured as an endpoint may have it:
+    replies under RESULT_MAX_MB still come inline, larger ones as URLs."""
+    process, base = start_api(tiny_volume_source, api_log, bucket_env)
     yield base
     stop(process)
 
@@ -109,21 +116,17 @@ def test_image_to_image_and_inpainting_over_runsync(api: str) -> None:
     assert reply["status"] == "FAILED" and reply["error"].startswith("Invalid input: image ")
 
 
-def test_a_reply_over_runpods_limit_arrives_as_bucket_urls(tiny_volume_source: Path, bucket_env: dict[str, str],
-                                                          tmp_path: Path) -> None:
+def test_a_reply_over_runpods_limit_arrives_as_bucket_urls(api: str, api_log: Path,
+                                                          bucket_env: dict[str, str]) -> None:
     """Three 1536x1536 PNGs over /runsync (24 MB as base64: over RunPod's 20 MB and RESULT_MAX_MB's 9 MB), so the
     worker uploads them to the S3 server and the reply, COMPLETED, gives URLs that serve the same images. Guidance
     off (1.0) halves the UNet's work; the reply is the same size."""
     import base64
     import urllib.request
 
-    process, base = start_api(tiny_volume_source, tmp_path / "api.log", bucket_env)
-    try:
-        job = {"prompt": "a photonic lighthouse", "width": 1536, "height": 1536, "num_inference_steps": 1,
-               "num_images": 3, "guidance_scale": 1.0, "seed": 11}
-        status, reply = request(base, "/runsync", {"input": job}, timeout=300)
-    finally:
-        stop(process)
+    job = {"prompt": "a photonic lighthouse", "width": 1536, "height": 1536, "num_inference_steps": 1,
+           "num_images": 3, "guidance_scale": 1.0, "seed": 11}
+    status, reply = request(api, "/runsync", {"input": job}, timeout=300)
     assert status == 200 and reply["status"] == "COMPLETED", reply
     output = reply["output"]
     assert output["output"] == "url" and "over RESULT_MAX_MB=9" in output["output_note"]
@@ -134,8 +137,7 @@ def test_a_reply_over_runpods_limit_arrives_as_bucket_urls(tiny_volume_source: P
         sizes.append(len(data))
         assert decode(base64.b64encode(data)).size == (1536, 1536)
     assert sum(sizes) * 4 / 3 > 19e6
-    log = (tmp_path / "api.log").read_text()
-    assert bucket_env["BUCKET_SECRET_ACCESS_KEY"] not in log
+    assert bucket_env["BUCKET_SECRET_ACCESS_KEY"] not in api_log.read_text()
 
 
 def test_with_stream_on_the_local_api_streams_progress_and_previews_then_the_reply(
