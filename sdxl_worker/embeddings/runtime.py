@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,18 @@ from sdxl_worker.weights.safetensors_io import read_tensors
 PLACEHOLDER_START = re.compile(r"<(?=ti-\d)", re.IGNORECASE)
 # A word as an embedding's name may be one (LoRA names' characters): dots only inside, so "grain." is "grain".
 WORD = re.compile(r"(?<![A-Za-z0-9_.-])[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*(?![A-Za-z0-9_-]|\.[A-Za-z0-9_-])")
+# A folder's modification time moves in ticks (a few milliseconds on a local disk, a second or two on some network
+# filesystems): a file added in the tick after a listing leaves the time where it was. A listing is trusted only
+# once taken this long after its modification time was first seen, when no later change can share that tick.
+STAMP_TICK_S = 2.0
+
+
+@dataclass
+class Listing:
+    stamp: int  # the folder's modification time, ns
+    first_seen: float  # time.monotonic() when that stamp was first seen
+    names: set[str]
+    settled: bool  # taken STAMP_TICK_S or more after first_seen
 
 
 @dataclass
@@ -66,7 +79,7 @@ class PromptEmbeddings:
         self.folder = Path(settings.embeddings_dir)
         self.loaded: OrderedDict[str, LoadedEmbedding] = OrderedDict()  # least recently used first
         self._ids = itertools.count()
-        self._listing: tuple[int, set[str]] | None = None  # (the folder's modification time, its names)
+        self._listing: Listing | None = None
 
     def substitute(self, pipe: Any, prompt: str, negative_prompt: str | None, enabled: bool = True) -> PromptTexts:
         """The prompts with every word that names an embedding in the folder replaced by its loaded tokens (none
@@ -105,14 +118,20 @@ class PromptEmbeddings:
 
     def _names(self) -> set[str]:
         """The folder's embedding names, listed again only when the folder changed (its modification time moves
-        when a file is added, removed or renamed): no listing of a network volume at every job."""
+        when a file is added, removed or renamed) or may still change within the same tick (STAMP_TICK_S): no
+        listing of a network volume at every job."""
         try:
             stamp = os.stat(self.folder).st_mtime_ns
         except OSError:
             return set()
-        if self._listing is None or self._listing[0] != stamp:
-            self._listing = (stamp, set(names(self.folder)))
-        return self._listing[1]
+        now = time.monotonic()
+        listing = self._listing
+        if listing is None or listing.stamp != stamp:
+            self._listing = Listing(stamp, now, set(names(self.folder)), settled=False)
+        elif not listing.settled:
+            self._listing = Listing(stamp, listing.first_seen, set(names(self.folder)),
+                                    settled=now - listing.first_seen >= STAMP_TICK_S)
+        return self._listing.names
 
     def _load(self, pipe: Any, name: str, keep: set[str]) -> LoadedEmbedding:
         cached = self.loaded.get(name)

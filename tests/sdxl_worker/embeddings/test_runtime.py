@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from dev.embedding import write_embedding
+from sdxl_worker.embeddings import runtime
 from sdxl_worker.embeddings.files import EmbeddingSettings
 from sdxl_worker.serving.worker import Worker
 from tests.helpers import cpu_settings, decode
@@ -134,8 +136,47 @@ def test_a_bad_embedding_is_one_sentence_and_the_worker_keeps_serving(served: Wo
     assert "images" in run(served, "a lighthouse, grainy")
 
 
-def test_more_embeddings_than_a_job_may_use_is_refused(served: Worker) -> None:
-    reply = run(served, "grainy, bad-hands", negative_prompt="changing")
-    assert reply == {"error": "The prompts use 3 embeddings (bad-hands, changing, grainy), over this endpoint's limit "
+def test_more_embeddings_than_a_job_may_use_is_refused(served: Worker, tiny_volume_source: Path,
+                                                      folder: Path) -> None:
+    write_embedding(tiny_volume_source, folder / "film.safetensors", seed=6)
+    reply = run(served, "grainy, bad-hands", negative_prompt="film")
+    assert reply == {"error": "The prompts use 3 embeddings (bad-hands, film, grainy), over this endpoint's limit "
                               "of 2 per job (EMBEDDINGS_MAX_PER_JOB); send embeddings: false to use the words as "
                               "text."}
+
+
+def test_a_file_added_within_the_folders_time_tick_is_found(served: Worker, tiny_volume_source: Path,
+                                                           folder: Path) -> None:
+    """A folder's modification time moves in ticks (up to seconds on some network filesystems): a file added in
+    the same tick as the one before leaves it as it was, and the next job still finds the file."""
+    write_embedding(tiny_volume_source, folder / "tick-a.safetensors", seed=7)
+    assert run(served, "a lighthouse, tick-a").get("embeddings") == ["tick-a"]
+    stamp = folder.stat().st_mtime_ns
+    write_embedding(tiny_volume_source, folder / "tick-b.safetensors", seed=8)
+    os.utime(folder, ns=(folder.stat().st_atime_ns, stamp))  # the same tick
+    assert run(served, "a lighthouse, tick-b").get("embeddings") == ["tick-b"]
+
+
+def test_a_settled_folder_is_listed_once_not_at_every_job(tiny_volume_source: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    write_embedding(tiny_volume_source, tmp_path / "grainy.safetensors", seed=1)
+    listed: list[Path] = []
+    real_names = runtime.names
+
+    def counted(folder: Path) -> list[str]:
+        listed.append(folder)
+        return real_names(folder)
+
+    monkeypatch.setattr(runtime, "names", counted)
+    clock = SimpleNamespace(now=100.0)
+    monkeypatch.setattr(runtime, "time", SimpleNamespace(monotonic=lambda: clock.now))
+    embeddings = runtime.PromptEmbeddings(EmbeddingSettings(embeddings_dir=str(tmp_path)))
+    assert embeddings._names() == {"grainy"} and embeddings._names() == {"grainy"}
+    assert len(listed) == 2  # within the tick the folder's time was first seen in: listed at each job
+    clock.now += runtime.STAMP_TICK_S
+    for _ in range(3):
+        embeddings._names()
+    assert len(listed) == 3  # one listing past the tick settles it
+    write_embedding(tiny_volume_source, tmp_path / "bad-hands.safetensors", seed=2)
+    os.utime(tmp_path, ns=(tmp_path.stat().st_atime_ns, tmp_path.stat().st_mtime_ns + 10**9))  # a later tick
+    assert embeddings._names() == {"grainy", "bad-hands"} and len(listed) == 4
