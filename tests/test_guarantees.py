@@ -115,7 +115,10 @@ def test_worker_serves_offline_and_writes_nothing_outside_tmp(tiny_volume_source
     trace = tmp_path / "trace.log"
     session = [sys.executable, "tests/isolated_session.py", "Baileyy/photonicfusion-sdxl", str(dirs["out"])]
     if shutil.which("strace"):
-        session = ["strace", "-f", "-qq", "-e", "trace=openat,creat,mkdir,mkdirat,rename,renameat,renameat2",
+        # --seccomp-bpf: the process stops at the traced calls only, not at each of its system calls (the same
+        # trace; importing the pipeline under strace 13.7 s here against 19.2 s without it, 10.8 s untraced).
+        session = ["strace", "--seccomp-bpf", "-f", "-qq", "-e",
+                   "trace=openat,creat,mkdir,mkdirat,rename,renameat,renameat2",
                    "-o", str(trace), *session]
     isolated = can_unshare_network()
     if in_ci():
