@@ -146,10 +146,15 @@ def venv_drift() -> list[str]:
     """Every way this interpreter's packages differ from the two locks: the image's Python, each locked package at
     its version (torch's build tag aside), nothing installed that neither lock holds."""
     import importlib.metadata
+    import sysconfig
 
     found = [] if sys.version_info[:2] == (3, 12) else [f"Python {sys.version.split()[0]}, not the image's 3.12"]
     wanted = {**pins(LOCK.read_text()), **pins(DEV_LOCK.read_text())}
-    installed = {normalise(dist.metadata["Name"]): dist.version for dist in importlib.metadata.distributions()}
+    # The interpreter's own package folders, not sys.path: importing setuptools (torch's C++ builds do) appends its
+    # vendored packages' folder, whose metadata would read as installed packages.
+    folders = sorted({sysconfig.get_path("purelib"), sysconfig.get_path("platlib")})
+    installed = {normalise(dist.metadata["Name"]): dist.version
+                 for dist in importlib.metadata.distributions(path=folders)}
     for name, version in sorted(wanted.items()):
         if name not in installed:
             found.append(f"{name}=={version} is locked but not installed")

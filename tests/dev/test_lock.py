@@ -27,9 +27,13 @@ def test_the_requirements_and_both_locks_agree() -> None:
 
 
 def test_the_test_venv_is_exactly_the_two_locks_on_the_images_python() -> None:
-    """Every installed package at its locked version, torch 2.11.0's CUDA build included, and nothing else."""
+    """Every installed package at its locked version, torch 2.11.0's CUDA build included, and nothing else; with
+    setuptools imported first, as torch's C++ builds import it in any test before this one (it puts its vendored
+    packages, other versions of some locked ones, on sys.path)."""
+    import setuptools  # noqa: F401
     import torch
 
+    assert any(path.endswith(("setuptools/_vendor", "setuptools\\_vendor")) for path in sys.path)
     assert lock.venv_drift() == [], "the venv differs from the locks: run bash scripts/setup_venv.sh"
     assert torch.__version__.split("+")[0] == lock.pins(lock.LOCK.read_text())["torch"] and torch.version.cuda
 
