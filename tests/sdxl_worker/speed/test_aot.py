@@ -75,7 +75,7 @@ def test_the_command_writes_one_package_and_removes_what_an_interrupted_run_left
 
 
 def test_a_worker_runs_its_size_through_the_package_and_draws_as_the_eager_worker(
-        compiled: tuple[Path, dict], tiny_volume_source: Path, lora_dir: Path, tmp_path: Path) -> None:
+        compiled: tuple[Path, dict], tiny_volume_source: Path, lora_dir: Path) -> None:
     volume, _ = compiled
     loras = LoraSettings(lora_dir=str(lora_dir))
     eager = start(tiny_volume_source, loras=loras)
