@@ -108,7 +108,8 @@ def _cached_starts(run: Run) -> list[str]:
              "| scenario | load | first call | second call | compile with the cache | first process (filling it) |",
              "| --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {name} | {c.load_s} s | {c.first_call_s} s | {c.second_call_s} s | **{c.compile_s} s** | "
-              f"{c.priming_compile_s} s |" for name, c in results]
+              f"{'none: the cache was whole' if c.priming_compile_s is None else f'{c.priming_compile_s} s'} |"
+              for name, c in results]
     return lines
 
 

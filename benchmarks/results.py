@@ -147,12 +147,14 @@ class GenerationResult:
 
 @dataclass(frozen=True)
 class CachedStart:
-    """A fresh process with the compile cache filled, as a later cold start (run twice, the second measured)."""
+    """A fresh process with the compile cache filled, as a later cold start. `priming_compile_s`: the compile of a
+    first fresh process that had to write into the cache (the second was measured); None where the first found
+    the cache whole and was measured."""
 
     load_s: float
     first_call_s: float
     second_call_s: float
-    priming_compile_s: float
+    priming_compile_s: float | None
     compile_times: str
 
     @property
