@@ -26,6 +26,7 @@ from sdxl_worker.prepare.lock import lock_path, writer_lock
 from sdxl_worker.volume.check import check_volume
 from sdxl_worker.weights.safetensors_header import read_safetensors_header
 from sdxl_worker.weights.safetensors_io import PARTIAL_SUFFIX
+from tests.forked import run_prepare
 from tests.helpers import MODELS, ROOT, draw_latents, tmpfs, tree_state
 
 GUARD = ROOT / "tests" / "guard"
@@ -125,23 +126,6 @@ def test_plan_and_dry_run_write_nothing(fp32_volume: Path, capsys: pytest.Captur
     assert tree_state(fp32_volume) == before
 
 
-KILL = """
-import os, signal, sys
-count = {"pwrite": 0, "replace": 0}
-real = {"pwrite": os.pwrite, "replace": os.replace}
-def make(name):
-    def call(*args):
-        count[name] += 1
-        if count[name] == int(sys.argv[3]) and name == sys.argv[2]:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return real[name](*args)
-    return call
-os.pwrite, os.replace = make("pwrite"), make("replace")
-import prepare_volume
-sys.exit(prepare_volume.main(["add-fp16", sys.argv[1]]))
-"""
-
-
 # The sharded volume's text encoders have 3 shards each: replace 4 and 8 come just before their indexes.
 @pytest.mark.parametrize(("call", "number"), [("pwrite", 1), ("pwrite", 60), ("replace", 1), ("replace", 4),
                                               ("replace", 8)])
@@ -150,9 +134,8 @@ def test_a_kill_at_any_point_leaves_the_volume_servable_and_a_rerun_finishes(
     """SIGKILL inside a file, just before a shard's rename, just before an index's: never a visible partial file,
     the worker's plan as before, then a rerun removes the leftovers and completes the set."""
     standard = {c: standard_tensors(sharded_volume / c) for c in MODELS}
-    killed = subprocess.run([sys.executable, "-c", KILL, str(sharded_volume), call, str(number)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
-    assert killed.returncode == -9, killed.stderr[-2000:]
+    status, output = run_prepare(["add-fp16", str(sharded_volume)], kill_at=(call, number))
+    assert status == -9, output[-2000:]
     assert_no_visible_partial_file(sharded_volume)
     report = check_volume(sharded_volume, tensors=True)
     assert report.loadable and report.plans["standard"].possible and not report.problems
@@ -375,12 +358,9 @@ def test_an_interrupted_conversion_is_invisible_and_cleaned_by_the_next(checkpoi
                                                                        fp32_volume_source: Path,
                                                                        tmp_path: Path) -> None:
     target = tmp_path / "photonicfusion-sdxl"
-    killed = subprocess.run(
-        [sys.executable, "-c", KILL.replace('["add-fp16", sys.argv[1]]', '["from-single-file", sys.argv[4], '
-                                            'sys.argv[1], "--config", sys.argv[5]]'),
-         str(target), "pwrite", "30", str(checkpoints["F32"]), str(fp32_volume_source)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert killed.returncode == -9, killed.stderr[-2000:]
+    argv = ["from-single-file", str(checkpoints["F32"]), str(target), "--config", str(fp32_volume_source)]
+    status, output = run_prepare(argv, kill_at=("pwrite", 30))
+    assert status == -9, output[-2000:]
     assert not target.exists() and (tmp_path / f".photonicfusion-sdxl{PARTIAL_SUFFIX}").is_dir()
     summary = commands.from_single_file(checkpoints["F32"], target, config_dir=fp32_volume_source)
     assert summary.exit_code == 0 and summary.removed_leftovers == [f".photonicfusion-sdxl{PARTIAL_SUFFIX}"]
@@ -570,11 +550,11 @@ def test_a_second_writer_of_the_same_folder_is_refused_and_changes_nothing(fp32_
     """Two add-fp16 runs at once replaced each other's files; the second now waits its turn, told so."""
     before = tree_state(fp32_volume)
     with writer_lock(fp32_volume):
-        result = run_cli("add-fp16", str(fp32_volume))
-        assert result.returncode == 1, result.stdout + result.stderr
-        assert f"{fp32_volume} is being written by process {os.getpid()} on " in result.stdout + result.stderr
+        status, output = run_prepare(["add-fp16", str(fp32_volume)])
+        assert status == 1, output
+        assert f"{fp32_volume} is being written by process {os.getpid()} on " in output
         assert tree_state(fp32_volume) == before
-        assert run_cli("add-fp16", str(fp32_volume), "--dry-run").returncode == 0, "a dry run writes nothing: no lock"
+        assert run_prepare(["add-fp16", str(fp32_volume), "--dry-run"])[0] == 0, "a dry run writes nothing: no lock"
     assert not lock_path(fp32_volume).exists()
     assert commands.add_fp16(fp32_volume).exit_code == 0
 
