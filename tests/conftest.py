@@ -79,6 +79,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
+# Modules whose tests share nothing costly (each starts its own process): spread test by test.
+SPREAD_MODULES = {"tests/benchmarks/test_benchmark.py"}
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """A module's tests to one test process, so that its module fixtures (a compile, a server, a shared run, a
+    loaded worker) run once; modules handed out one at a time, in the order above, to whichever process is free.
+    (xdist's `loadgroup` marks do nothing under pytest 9.2: it renames `item._nodeid`, which pytest no longer
+    reads.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return nodeid if module in SPREAD_MODULES else module
+
+    config.option.loadscopereorder = False  # keep the order above, not the largest module first
+    return ModuleScheduling(config, log)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
     """In CI (.ci/run sets CI=true) a skip is a failure saying what was missing: a guarantee that needs a real

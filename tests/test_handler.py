@@ -74,20 +74,25 @@ def _run_worker(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 TAIL_WORDS = ("zyxwvutsr", "qwertyuiop", "asdfghjklm", "mnbvcxzlkj", "poiuytrewq", "secretword")
+LOCAL_JOB = {"input": {"prompt": "a lighthouse on a cliff at dusk, volumet" + " ".join(TAIL_WORDS * 12),
+                       "negative_prompt": "blurry secretword", "width": 256, "height": 256, "num_inference_steps": 1,
+                       "seed": 2}}
+
+
+@pytest.fixture(scope="module")
+def local_run(tiny_volume_source: Path) -> subprocess.CompletedProcess:
+    """One `--test_input` run, shared by the tests of what it prints: a prompt past CLIP's 77 tokens."""
+    return _run_worker("--test_input", json.dumps(LOCAL_JOB), env={"MODEL_PATH": str(tiny_volume_source)})
 
 
 @pytest.mark.slow
-def test_no_job_text_beyond_the_prefix_reaches_the_output(tiny_volume_source: Path) -> None:
-    """A prompt past CLIP's 77 tokens: diffusers quotes the cut part in a warning; none of it may be printed."""
-    prompt = "a lighthouse on a cliff at dusk, volumet" + " ".join(TAIL_WORDS * 12)
-    job = {"input": {"prompt": prompt, "negative_prompt": "blurry secretword", "width": 256, "height": 256,
-                     "num_inference_steps": 2}}
-    run = _run_worker("--test_input", json.dumps(job), env={"MODEL_PATH": str(tiny_volume_source)})
-    output = (run.stdout + run.stderr).lower()
-    assert run.returncode == 0, output[-2000:]
+def test_no_job_text_beyond_the_prefix_reaches_the_output(local_run: subprocess.CompletedProcess) -> None:
+    """diffusers quotes the part of the prompt that CLIP cuts in a warning; none of it may be printed."""
+    output = (local_run.stdout + local_run.stderr).lower()
+    assert local_run.returncode == 0, output[-2000:]
     assert "prompt 'a lighthouse on a cliff at dusk, volumet'" in output
     assert [word for word in TAIL_WORDS if word in output] == []
-    summary = json.loads(next(line for line in run.stdout.splitlines() if line.startswith('{"images"')))
+    summary = json.loads(next(line for line in local_run.stdout.splitlines() if line.startswith('{"images"')))
     assert summary["images"][0].startswith("<png 256x256, ")
 
 
@@ -111,15 +116,15 @@ def test_without_torch_or_diffusers_the_self_test_says_so(tiny_volume_source: Pa
 
 
 @pytest.mark.slow
-def test_a_local_run_prints_the_reply_alone_on_stdout(tiny_volume_source: Path, tmp_path: Path) -> None:
+def test_a_local_run_prints_the_reply_alone_on_stdout(local_run: subprocess.CompletedProcess,
+                                                      tiny_volume_source: Path, tmp_path: Path) -> None:
     """`--test_input ... | jq` works: the logs go to stderr. With no arguments off RunPod, runpod runs
     ./test_input.json: said on stderr, and its reply printed too."""
-    job = {"input": {"prompt": "a lighthouse", "width": 256, "height": 256, "num_inference_steps": 1, "seed": 2}}
-    run = _run_worker("--test_input", json.dumps(job), env={"MODEL_PATH": str(tiny_volume_source)})
-    assert run.returncode == 0, run.stderr[-2000:]
-    reply = json.loads(run.stdout)
+    assert local_run.returncode == 0, local_run.stderr[-2000:]
+    reply = json.loads(local_run.stdout)
     assert reply["images"][0].startswith("<png 256x256, ") and reply["seed"] == 2
-    assert "job local_test: txt2img 256x256" in run.stderr
+    assert "job local_test: txt2img 256x256" in local_run.stderr
+    job = {"input": {"prompt": "a lighthouse", "width": 256, "height": 256, "num_inference_steps": 1, "seed": 2}}
     (tmp_path / "test_input.json").write_text(json.dumps(job))
     bare = subprocess.run([sys.executable, str(ROOT / "handler_volume_optimized.py")], cwd=tmp_path,
                           capture_output=True, text=True, timeout=300,
