@@ -83,11 +83,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 SPREAD_MODULES = {"tests/benchmarks/test_benchmark.py"}
 
 
-def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
     """A module's tests to one test process, so that its module fixtures (a compile, a server, a shared run, a
     loaded worker) run once; modules handed out one at a time, in the order above, to whichever process is free.
     (xdist's `loadgroup` marks do nothing under pytest 9.2: it renames `item._nodeid`, which pytest no longer
-    reads.)"""
+    reads.) An explicit `--dist` other than the default keeps xdist's own."""
+    if config.getoption("dist") != "load":
+        return None
     from xdist.scheduler import LoadScopeScheduling
 
     class ModuleScheduling(LoadScopeScheduling):
