@@ -6,7 +6,7 @@ SIGKILL ends it where it stands); what it does not repeat is the import, so no t
 prints or reads (the environment, sitecustomize) may use it. The server is started once a test process, with
 that process's environment, and ends with it (its input closes).
 
-    python tests/forked.py     # the server: one JSON request a line in, one exit status a line out
+    python tests/forked.py     # the server: one JSON request a line in, its exit status a line out
 """
 
 from __future__ import annotations
@@ -37,9 +37,11 @@ def run_prepare(argv: list[str], kill_at: tuple[str, int] | None = None) -> tupl
         log = Path(folder) / "output"
         _server.stdin.write(json.dumps({"argv": argv, "log": str(log), "kill_at": kill_at}) + "\n")
         _server.stdin.flush()
-        status = _server.stdout.readline()
-        assert status, f"the prepare server exited with {_server.wait()}"
-        return int(status), log.read_text() if log.exists() else ""
+        # A status for another log is a reply to a request whose test was interrupted: not this one's.
+        while (reply := _server.stdout.readline()) and json.loads(reply)["log"] != str(log):
+            pass
+        assert reply, f"the prepare server exited with {_server.wait()}"
+        return json.loads(reply)["status"], log.read_text() if log.exists() else ""
 
 
 def _serve() -> None:
@@ -63,7 +65,7 @@ def _serve() -> None:
         if child == 0:
             _child(request["argv"], request["log"], request["kill_at"])
         _, wait_status = os.waitpid(child, 0)
-        print(os.waitstatus_to_exitcode(wait_status), flush=True)
+        print(json.dumps({"log": request["log"], "status": os.waitstatus_to_exitcode(wait_status)}), flush=True)
 
 
 def _child(argv: list[str], log: str, kill_at: list | None) -> None:
