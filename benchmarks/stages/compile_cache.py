@@ -9,6 +9,7 @@ writes nothing found the cache whole and is the measurement (seen on the CPU wit
 from __future__ import annotations
 
 import json
+import stat
 import subprocess
 import sys
 import time
@@ -51,8 +52,8 @@ def _files(folder: str | None) -> dict[str, tuple[int, int]] | None:
     means it wrote nothing there. None without a folder of its own (COMPILE_CACHE_DIR unset): always primed."""
     if folder is None:
         return None
-    return {str(path): (path.stat().st_size, path.stat().st_mtime_ns) for path in Path(folder).rglob("*")
-            if path.is_file()}
+    entries = ((path, path.stat()) for path in Path(folder).rglob("*"))
+    return {str(path): (info.st_size, info.st_mtime_ns) for path, info in entries if stat.S_ISREG(info.st_mode)}
 
 
 def first_calls(settings: Settings, size: int, steps: int) -> dict:
